@@ -1,0 +1,37 @@
+# qvl: `make demo` sets up and runs the built-in default job; `make test` sets up and runs every test.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+ARCH := $(shell uname -m)
+# torch with torchvision (the Qwen2.5-VL processor needs it); these builds install from local wheels where present
+TORCH := $(if $(filter aarch64,$(ARCH)),torch==2.9.1 torchvision==0.24.1,torch==2.14.1 torchvision==0.29.1)
+
+.PHONY: setup demo test check-sync notebooks pytest
+
+setup: $(VENV)/.qvl-setup
+
+$(VENV)/.qvl-setup: settings.ini setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/python -c "import torch, torchvision" 2>/dev/null || $(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+demo: setup
+	$(BIN)/qvl demo --out runs/demo
+
+# notebooks and qvl/ agree, notebooks are clean: both commands must leave the tree unchanged
+check-sync: setup
+	@before="$$(git status --porcelain -- qvl nbs)"; \
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/nbdev_export && PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/nbdev_clean; \
+	after="$$(git status --porcelain -- qvl nbs)"; \
+	if [ "$$before" != "$$after" ]; then echo "nbdev_export/nbdev_clean changed files: run them and commit"; \
+	  git status --porcelain -- qvl nbs; git --no-pager diff --stat -- qvl nbs; exit 1; fi
+
+notebooks: setup
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/nbdev_test --n_workers 0
+
+pytest: setup
+	$(BIN)/python -m pytest -q tests
+
+test: check-sync notebooks pytest
