@@ -127,10 +127,10 @@ def test_cli_resize_dataset_json(tmp_path, sample_data):
     assert 'already done' in r.stdout
 
 
-def test_saved_processor_sees_the_training_resolution(tmp_path, tiny_model):
+def test_saved_processor_sees_the_training_resolution(tmp_path, tiny_model, sample_data):
     from transformers import AutoProcessor
-    from qvl.resize import save_processor
     b = Budget(max_tokens=400)
-    proc = AutoProcessor.from_pretrained(save_processor(tiny_model, tmp_path / 'p', b))
+    run_qvl('resize', sample_data / 'test.json', tmp_path / 'out', '--max-tokens', '400', '--processor', tiny_model)
+    proc = AutoProcessor.from_pretrained(tmp_path / 'out' / 'processor')
     grid = proc.image_processor(images=[Image.new('RGB', (2000, 1500))], return_tensors='pt')['image_grid_thw'][0]
     assert int(grid.prod()) // 4 == b.tokens(1500, 2000) <= 400
