@@ -1,5 +1,5 @@
 """Shared fixtures: a tiny model and sample data built once per session, and the `gpu` marker."""
-import os, shutil, subprocess, sys
+import shutil, subprocess, sys
 from pathlib import Path
 
 import pytest

@@ -1,5 +1,5 @@
 """Resizing: exact agreement with the Qwen processor, bad files, resume after a kill."""
-import csv, json, os, signal, subprocess, sys, time
+import csv, json, signal, subprocess, sys, time
 
 import numpy as np
 import pytest
