@@ -1,0 +1,133 @@
+"""Training end to end on the tiny model: learning, exact resume after SIGKILL, peft adapters, DDP, bad input."""
+import json, os, signal, subprocess, sys, time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import run_qvl
+
+
+@pytest.fixture(scope='module')
+def colour_data(tmp_path_factory):
+    from qvl.sample import write_sample_data
+    return write_sample_data(tmp_path_factory.mktemp('train') / 'colour', n=40, seed=5, min_side=224, max_side=336,
+                             mark=40, task='colour', progress=False)
+
+
+def write_config(path, **kw):
+    path.write_text(yaml.safe_dump(kw))
+    return path
+
+
+def base_config(tiny_model, data, out, **kw):
+    return dict(model=str(tiny_model), data=str(data / 'train.json'), eval_data=str(data / 'test.json'), out_dir=str(out),
+                method='full', freeze_vision=False, learning_rate=2e-3, steps=12, batch_size=4, target=[224, 224],
+                cutoff_len=1024, gradient_checkpointing=False, log_every=1, save_every=4, eval_every=6,
+                cache_dir=str(out.parent / 'cache'), seed=1) | kw
+
+
+def losses(run):
+    return [(r['step'], r['loss']) for r in map(json.loads, (run / 'log.jsonl').read_text().splitlines())]
+
+
+def test_tiny_default_learns_and_detail_check_falls(tmp_path):
+    "The built-in default run: loss falls, held-out accuracy far above the 25% chance, lower at tiny budgets."
+    r = run_qvl('train', '--out', tmp_path / 'run', timeout=1500)
+    assert 'detail check' in r.stdout
+    log = [json.loads(l) for l in (tmp_path / 'run' / 'log.jsonl').read_text().splitlines()]
+    assert log[-1]['loss'] < 0.5 * log[0]['loss']
+    import pandas as pd
+    dc = pd.read_csv(tmp_path / 'run' / 'detail_check.csv').set_index('side')
+    assert dc.loc[336, 'accuracy'] >= 0.6, dc
+    assert dc.loc[56, 'accuracy'] < dc.loc[336, 'accuracy'] - 0.2, dc
+    assert dc.loc[336, 'visual_tokens'] > 10 * dc.loc[56, 'visual_tokens']
+
+
+def test_sigkill_and_resume_gives_the_same_loss_curve(tiny_model, colour_data, tmp_path):
+    full = write_config(tmp_path / 'a.yaml', **base_config(tiny_model, colour_data, tmp_path / 'a'))
+    run_qvl('train', full)
+    cfg = write_config(tmp_path / 'b.yaml', **base_config(tiny_model, colour_data, tmp_path / 'b'))
+    exe = [str(Path(sys.executable).parent / 'qvl'), 'train', str(cfg)]
+    p = subprocess.Popen(exe, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = tmp_path / 'b' / 'log.jsonl'
+    deadline = time.time() + 300
+    while time.time() < deadline and p.poll() is None:
+        if log.exists() and len(log.read_text().splitlines()) >= 7: break
+        time.sleep(0.05)
+    p.send_signal(signal.SIGKILL); p.wait()
+    assert len(log.read_text().splitlines()) < 12, 'the run finished before it could be killed'
+    # a half-written checkpoint (no trainer.json) must never be picked
+    (tmp_path / 'b' / 'checkpoints' / 'step-0000011').mkdir(parents=True)
+    r = run_qvl('train', cfg, '--resume')
+    a, b = losses(tmp_path / 'a'), losses(tmp_path / 'b')
+    assert [s for s, _ in b] == list(range(1, 13))
+    for (sa, la), (sb, lb) in zip(a, b):
+        assert sa == sb and abs(la - lb) < 1e-5 * max(1, abs(la)), (sa, la, lb)
+
+
+def test_adapter_loads_with_peft_and_matches(tiny_model, colour_data, tmp_path):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForImageTextToText
+    from qvl.data import collate
+    from qvl.train import Trainer, config_from_dict
+    cfg = config_from_dict(base_config(tiny_model, colour_data, tmp_path / 'lora', method='lora', steps=4, save_every=0,
+                                       learning_rate=5e-3, eval_every=0))
+    tr = Trainer(cfg, progress=False, plot=False)
+    tr.fit()
+    base = AutoModelForImageTextToText.from_pretrained(tiny_model)
+    peft_model = PeftModel.from_pretrained(base, tmp_path / 'lora' / 'adapter').eval()
+    b = collate([tr.train_set[i] for i in range(3)], tr.pad_id)
+    tr.module.eval()
+    with torch.no_grad():
+        ours, theirs = tr.module(**b).logits, peft_model(**b).logits
+        plain = AutoModelForImageTextToText.from_pretrained(tiny_model).eval()(**b).logits
+    assert torch.allclose(ours, theirs, atol=1e-5)
+    assert not torch.allclose(ours, plain, atol=1e-3)       # the adapter changed something
+    r = run_qvl('export', tmp_path / 'lora', tmp_path / 'merged')
+    merged = AutoModelForImageTextToText.from_pretrained(tmp_path / 'merged').eval()
+    with torch.no_grad(): assert torch.allclose(merged(**b).logits, ours, atol=1e-4)
+
+
+def test_ddp_matches_single_process(tiny_model, colour_data, tmp_path):
+    "torchrun with 2 processes (gloo, CPU) and batch 1 each gives the loss of 1 process with batch 2."
+    one = write_config(tmp_path / 'one.yaml', **base_config(tiny_model, colour_data, tmp_path / 'one', batch_size=2,
+                                                          steps=4, save_every=0, eval_every=0))
+    two = write_config(tmp_path / 'two.yaml', **base_config(tiny_model, colour_data, tmp_path / 'two', batch_size=1,
+                                                          steps=4, save_every=0, eval_every=0))
+    run_qvl('train', one)
+    torchrun = Path(sys.executable).parent / 'torchrun'
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    r = subprocess.run([str(torchrun), '--nproc_per_node', '2', '-m', 'qvl.cli', 'train', str(two)], capture_output=True,
+                       text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for (s1, l1), (s2, l2) in zip(losses(tmp_path / 'one'), losses(tmp_path / 'two')):
+        assert s1 == s2 and abs(l1 - l2) < 1e-4 * max(1, abs(l1)), (s1, l1, l2)
+
+
+def test_broken_samples_are_skipped_and_listed(tiny_model, colour_data, tmp_path):
+    data = json.loads((colour_data / 'train.json').read_text())
+    data[1]['images'] = ['images/missing.jpg']
+    data[2]['messages'][0]['content'] = '<image><image>' + data[2]['messages'][0]['content']
+    bad = colour_data / 'broken.json'
+    bad.write_text(json.dumps(data))
+    cfg = base_config(tiny_model, colour_data, tmp_path / 'run', steps=2, save_every=0, eval_every=0) | dict(data=str(bad))
+    r = run_qvl('train', write_config(tmp_path / 'c.yaml', **cfg))
+    assert '2 skipped' in r.stdout
+    skipped = json.loads((tmp_path / 'run' / 'skipped.json').read_text())
+    assert [(s['index'], s['codes']) for s in skipped] == [(1, ['missing_image']), (2, ['placeholder_count_mismatch'])]
+    r = run_qvl('train', write_config(tmp_path / 's.yaml', **cfg, strict=True), check=False)
+    assert r.returncode == 2 and 'strict mode' in r.stderr
+
+
+@pytest.mark.parametrize('change,needle', [(dict(learning_rat=1e-3), 'unknown config key(s) learning_rat'),
+                                           (dict(steps='ten'), "'steps' should be int"),
+                                           (dict(method='dora'), 'choose one of lora, full, qlora'),
+                                           (dict(batch_size=0), 'batch_size must be at least 1')])
+def test_bad_config_fails_before_any_work(tiny_model, colour_data, tmp_path, change, needle):
+    cfg = write_config(tmp_path / 'c.yaml', **base_config(tiny_model, colour_data, tmp_path / 'run') | change)
+    t0 = time.time()
+    r = run_qvl('train', cfg, check=False)
+    assert r.returncode == 2 and needle in r.stderr and 'Traceback' not in r.stderr, r.stderr
+    assert not (tmp_path / 'run').exists() and time.time() - t0 < 30
