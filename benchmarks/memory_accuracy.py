@@ -1,0 +1,91 @@
+"""GPU memory of fine-tuning steps: measured on the GPU, estimated by qvl.memory, side by side.
+
+Two commands:
+
+    # on a GPU machine: measure one model and method over the grid (rows are appended as they finish)
+    python benchmarks/memory_accuracy.py measure --model Qwen2.5-VL-7B --method lora --out m.csv
+    # anywhere: fit the coefficients on the fit split, report errors on the held-out split
+    python benchmarks/memory_accuracy.py fit m1.csv m2.csv ... [--write-coefficients qvl_coefficients.json]
+
+The setting (the reference of the memory issue): random real-size weights in pure bf16, torch AdamW,
+LoRA r=8 alpha=16 on all linear LLM layers or full fine-tuning of the LLM with the vision tower and
+merger frozen, SDPA attention, one image per sample, 64 prompt and 128 answer tokens with the loss on
+the answer only, PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True. Gradient checkpointing on and off.
+
+Split: the fit uses square sides 448, 1344 and 2016 at batch sizes 1 and 4; every other point
+(side 896, batch 2 and 8, and odd settings 672x672 b6, 1120x1120 b3, 1792x1792 b1) is held out.
+"""
+import argparse, json, os, platform, sys, time
+from pathlib import Path
+
+FIT_SIDES, FIT_BATCHES = (448, 1344, 2016), (1, 4)
+GRID = [(s, b) for s in (448, 896, 1344, 2016) for b in (1, 2, 4, 8) if not (s == 2016 and b > 2)] + \
+       [(672, 6), (1120, 3), (1792, 1)]
+
+
+def is_fit(side, batch): return side in FIT_SIDES and batch in FIT_BATCHES
+
+
+def measure(a):
+    import pandas as pd, torch, transformers, peft
+    from qvl.memory import _apply_method, build_model, profile_step
+    os.environ.setdefault('PYTORCH_CUDA_ALLOC_CONF', 'expandable_segments:True')
+    dev = torch.device('cuda')
+    t0 = time.time()
+    m = build_model(a.model, dev)
+    m = _apply_method(m, a.method, 8, 16, True, True)
+    loaded = torch.cuda.memory_allocated(dev)
+    env = dict(gpu=torch.cuda.get_device_name(dev), torch=torch.__version__, transformers=transformers.__version__,
+               peft=peft.__version__, alloc_conf=os.environ.get('PYTORCH_CUDA_ALLOC_CONF', ''))
+    print(f"{a.model} {a.method}: built in {time.time() - t0:.0f} s, {loaded / 1e9:.2f} GB", flush=True)
+    out = Path(a.out)
+    for gc_on in (True, False):
+        oom_at = None
+        for side, b in GRID:
+            if time.time() - t0 > a.budget_s: print('time budget reached', flush=True); return
+            if not gc_on and oom_at and side * side * b >= oom_at:   # bigger than a point that ran out of memory
+                continue
+            r = profile_step(m, (side, side), b, gc_on)
+            if r['status'] == 'oom': oom_at = side * side * b if oom_at is None else min(oom_at, side * side * b)
+            row = dict(model=a.model, method=a.method, after_load=loaded, split='fit' if is_fit(side, b) else 'holdout', **env, **r)
+            pd.DataFrame([row]).to_csv(out, mode='a', header=not out.exists(), index=False)
+            print(f"  {side} b{b} gc={gc_on}: {r['status']} alloc {r.get('peak_allocated', 0) / 1e9:.2f} GB "
+                  f"reserved {r.get('peak_reserved', 0) / 1e9:.2f} GB {r.get('step_seconds', 0):.1f} s", flush=True)
+
+
+def fit(a):
+    import pandas as pd
+    from qvl.memory import COEFFICIENTS, accuracy, fit_coefficients
+    df = pd.concat([pd.read_csv(p) for p in a.csv], ignore_index=True)
+    df['split'] = ['fit' if is_fit(int(r.image_h), int(r.batch_size)) else 'holdout' for r in df.itertuples()]
+    c = fit_coefficients(df[df.split == 'fit'])
+    c['fitted_on'] = f"{df.gpu.iloc[0]}, {len(df[(df.split == 'fit') & (df.status == 'ok')])} measured steps"
+    acc = accuracy(df, c)
+    acc['split'] = ['fit' if is_fit(s, b) else 'holdout' for s, b in zip(acc.side, acc.batch_size)]
+    pd.set_option('display.width', 200)
+    for split in ('fit', 'holdout'):
+        part = acc[acc.split == split]
+        err = part.error_allocated.abs(); errr = part.error_reserved.abs()
+        print(f"{split}: {len(part)} points; max_memory_allocated error median {err.median():.1%}, worst {err.max():.1%}; "
+              f"max_memory_reserved error median {errr.median():.1%}, worst {errr.max():.1%}")
+    print(acc.round(3).to_string(index=False))
+    ooms = df[df.status == 'oom']
+    print(f"out of memory (recorded, not fitted): {len(ooms)} points")
+    print(json.dumps(c, indent=1))
+    if a.write_coefficients: Path(a.write_coefficients).write_text(json.dumps(c, indent=1))
+    if a.table: acc.to_csv(a.table, index=False)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest='cmd', required=True)
+    m = sub.add_parser('measure'); m.add_argument('--model', required=True); m.add_argument('--method', required=True)
+    m.add_argument('--out', required=True); m.add_argument('--budget-s', type=float, default=520)
+    f = sub.add_parser('fit'); f.add_argument('csv', nargs='+'); f.add_argument('--write-coefficients')
+    f.add_argument('--table')
+    a = ap.parse_args()
+    measure(a) if a.cmd == 'measure' else fit(a)
+
+
+if __name__ == '__main__':
+    main()
