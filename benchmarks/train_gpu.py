@@ -31,7 +31,7 @@ def prepare(a):
         cfg = dict(model=str(out / model), data=str(data / 'train.json'), out_dir=str(out / run), method=method,
                    learning_rate=1e-4 if method == 'lora' else 1e-5, schedule='constant', steps=5, batch_size=bs,
                    cutoff_len=2048, gradient_checkpointing=True, log_every=1, save_every=0, freeze_vision=True,
-                   freeze_projector=True, cache_dir=str(out / 'cache'), seed=0)
+                   freeze_projector=True, cache_dir=str(out / 'cache' / run), seed=0)
         (out / 'configs' / f'{run}.yaml').write_text(yaml.safe_dump(cfg))
     print(f"prepared {out}")
 
