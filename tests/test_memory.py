@@ -1,0 +1,78 @@
+"""The estimator against the committed H200 measurements, the CLI, bad input; a GPU check of the profiler."""
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import run_qvl
+from qvl.memory import estimate
+
+BENCH = Path(__file__).parents[1] / 'benchmarks'
+
+
+def held_out(measured):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('ma', BENCH / 'memory_accuracy.py')
+    ma = importlib.util.module_from_spec(spec); spec.loader.exec_module(ma)
+    return measured[[not ma.is_fit(int(r.image_h), int(r.batch_size)) for r in measured.itertuples()]]
+
+
+def test_estimate_within_5_percent_of_measured_on_held_out_points():
+    "The shipped coefficients against every measured point the fit did not see (pure bf16, H200)."
+    m = pd.concat([pd.read_csv(p) for p in sorted((BENCH / 'memory').glob('m_*.csv'))], ignore_index=True)
+    h = held_out(m[m.status == 'ok'])
+    assert len(h) >= 80
+    for r in h.itertuples():
+        e = estimate(r.model, r.method, (r.image_h, r.image_w), r.batch_size, gradient_checkpointing=r.gradient_checkpointing)
+        assert abs(e.peak_allocated_bytes / r.peak_allocated - 1) < 0.05, r
+    sweep = pd.read_csv(BENCH / 'vram_sweep' / 'results.csv')
+    ok = sweep[sweep.status == 'ok']
+    assert len(ok) >= 60
+    assert ((ok.predicted_allocated_gb / ok.measured_allocated_gb - 1).abs() < 0.05).all()
+
+
+def test_estimate_cli_json_and_components():
+    r = run_qvl('estimate', '--model', 'Qwen2.5-VL-3B', '--mode', 'full', '--image-size', '896x896', '--batch-size', '2',
+                '--text-tokens', '192', '--json')
+    out = json.loads(r.stdout)
+    assert {'peak_allocated_bytes', 'peak_reserved_bytes', 'components'} <= set(out)
+    c = out['components']
+    assert out['peak_reserved_bytes'] >= out['peak_allocated_bytes'] > c['weights'] + c['optimizer_states']
+    e = estimate('Qwen2.5-VL-3B', 'full', (896, 896), 2)
+    assert out['peak_allocated_bytes'] == e.peak_allocated_bytes
+
+
+def test_settings_change_the_estimate_the_right_way():
+    base = estimate('Qwen2.5-VL-7B', 'lora', 1344, 2).peak_allocated_bytes
+    assert estimate('Qwen2.5-VL-7B', 'lora', 1344, 4).peak_allocated_bytes > base
+    assert estimate('Qwen2.5-VL-7B', 'lora', 1344, 2, gradient_checkpointing=False).peak_allocated_bytes > base
+    assert estimate('Qwen2.5-VL-7B', 'qlora', 1344, 2).peak_allocated_bytes < base
+    full = estimate('Qwen2.5-VL-7B', 'full', 448, 1)
+    assert estimate('Qwen2.5-VL-7B', 'full', 448, 1, optimizer='adamw8bit').peak_allocated_bytes < full.peak_allocated_bytes
+    assert estimate('Qwen2.5-VL-7B', 'full', 448, 1, gpus=4, sharding='zero3').peak_allocated_bytes < full.peak_allocated_bytes / 2
+
+
+@pytest.mark.parametrize('args,needle', [(['--batch-size', '0'], 'positive whole number'),
+                                         (['--image-size=-448x448'], 'HEIGHTxWIDTH'),
+                                         (['--optimizer', 'lion'], 'invalid choice'),
+                                         (['--model', 'Qwen9-VL'], 'Qwen2.5-VL-7B')])
+def test_impossible_settings_are_clear_errors(args, needle):
+    r = run_qvl('estimate', *args, check=False)
+    assert r.returncode == 2 and needle in r.stderr and 'Traceback' not in r.stderr, r.stderr
+
+
+def test_a_setting_that_fits_no_gpu_says_what_would():
+    out = run_qvl('estimate', '--model', 'Qwen2.5-VL-7B', '--mode', 'full', '--image-size', '2016x2016', '--batch-size', '8',
+                  '--no-gradient-checkpointing').stdout
+    assert 'more than 141 GB' in out and ('images of at most' in out or 'batch size' in out)
+
+
+@pytest.mark.gpu
+def test_profile_measures_what_the_estimate_predicts():
+    from qvl.memory import profile
+    df = profile('Qwen2.5-VL-3B', 'lora', settings=[(896, 896, 2, True), (1120, 1120, 1, False)], progress=False)
+    for r in df.itertuples():
+        assert r.status == 'ok'
+        e = estimate('Qwen2.5-VL-3B', 'lora', (r.image_h, r.image_w), r.batch_size, gradient_checkpointing=r.gradient_checkpointing)
+        assert abs(e.peak_allocated_bytes / r.peak_allocated - 1) < 0.05
