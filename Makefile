@@ -18,7 +18,7 @@ $(VENV)/.qvl-setup: settings.ini setup.py
 	touch $@
 
 demo: setup
-	$(BIN)/qvl demo --out runs/demo
+	$(BIN)/qvl sweep vram_sweep --runs-dir runs
 
 # notebooks and qvl/ agree, notebooks are clean: both commands must leave the tree unchanged
 check-sync: setup
