@@ -16,7 +16,8 @@ import yaml
 
 RUNS = {'3b_lora': ('Qwen2.5-VL-3B', 'lora', 2), '3b_full': ('Qwen2.5-VL-3B', 'full', 2),
         '7b_lora': ('Qwen2.5-VL-7B', 'lora', 2), '7b_full': ('Qwen2.5-VL-7B', 'full', 2),
-        'ddp_single': ('Qwen2.5-VL-3B', 'lora', 2), 'ddp_two': ('Qwen2.5-VL-3B', 'lora', 1)}
+        'ddp_single': ('Qwen2.5-VL-3B', 'lora', 2), 'ddp_two': ('Qwen2.5-VL-3B', 'lora', 1),
+        'fsdp_single': ('Qwen2.5-VL-3B', 'full', 2), 'fsdp_two': ('Qwen2.5-VL-3B', 'full', 1)}
 
 
 def prepare(a):
@@ -31,7 +32,8 @@ def prepare(a):
         cfg = dict(model=str(out / model), data=str(data / 'train.json'), out_dir=str(out / run), method=method,
                    learning_rate=1e-4 if method == 'lora' else 1e-5, schedule='constant', steps=5, batch_size=bs,
                    cutoff_len=2048, gradient_checkpointing=True, log_every=1, save_every=0, freeze_vision=True,
-                   freeze_projector=True, cache_dir=str(out / 'cache' / run), seed=0)
+                   freeze_projector=True, cache_dir=str(out / 'cache' / run), seed=0,
+                   sharding='fsdp' if run.startswith('fsdp') else 'ddp')
         (out / 'configs' / f'{run}.yaml').write_text(yaml.safe_dump(cfg))
     print(f"prepared {out}")
 
@@ -50,9 +52,9 @@ def report(a):
         log = out / run / 'log.jsonl'
         if not log.exists(): rows.append(f"| {run} | {model} | {method} | did not run | | | |"); continue
         recs = [json.loads(l) for l in log.read_text().splitlines()]
-        gpus = 2 if run == 'ddp_two' else 1
+        gpus = 2 if run.endswith('_two') else 1
         e = estimate(model, method, (896, 896), bs, prompt_tokens=max(0, round(text - 20 - 1)), answer_tokens=1,
-                     gpus=gpus, sharding='ddp' if gpus > 1 else 'none')
+                     gpus=gpus, sharding=('fsdp' if run.startswith('fsdp') else 'ddp') if gpus > 1 else 'none')
         meas = max(r.get('max_allocated_gb', 0) for r in recs[1:]) * 2 ** 30 / 1e9   # steady state: step 2 onwards
         losses = ', '.join(f"{r['loss']:.4f}" for r in recs)
         rows.append(f"| {run} | {model} | {method} | batch {bs} x {gpus} GPU | "
@@ -61,13 +63,14 @@ def report(a):
     print("| run | model | method | batch | loss per step | s/step | peak allocated, measured | estimated |")
     print("|---|---|---|---|---|---|---|---|")
     print('\n'.join(rows))
-    s, t = out / 'ddp_single' / 'log.jsonl', out / 'ddp_two' / 'log.jsonl'
-    if s.exists() and t.exists():
-        ls = [json.loads(l)['loss'] for l in s.read_text().splitlines()]
-        lt = [json.loads(l)['loss'] for l in t.read_text().splitlines()]
-        worst = max(abs(x - y) / abs(x) for x, y in zip(ls, lt))
-        print(f"\nDDP on 2 GPUs (batch 1 each) against 1 GPU (batch 2): largest relative loss difference over "
-              f"{len(ls)} steps {worst:.2e}")
+    for kind in ('ddp', 'fsdp'):
+        s, t = out / f'{kind}_single' / 'log.jsonl', out / f'{kind}_two' / 'log.jsonl'
+        if s.exists() and t.exists():
+            ls = [json.loads(l)['loss'] for l in s.read_text().splitlines()]
+            lt = [json.loads(l)['loss'] for l in t.read_text().splitlines()]
+            worst = max(abs(x - y) / abs(x) for x, y in zip(ls, lt))
+            print(f"\n{kind.upper()} on 2 GPUs (batch 1 each) against 1 GPU (batch 2): largest relative loss difference "
+                  f"over {len(ls)} steps {worst:.2e}")
 
 
 def main():
