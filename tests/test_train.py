@@ -78,7 +78,7 @@ def test_adapter_loads_with_peft_and_matches(tiny_model, colour_data, tmp_path):
     tr.fit()
     base = AutoModelForImageTextToText.from_pretrained(tiny_model)
     peft_model = PeftModel.from_pretrained(base, tmp_path / 'lora' / 'adapter').eval()
-    b = collate([tr.train_set[i] for i in range(3)], tr.pad_id)
+    b = collate([tr.train_set[i] for i in range(3)], tr.pad_id, image_token_id=tr.image_type_id)
     tr.module.eval()
     with torch.no_grad():
         ours, theirs = tr.module(**b).logits, peft_model(**b).logits
