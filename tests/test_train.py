@@ -131,3 +131,12 @@ def test_bad_config_fails_before_any_work(tiny_model, colour_data, tmp_path, cha
     r = run_qvl('train', cfg, check=False)
     assert r.returncode == 2 and needle in r.stderr and 'Traceback' not in r.stderr, r.stderr
     assert not (tmp_path / 'run').exists() and time.time() - t0 < 30
+
+
+def test_packing_trains_the_same_losses_as_padding(tiny_model, colour_data, tmp_path):
+    "Padding-free packing (one row per micro-batch, attention kept inside each example) changes no loss."
+    for packing in (False, True):
+        cfg = base_config(tiny_model, colour_data, tmp_path / f'p{packing}', steps=4, save_every=0, eval_every=0, packing=packing)
+        run_qvl('train', write_config(tmp_path / f'p{packing}.yaml', **cfg))
+    for (s1, l1), (s2, l2) in zip(losses(tmp_path / 'pFalse'), losses(tmp_path / 'pTrue')):
+        assert s1 == s2 and abs(l1 - l2) < 1e-4 * max(1, abs(l1)), (s1, l1, l2)
