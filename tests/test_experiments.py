@@ -65,6 +65,7 @@ def test_vram_sweep_template_records_results_figures_and_environment(tmp_path):
     env = json.loads((d / 'env.json').read_text())
     import torch, transformers
     assert env['torch'] == torch.__version__ and env['transformers'] == transformers.__version__ and env['seed'] == 0
+    assert len(env['source_hash']) == 16 and env['machine'] and 'cpus' in env
     assert 'batches: 1,2' in (d / 'params.yaml').read_text()
     again = sweep(*args, runs=runs)
     assert 'reusing the finished run' in again.stdout
