@@ -57,9 +57,15 @@ def teardown(m):
     return base
 
 
-def measure(m, batch, steps, warmup):
+def optimizer(m, variant, lr):
+    "torch AdamW as a user would make it for the plain step; the fused (one-kernel) AdamW qvl's trainer takes for the fast step."
     import torch
-    opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-5)
+    return torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=lr, **({} if variant == 'plain' else dict(fused=True)))
+
+
+def measure(m, batch, steps, warmup, variant):
+    import torch
+    opt = optimizer(m, variant, 1e-5)
     times = []
     try:
         for i in range(warmup + steps):
@@ -85,7 +91,7 @@ def measure(m, batch, steps, warmup):
 def loss_curve(base, variant, batches, steps, lr):
     import torch
     m, _ = setup_variant(base, variant)
-    opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=lr)
+    opt = optimizer(m, variant, lr)
     out = []
     for i in range(steps):
         loss = m(**batches[i % len(batches)], use_cache=False).loss
@@ -112,7 +118,7 @@ def worker(a):
         for side, b in settings:
             batch = synthetic_batch(base.config, (side, side), b, device='cuda')
             r = dict(model=a.models[0], variant=variant, side=side, batch=b, tokens=int(batch['input_ids'].numel()), gpu=name)
-            r.update(measure(m, batch, a.steps, a.warmup))
+            r.update(measure(m, batch, a.steps, a.warmup, variant))
             if r['status'] == 'ok':
                 fl = step_flops(a.models[0], (side, side), b)['total']
                 r.update(tokens_per_s=r['tokens'] / r['step_s'], tflops=fl / r['step_s'] / 1e12,
@@ -124,7 +130,7 @@ def worker(a):
                 from torch.profiler import profile, ProfilerActivity
                 batch = synthetic_batch(base.config, (side, side), b, device='cuda')
                 with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-                    measure(m, batch, 1, 0)
+                    measure(m, batch, 1, 0, variant)
                 (out / f'profile-{a.models[0]}-{variant}.txt').write_text(
                     prof.key_averages().table(sort_by='cuda_time_total', row_limit=40, max_name_column_width=60))
                 del batch
@@ -136,8 +142,16 @@ def worker(a):
         curves = {}
         for variant in ('plain', 'fast'):
             curves[variant], base = loss_curve(base, variant, batches, a.loss_steps, a.loss_lr)
+        if a.loss_fp32:   # bf16's own error: the plain step in fp32 from the same (exactly widened) weights
+            base = base.float()
+            curves['plain_fp32'], base = loss_curve(base, 'plain', batches, a.loss_steps, a.loss_lr)
+            base = base.to(torch.bfloat16)
         for i, (p, f) in enumerate(zip(curves['plain'], curves['fast'])):
-            losses.append(dict(model=a.models[0], side=side, batch=b, step=i + 1, plain=p, fast=f, rel_diff=abs(f - p) / abs(p)))
+            row = dict(model=a.models[0], side=side, batch=b, step=i + 1, plain=p, fast=f, rel_diff=abs(f - p) / abs(p))
+            if a.loss_fp32:
+                ref = curves['plain_fp32'][i]
+                row.update(plain_fp32=ref, bf16_rel_err=abs(p - ref) / abs(ref), fast_rel_err=abs(f - ref) / abs(ref))
+            losses.append(row)
     (out / f'rows-{a.models[0]}.json').write_text(json.dumps(dict(rows=rows, losses=losses)))
 
 
@@ -175,6 +189,9 @@ def report(a):
             lines += ['', f"Loss check, {model} at {side}x{side}, batch {b}, {len(g)} steps (same weights, adapters, batches): "
                       f"first {g.plain.iloc[0]:.4f} / {g.fast.iloc[0]:.4f}, last {g.plain.iloc[-1]:.4f} / {g.fast.iloc[-1]:.4f} "
                       f"(plain / fast), largest relative difference {g.rel_diff.max():.2e} at step {int(g.step[g.rel_diff.idxmax()])}"]
+            if 'plain_fp32' in g and g.plain_fp32.notna().all():
+                lines.append(f"Against the plain step in fp32 (bf16's own error): plain bf16 differs by up to {g.bf16_rel_err.max():.2e}, "
+                             f"fast bf16 by up to {g.fast_rel_err.max():.2e}")
     text = '\n'.join(lines)
     (out / 'results.md').write_text(text + '\n')
     print(text)
@@ -192,11 +209,15 @@ def main(argv=None):
     p.add_argument('--loss-steps', type=int, default=20, help='steps of the loss check (0: none)')
     p.add_argument('--loss-setting', nargs=2, type=int, default=[1344, 2], metavar=('SIDE', 'BATCH'))
     p.add_argument('--loss-lr', type=float, default=1e-3)
+    p.add_argument('--loss-fp32', nargs='*', default=[], metavar='MODEL',
+                   help='models whose loss check also runs the plain step in fp32 (bf16 error reference)')
     p.add_argument('--profile', default=None, choices=VARIANTS, help='write a torch.profiler table of this variant (first setting)')
     p.add_argument('--worker', action='store_true', help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
-    if a.worker: return worker(a)
+    if a.worker:
+        a.loss_fp32 = a.models[0] in a.loss_fp32
+        return worker(a)
     import torch
     if not torch.cuda.is_available(): sys.exit("fast_step.py measures CUDA GPUs; none is visible")
     import transformers, peft
@@ -206,7 +227,8 @@ def main(argv=None):
     args = [a for a in (argv if argv is not None else sys.argv[1:])]
     procs = []
     for i, model in enumerate(a.models):     # one process per model, spread over the GPUs
-        cmd = [sys.executable, __file__, '--worker'] + [x for x in args if x not in a.models and x != '--models'] + ['--models', model]
+        rest = [x for x in args if x not in a.models and x not in ('--models', '--loss-fp32')]
+        cmd = [sys.executable, __file__, '--worker'] + rest + ['--models', model] + (['--loss-fp32', model] if model in a.loss_fp32 else [])
         env = dict(os.environ, CUDA_VISIBLE_DEVICES=str(i % n), PYTORCH_CUDA_ALLOC_CONF='expandable_segments:True')
         procs.append(subprocess.Popen(cmd, env=env))
         if (i + 1) % n == 0 or i == len(a.models) - 1:

@@ -81,7 +81,8 @@ def test_fast_step_on_cuda_bf16_matches_plain(tiny_model):
         return loss.item(), {n: p.grad.float().clone() for n, p in m.named_parameters() if p.requires_grad}
     ref = step()
     fp = enable(m)
-    assert fp.on == list(ROUTES), fp
+    assert fp.on == [r for r in ROUTES if r != 'aligned_matmuls'], fp     # the tiny vision MLP is 64 wide: aligned already
+    assert 'multiple of 8' in fp.off['aligned_matmuls']
     got = step()
     assert abs(got[0] - ref[0]) <= 2e-2 * abs(ref[0])
     for n, g in ref[1].items():
