@@ -125,6 +125,7 @@ def worker(a):
                          mfu=fl / r['step_s'] / peak if peak else None)
             print(json.dumps(r), flush=True)
             rows.append(r)
+            (out / f'rows-{a.models[0]}.json').write_text(json.dumps(dict(rows=rows, losses=[])))   # kept if a later step dies
             del batch
             if a.profile and variant == a.profile and (side, b) == settings[0]:
                 from torch.profiler import profile, ProfilerActivity
