@@ -111,8 +111,8 @@ def worker(a):
     base = build_model(a.models[0], 'cuda')
     name, peak = torch.cuda.get_device_name(), peak_flops(torch.cuda.get_device_name())
     rows = []
-    settings = [(s, b) for s in a.sides for b in a.batches]
-    for variant in a.variants:
+    settings = [] if a.loss_only else [(s, b) for s in a.sides for b in a.batches]
+    for variant in ([] if a.loss_only else a.variants):
         m, fp = setup_variant(base, variant)
         if fp: print(f"[{a.models[0]}] {variant}: {fp}", flush=True)
         for side, b in settings:
@@ -153,6 +153,7 @@ def worker(a):
                 ref = curves['plain_fp32'][i]
                 row.update(plain_fp32=ref, bf16_rel_err=abs(p - ref) / abs(ref), fast_rel_err=abs(f - ref) / abs(ref))
             losses.append(row)
+    if a.loss_only: rows = json.loads((out / f'rows-{a.models[0]}.json').read_text())['rows'] if (out / f'rows-{a.models[0]}.json').exists() else []
     (out / f'rows-{a.models[0]}.json').write_text(json.dumps(dict(rows=rows, losses=losses)))
 
 
@@ -212,6 +213,7 @@ def main(argv=None):
     p.add_argument('--loss-lr', type=float, default=1e-3)
     p.add_argument('--loss-fp32', nargs='*', default=[], metavar='MODEL',
                    help='models whose loss check also runs the plain step in fp32 (bf16 error reference)')
+    p.add_argument('--loss-only', action='store_true', help='only the loss check (keeps rows measured earlier in --out)')
     p.add_argument('--profile', default=None, choices=VARIANTS, help='write a torch.profiler table of this variant (first setting)')
     p.add_argument('--worker', action='store_true', help=argparse.SUPPRESS)
     a = p.parse_args(argv)
