@@ -167,6 +167,7 @@ def report(a):
     rows, losses = [], []
     for f in sorted(out.glob('rows-*.json')):
         d = json.loads(f.read_text()); rows += d['rows']; losses += d['losses']
+    if not rows: sys.exit(f"{out}: no measured rows to report (losses are in losses.csv)") if not losses else None
     df = pd.DataFrame(rows)
     df.to_csv(out / 'results.csv', index=False)
     if losses: pd.DataFrame(losses).to_csv(out / 'losses.csv', index=False)
@@ -216,8 +217,10 @@ def main(argv=None):
     p.add_argument('--loss-only', action='store_true', help='only the loss check (keeps rows measured earlier in --out)')
     p.add_argument('--profile', default=None, choices=VARIANTS, help='write a torch.profiler table of this variant (first setting)')
     p.add_argument('--worker', action='store_true', help=argparse.SUPPRESS)
+    p.add_argument('--report', action='store_true', help='only write the table from the rows in --out')
     a = p.parse_args(argv)
     out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
+    if a.report: return report(a)
     if a.worker:
         a.loss_fp32 = a.models[0] in a.loss_fp32
         return worker(a)
