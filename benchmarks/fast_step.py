@@ -170,6 +170,10 @@ def report(a):
     if not rows: sys.exit(f"{out}: no measured rows to report (losses are in losses.csv)") if not losses else None
     df = pd.DataFrame(rows)
     df.to_csv(out / 'results.csv', index=False)
+    mem = df[df.variant.isin(['fast', 'fast-nogc'])]   # for benchmarks/memory_accuracy.py: the estimator's fast-step coefficients
+    pd.DataFrame(dict(model=mem.model, method='lora', image_h=mem.side, image_w=mem.side, batch_size=mem.batch,
+                      gradient_checkpointing=mem.variant == 'fast', fast=True, status=mem.status, gpu=mem.gpu,
+                      peak_allocated=mem.peak_allocated, peak_reserved=mem.peak_reserved)).to_csv(out / 'memory.csv', index=False)
     if losses: pd.DataFrame(losses).to_csv(out / 'losses.csv', index=False)
     lines = [f"GPU: {df.gpu.iloc[0]}; torch, transformers, peft: see env.json", '',
              '| model | side | batch | step | s/step | steps/s | tokens/s | MFU | peak alloc GB | peak reserved GB | speed-up | memory saved |',

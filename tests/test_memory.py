@@ -76,3 +76,18 @@ def test_profile_measures_what_the_estimate_predicts():
         assert r.status == 'ok'
         e = estimate('Qwen2.5-VL-3B', 'lora', (r.image_h, r.image_w), r.batch_size, gradient_checkpointing=r.gradient_checkpointing)
         assert abs(e.peak_allocated_bytes / r.peak_allocated - 1) < 0.05
+
+
+def test_fast_step_estimate_within_5_percent_of_measured():
+    "The fast step's coefficients against every measured fast step (benchmarks/fast_step, H200), held-out batch 2 included."
+    m = pd.read_csv(BENCH / 'fast_step' / 'memory.csv')
+    ok = m[m.status == 'ok']
+    assert len(ok) >= 24 and (ok.batch_size == 2).sum() >= 8
+    for r in ok.itertuples():
+        e = estimate(r.model, 'lora', (r.image_h, r.image_w), r.batch_size, gradient_checkpointing=bool(r.gradient_checkpointing),
+                     fast=True)
+        assert abs(e.peak_allocated_bytes / r.peak_allocated - 1) < 0.05, r
+        plain = estimate(r.model, 'lora', (r.image_h, r.image_w), r.batch_size, gradient_checkpointing=bool(r.gradient_checkpointing))
+        assert e.peak_allocated_bytes < plain.peak_allocated_bytes
+    r = run_qvl('estimate', '--model', 'Qwen2.5-VL-7B', '--image-size', '1344x1344', '--batch-size', '2', '--fast', '--json')
+    assert abs(json.loads(r.stdout)['peak_allocated_bytes'] / 19.032e9 - 1) < 0.02
