@@ -19,7 +19,7 @@ Writes DIR/results.csv, DIR/losses.csv, DIR/env.json and DIR/results.md (the tab
 import argparse, json, os, statistics, subprocess, sys, time
 from pathlib import Path
 
-VARIANTS = ('plain', 'fast', 'fast-nogc', 'fast-nofuse')
+VARIANTS = ('plain', 'fast', 'fast-nogc', 'fast-nofuse', 'fast-nocompile')
 
 
 def lora(base, seed):
@@ -42,7 +42,8 @@ def setup_variant(base, variant, seed=0):
     else: m.base_model.model.gradient_checkpointing_disable()
     fp = None
     if variant != 'plain':
-        routes = tuple(r for r in fast.ROUTES if not (variant == 'fast-nofuse' and r == 'fused_kernels'))
+        drop = {'fast-nofuse': ('fused_kernels', 'compiled_layers'), 'fast-nocompile': ('compiled_layers',)}.get(variant, ())
+        routes = tuple(r for r in fast.ROUTES if r not in drop)
         fp = fast.enable(m, routes=routes)
     m.train()
     return m, fp
@@ -118,7 +119,7 @@ def worker(a):
         for side, b in settings:
             batch = synthetic_batch(base.config, (side, side), b, device='cuda')
             r = dict(model=a.models[0], variant=variant, side=side, batch=b, tokens=int(batch['input_ids'].numel()), gpu=name)
-            r.update(measure(m, batch, a.steps, a.warmup, variant))
+            r.update(measure(m, batch, a.plain_steps or a.steps if variant == 'plain' else a.steps, a.warmup, variant))
             if r['status'] == 'ok':
                 fl = step_flops(a.models[0], (side, side), b)['total']
                 r.update(tokens_per_s=r['tokens'] / r['step_s'], tflops=fl / r['step_s'] / 1e12,
@@ -213,6 +214,7 @@ def main(argv=None):
     p.add_argument('--variants', nargs='+', default=['plain', 'fast'], choices=VARIANTS)
     p.add_argument('--steps', type=int, default=3, help='timed steps per setting (median)')
     p.add_argument('--warmup', type=int, default=2)
+    p.add_argument('--plain-steps', type=int, default=None, help='timed steps of the plain step (default: --steps)')
     p.add_argument('--loss-steps', type=int, default=20, help='steps of the loss check (0: none)')
     p.add_argument('--loss-setting', nargs=2, type=int, default=[1344, 2], metavar=('SIDE', 'BATCH'))
     p.add_argument('--loss-lr', type=float, default=1e-3)

@@ -82,6 +82,7 @@ def test_fast_step_on_cuda_bf16_matches_plain(tiny_model):
     ref = step()
     fp = enable(m)
     assert fp.on == [r for r in ROUTES if r != 'aligned_matmuls'], fp     # the tiny vision MLP is 64 wide: aligned already
+    assert 'compiled_layers' in fp.on
     assert 'multiple of 8' in fp.off['aligned_matmuls']
     got = step()
     assert abs(got[0] - ref[0]) <= 2e-2 * abs(ref[0])
