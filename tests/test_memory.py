@@ -79,10 +79,10 @@ def test_profile_measures_what_the_estimate_predicts():
 
 
 def test_fast_step_estimate_within_5_percent_of_measured():
-    "The fast step's coefficients against every measured fast step (benchmarks/fast_step, H200), held-out batch 2 included."
-    m = pd.read_csv(BENCH / 'fast_step' / 'memory.csv')
+    "The fast step's coefficients (fitted on batch 1 and 4 of benchmarks/fast_step_nocompile) against every measured fast step on H200s."
+    m = pd.concat([pd.read_csv(BENCH / d / 'memory.csv') for d in ('fast_step_nocompile', 'fast_step')], ignore_index=True)
     ok = m[m.status == 'ok']
-    assert len(ok) >= 24 and (ok.batch_size == 2).sum() >= 8
+    assert len(ok) >= 36 and (ok.batch_size == 2).sum() >= 12
     for r in ok.itertuples():
         e = estimate(r.model, 'lora', (r.image_h, r.image_w), r.batch_size, gradient_checkpointing=bool(r.gradient_checkpointing),
                      fast=True)
