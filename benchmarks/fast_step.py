@@ -36,9 +36,7 @@ def setup_variant(base, variant, seed=0):
     from qvl import fast
     m = lora(base, seed)
     m.config.use_cache = False
-    if variant == 'plain' or variant == 'fast': gc = True
-    else: gc = variant != 'fast-nogc'
-    if gc: m.base_model.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=dict(use_reentrant=False))
+    if variant != 'fast-nogc': m.base_model.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=dict(use_reentrant=False))
     else: m.base_model.model.gradient_checkpointing_disable()
     fp = None
     if variant != 'plain':
