@@ -191,12 +191,12 @@ def _setup_kw(a) -> dict:
     answer = a.text_tokens - a.text_tokens // 3          # 192 -> 64 prompt + 128 answer
     return dict(model=a.model, method=a.mode, image_size=a.image_size, batch_size=a.batch_size,
                 prompt_tokens=a.text_tokens // 3, answer_tokens=answer, lora_rank=a.lora_rank,
-                gradient_checkpointing=not a.no_gradient_checkpointing)
+                gradient_checkpointing=not a.no_gradient_checkpointing, fast=a.fast)
 
 def cmd_estimate(a) -> int:
     import json
     from qvl.memory import GB, advise, estimate, what_fits
-    kw = dict(_setup_kw(a), fast=a.fast)
+    kw = _setup_kw(a)
     e = estimate(**kw, optimizer=a.optimizer, precision=a.precision, gpus=a.gpus, sharding=a.sharding,
                  lora_adapter_dtype=a.adapter_dtype)
     if a.json:
@@ -210,19 +210,25 @@ def cmd_estimate(a) -> int:
 
 def cmd_profile(a) -> int:
     import json
-    from qvl.memory import estimate, profile
+    from qvl.memory import estimate_run, profile, profile_config
     kw = _setup_kw(a)
     h, w = kw['image_size']
-    df = profile(kw['model'], kw['method'], settings=[(h, w, kw['batch_size'], kw['gradient_checkpointing'])],
+    df = profile(kw['model'], kw['method'], settings=[(h, w, kw['batch_size'], kw['gradient_checkpointing'])], fast=a.fast,
                  lora_rank=kw['lora_rank'], prompt_tokens=kw['prompt_tokens'], answer_tokens=kw['answer_tokens'],
-                 snapshot=a.snapshot)
+                 steps=2, snapshot=a.snapshot, progress=False)
     r = df.iloc[0].to_dict()
-    e = estimate(**kw)
+    cfg = profile_config(kw['model'], kw['method'], kw['gradient_checkpointing'], a.fast, lora_rank=kw['lora_rank'],
+                         batch_size=kw['batch_size'])
+    e = estimate_run(cfg, (h, w), kw['prompt_tokens'], kw['answer_tokens'])
     r.update(estimated_allocated=e.peak_allocated_bytes, estimated_reserved=e.peak_reserved_bytes)
     if a.json: print(json.dumps({k: (v.item() if hasattr(v, 'item') else v) for k, v in r.items()}, indent=1, default=str))
     else:
-        print(f"{r['model']} {r['method']} {w}x{h} batch {r['batch_size']} on {r['gpu']}: {r['status']}")
-        for k in ('after_load', 'before_step', 'after_forward', 'after_backward', 'after_step', 'peak_allocated', 'peak_reserved'):
+        print(f"{r['model']} {r['method']} {w}x{h} batch {r['batch_size']}, {'fast' if a.fast else 'plain'} step "
+              f"(as `qvl train` takes it) on {r['gpu']}: {r['status']}")
+        if r['status'] == 'ok':
+            print(f"  warm-up {r['warmup_s']:.1f} s; steady {r['step_s']:.3f} s/step, {r['tokens_per_s']:,.0f} tokens/s"
+                  + (f", MFU {r['mfu']:.1%}" if r.get('mfu') == r.get('mfu') and r.get('mfu') is not None else ''))
+        for k in ('after_load', 'peak_allocated', 'peak_reserved'):
             if r.get(k) == r.get(k) and r.get(k) is not None: print(f"  {k:>15}: {r[k] / 1e9:8.2f} GB")
         print(f"  estimate: allocated {e.peak_allocated_bytes / 1e9:.2f} GB, reserved {e.peak_reserved_bytes / 1e9:.2f} GB")
         if a.snapshot: print(f"memory snapshot: {a.snapshot} (open it at https://pytorch.org/memory_viz)")
@@ -419,6 +425,8 @@ def parser() -> argparse.ArgumentParser:
         s.add_argument('--text-tokens', type=_positive, default=192, help='prompt + answer tokens per sample (a third prompt)')
         s.add_argument('--lora-rank', type=_positive, default=8)
         s.add_argument('--no-gradient-checkpointing', action='store_true')
+        s.add_argument('--fast', action=argparse.BooleanOptionalAction, default=True,
+                       help="qvl.fast's step, which `qvl train` takes by default; --no-fast: the plain step (config key fast)")
         s.add_argument('--json', action='store_true', help='print one JSON object')
 
     s = sub.add_parser('estimate', formatter_class=fmt, help='predict the GPU memory of a training step (no GPU needed)',
@@ -432,13 +440,13 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument('--sharding', choices=['none', 'ddp', 'fsdp', 'zero2', 'zero3'], default='none')
     s.add_argument('--gpu-memory', type=float, default=141, metavar='GB', help='GPU size to check against')
     s.add_argument('--fits', action='store_true', help='also the largest batch and image side per GPU size')
-    s.add_argument('--fast', action='store_true', help="the fast step (`qvl train`'s default, qvl.fast) instead of the plain one")
     s.set_defaults(func=cmd_estimate)
 
     s = sub.add_parser('profile', formatter_class=fmt, help='measure the GPU memory of real training steps (GPU)',
-        description='Build the model with random bf16 weights on the GPU (or load a checkpoint directory), run two '
-                    'training steps of the setting and report memory after load, forward, backward and the optimizer '
-                    'step, both peaks and the estimate. An out-of-memory error is reported as a result (exit 1).')
+        description='Build the model with random bf16 weights on the GPU (or load a checkpoint directory), prepare it '
+                    'with `qvl train`\'s own code (method, checkpointing, fast step, optimizer), run a warm-up step and two '
+                    'timed steps of the setting through the trainer and report time, tokens/s, MFU, both memory peaks and '
+                    'the estimate of the same run. An out-of-memory error is reported as a result (exit 1).')
     setup_flags(s)
     s.add_argument('--snapshot', metavar='FILE.pickle', help="write PyTorch's memory snapshot of the measured step")
     s.set_defaults(func=cmd_profile)

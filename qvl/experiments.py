@@ -10,8 +10,8 @@ from .core import QvlError, atomic_file
 
 # %% auto #0
 __all__ = ['POINT_KEYS', 'CAPACITIES', 'templates_dir', 'template_path', 'template_parameters', 'environment', 'run_id', 'run',
-           'collect', 'plot_runs', 'grid', 'predict', 'LiveTensors', 'measure_cpu', 'measure_gpu_worker',
-           'measure_gpus', 'vram_sweep', 'plot_vram', 'main']
+           'collect', 'plot_runs', 'grid', 'point_config', 'predict', 'LiveTensors', 'measure_cpu',
+           'measure_gpu_worker', 'measure_gpus', 'vram_sweep', 'plot_vram', 'main']
 
 # %% ../nbs/07_experiments.ipynb #46196539
 def templates_dir() -> Path:
@@ -146,21 +146,25 @@ def plot_runs(df, x: str, y: str, by: str = 'run', path=None):
     return fig
 
 # %% ../nbs/07_experiments.ipynb #55c705f4
-POINT_KEYS = ['model', 'method', 'side', 'batch_size', 'gradient_checkpointing']
+POINT_KEYS = ['model', 'method', 'side', 'batch_size', 'gradient_checkpointing', 'fast']
 
-def grid(models, methods, sides, batches, gradient_checkpointing=(True,)) -> list[dict]:
-    "Every point of the sweep grid."
-    return [dict(model=m, method=t, side=int(s), batch_size=int(b), gradient_checkpointing=bool(g))
+def grid(models, methods, sides, batches, gradient_checkpointing=(True,), fast: bool = True) -> list[dict]:
+    "Every point of the sweep grid; `fast`: `qvl train`'s default step, or the plain one."
+    return [dict(model=m, method=t, side=int(s), batch_size=int(b), gradient_checkpointing=bool(g), fast=bool(fast))
             for m in models for t in methods for g in gradient_checkpointing for s in sides for b in batches]
+
+def point_config(p: dict):
+    "The `TrainConfig` a sweep point measures and predicts: `qvl train`'s defaults with the point's settings."
+    from qvl.memory import profile_config
+    return profile_config(p['model'], p['method'], p['gradient_checkpointing'], p['fast'], batch_size=p['batch_size'])
 
 def predict(points) -> 'pd.DataFrame':
     "The estimate of every point."
     import pandas as pd
-    from qvl.memory import estimate
+    from qvl.memory import estimate_run
     rows = []
     for p in points:
-        e = estimate(p['model'], p['method'], (p['side'], p['side']), p['batch_size'],
-                     gradient_checkpointing=p['gradient_checkpointing'])
+        e = estimate_run(point_config(p), (p['side'], p['side']))
         rows.append(dict(p, predicted_allocated_gb=e.peak_allocated_bytes / 1e9, predicted_reserved_gb=e.peak_reserved_bytes / 1e9,
                          image_tokens=e.features['image_tokens']))
     return pd.DataFrame(rows)
@@ -201,33 +205,18 @@ def measure_cpu(points, out_csv: Path, progress: bool = True) -> None:
     "Measure points with the tiny model on the CPU (its own architecture stands in for `model`)."
     import torch, pandas as pd
     from tqdm.auto import tqdm
-    from qvl.core import default_tiny_model, load_tiny
-    from qvl.memory import _apply_method, synthetic_batch
+    from qvl.memory import profile_trainer
     done = _done(out_csv)
     for p in tqdm([p for p in points if _key(p) not in done], desc='measure (cpu)', disable=not progress):
         row = dict(p, measured_on='cpu (tiny model)', status='ok', error='')
-        try:
-            _, m = load_tiny(default_tiny_model())
-            m = _apply_method(m, p['method'], 8, 16, True, True)
-            m.config.use_cache = False
-            if p['gradient_checkpointing']: m.gradient_checkpointing_enable(gradient_checkpointing_kwargs=dict(use_reentrant=False))
-            m.train()
-            b = synthetic_batch(m.config, (p['side'], p['side']), p['batch_size'], device='cpu')
-            special = {m.config.image_token_id, m.config.vision_start_token_id, m.config.vision_end_token_id}
-            for k in ('input_ids', 'labels'):
-                keep = b[k] < 0
-                for s in special: keep |= b[k] == s
-                b[k] = torch.where(keep, b[k], b[k] % 400)
-            b['pixel_values'] = b['pixel_values'].float()
-            params = [q for q in m.parameters() if q.requires_grad]
-            opt = torch.optim.AdamW(params, lr=1e-4)
-            def step():
-                m(**b).loss.backward(); opt.step(); opt.zero_grad(set_to_none=True)
-            step()
+        try:   # the trainer's own model preparation, fast step, optimizer and step, on the tiny model's architecture
+            tr = profile_trainer(point_config(p), (p['side'], p['side']), p['batch_size'], device='cpu')
+            tr.train_step()
+            m, opt = tr.module, tr.optimizer
             base = _tensor_bytes(list(m.parameters()) + list(m.buffers()) + [v for st in opt.state.values() for v in st.values()
-                                 if torch.is_tensor(v)] + list(b.values()))
+                                 if torch.is_tensor(v)])
             t0 = time.perf_counter()
-            with LiveTensors() as lt: step()
+            with LiveTensors() as lt: tr.train_step()
             row.update(measured_allocated_gb=(base + lt.peak) / 1e9, step_seconds=time.perf_counter() - t0)
         except Exception as e: row.update(status='error', error=f'{type(e).__name__}: {e}')
         pd.DataFrame([row]).to_csv(out_csv, mode='a', header=not out_csv.exists(), index=False)
@@ -244,33 +233,36 @@ def _done(csv: Path) -> set:
     return {_key(r) for r in df.to_dict('records')}
 
 def measure_gpu_worker(points_json: str, out_csv: str) -> None:
-    "One GPU's share of a sweep: build each (model, method) once, measure its points, append each row."
+    """One GPU's share of a sweep: for each (model, method, checkpointing, step) one trainer (`qvl train`'s model
+    preparation, fast step and optimizer on a real-size model with random weights), then each point's steady step
+    (`Trainer.measure`), smallest first; each row appended as it is measured."""
     import torch, pandas as pd
-    from qvl.memory import _apply_method, build_model, profile_step
+    from qvl.memory import SyntheticData, profile_trainer
     points, out = json.loads(Path(points_json).read_text()), Path(out_csv)
     done = _done(out)
     groups = {}
     for p in points:
-        if _key(p) not in done: groups.setdefault((p['model'], p['method']), []).append(p)
+        if _key(p) not in done: groups.setdefault((p['model'], p['method'], p['gradient_checkpointing'], p['fast']), []).append(p)
     dev = torch.device('cuda')
-    for (model, method), pts in groups.items():
-        try:
-            m = _apply_method(build_model(model, dev), method, 8, 16, True, True)
+    name = torch.cuda.get_device_name(dev)
+    def write(row): pd.DataFrame([dict(row, measured_on=name)]).to_csv(out, mode='a', header=not out.exists(), index=False)
+    for pts in groups.values():
+        pts = sorted(pts, key=lambda p: p['side'] * p['side'] * p['batch_size'])
+        try: tr = profile_trainer(point_config(pts[0]), (pts[0]['side'],) * 2, pts[0]['batch_size'], device=dev)
         except Exception as e:
-            for p in pts:
-                pd.DataFrame([dict(p, status='error', error=f'{type(e).__name__}: {e}', measured_on=torch.cuda.get_device_name(dev))]
-                             ).to_csv(out, mode='a', header=not out.exists(), index=False)
+            for p in pts: write(dict(p, status='error', error=f'{type(e).__name__}: {e}'))
             continue
-        for p in sorted(pts, key=lambda p: (not p['gradient_checkpointing'], p['side'] * p['side'] * p['batch_size'])):
+        for p in pts:
             try:
-                r = profile_step(m, (p['side'], p['side']), p['batch_size'], p['gradient_checkpointing'])
+                tr.use_data(SyntheticData(tr.module.config, (p['side'], p['side']), p['batch_size']), p['batch_size'])
+                r = tr.measure(steps=1, warmup=1)
                 row = dict(p, status=r['status'], error=r['error'], measured_allocated_gb=r.get('peak_allocated', 0) / 1e9,
-                           measured_reserved_gb=r.get('peak_reserved', 0) / 1e9, step_seconds=r.get('step_seconds'))
+                           measured_reserved_gb=r.get('peak_reserved', 0) / 1e9, step_seconds=r.get('step_s'),
+                           tokens_per_s=r.get('tokens_per_s'), mfu=r.get('mfu'))
             except Exception as e: row = dict(p, status='error', error=f'{type(e).__name__}: {e}')
-            row['measured_on'] = torch.cuda.get_device_name(dev)
-            pd.DataFrame([row]).to_csv(out, mode='a', header=not out.exists(), index=False)
+            write(row)
             print(f"{p['model']} {p['method']} {p['side']} b{p['batch_size']}: {row['status']}", flush=True)
-        del m
+        del tr
         import gc; gc.collect(); torch.cuda.empty_cache()
 
 def measure_gpus(points, out_dir: Path, gpus: int | None = None) -> None:
@@ -295,11 +287,12 @@ def measure_gpus(points, out_dir: Path, gpus: int | None = None) -> None:
 
 def vram_sweep(out_dir, models=('Qwen2.5-VL-3B', 'Qwen2.5-VL-7B'), methods=('lora', 'full'), sides=(448, 896, 1344, 2016),
                batches=(1, 2, 4, 8), gradient_checkpointing=(True,), measure: str = 'auto', cpu_sides=(224, 336, 448),
-               cpu_batches=(1, 2, 4), progress: bool = True) -> 'pd.DataFrame':
-    "Predict every grid point; measure on the GPUs (or the tiny model on CPU); one results table."
+               cpu_batches=(1, 2, 4), fast: bool = True, progress: bool = True) -> 'pd.DataFrame':
+    "Predict every grid point of `qvl train`'s step (`fast=False`: the plain step); measure on the GPUs (or the tiny model on CPU); one results table."
     import pandas as pd, torch
+    if measure not in ('auto', 'gpu', 'cpu', 'none'): raise QvlError(f"measure={measure!r}: choose auto, gpu, cpu or none")
     out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
-    points = grid(models, methods, sides, batches, gradient_checkpointing)
+    points = grid(models, methods, sides, batches, gradient_checkpointing, fast)
     pred = predict(points)
     pred.to_csv(out / 'predicted.csv', index=False)
     where = ('gpu' if torch.cuda.is_available() else 'cpu') if measure == 'auto' else measure
@@ -308,7 +301,7 @@ def vram_sweep(out_dir, models=('Qwen2.5-VL-3B', 'Qwen2.5-VL-7B'), methods=('lor
     elif where == 'cpu':
         from qvl.core import default_tiny_model
         tiny = str(default_tiny_model())
-        cpu_points = grid([tiny], methods, cpu_sides, cpu_batches, gradient_checkpointing)
+        cpu_points = grid([tiny], methods, cpu_sides, cpu_batches, gradient_checkpointing, fast)
         measure_cpu(cpu_points, out / 'measured-cpu.csv', progress)
         pred = pd.concat([pred, predict(cpu_points)], ignore_index=True)
     meas = [pd.read_csv(p) for p in sorted(out.glob('measured-*.csv'))]

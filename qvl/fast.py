@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from .core import QvlError
 
 # %% auto #0
-__all__ = ['ROUTES', 'PEAK_BF16', 'grouped_attention', 'labeled_loss', 'rms_norm', 'swiglu', 'FastPath', 'enable', 'disable',
-           'peak_flops', 'step_flops']
+__all__ = ['GPU_ROUTES', 'ROUTES', 'PEAK_BF16', 'grouped_attention', 'labeled_loss', 'rms_norm', 'swiglu', 'device_routes',
+           'FastPath', 'enable', 'disable', 'peak_flops', 'batch_flops', 'step_flops']
 
 # %% ../nbs/08_fast.ipynb #6f73da1e
 def grouped_attention(q, k, v, cu_seqlens, scale: float | None = None):
@@ -130,16 +130,24 @@ def _fusable(model):
             and (isinstance(m.act_fn, torch.nn.SiLU) or type(m.act_fn).__name__ == 'SiLUActivation')]
     return norms, mlps
 
-def _on_gpu(model) -> bool:
+def _device_of(model) -> str:
     p = next(model.parameters(), None)
-    return p is not None and p.device.type == 'cuda'
+    return p.device.type if p is not None else 'cpu'
 
-def _kernel_problem(model, eager: str) -> str | None:
-    "Why compiled kernels cannot run for `model` here (saying that `eager` stay eager), or None."
+def _has_triton() -> bool:
     import importlib.util
-    if not _on_gpu(model): return f'no CUDA GPU: eager {eager}'
-    if importlib.util.find_spec('triton') is None: return f'triton is not installed: eager {eager}'
-    return None
+    return importlib.util.find_spec('triton') is not None
+
+GPU_ROUTES = {'fused_kernels': 'norms and MLPs', 'aligned_matmuls': None, 'compiled_layers': 'decoder layers'}
+
+def device_routes(device_type: str, triton: bool, sharding: str | None = None) -> dict:
+    "For the routes that depend on the device: route -> None when it can run on `device_type`, else why not."
+    out = {}
+    for route, eager in GPU_ROUTES.items():
+        if device_type != 'cuda': out[route] = 'no CUDA GPU: ' + (f'eager {eager}' if eager else 'nothing to align for')
+        elif eager and not triton: out[route] = f'triton is not installed: eager {eager}'
+        else: out[route] = None
+    return out
 
 # %% ../nbs/08_fast.ipynb #e468862d
 def _pad_width(mlp) -> int:
@@ -228,11 +236,12 @@ def _unpatch(module):
     for k in ('_qvl_compiled', '_qvl_fused', '_qvl_pad'): module.__dict__.pop(k, None)
     if module in _COMPILED_LAYERS: _COMPILED_LAYERS.remove(module)
 
-def enable(model, routes=ROUTES, quiet: bool = True) -> FastPath:
-    "Install the fast step's `routes` on `model` (a transformers Qwen-VL model, bare or under peft); see `FastPath`."
+def enable(model, routes=ROUTES, quiet: bool = True, device_type: str | None = None, sharding: str | None = None) -> FastPath:
+    "Install the fast step's `routes` on `model` (a transformers Qwen-VL model, bare or under peft); see `FastPath`. `device_type`: where it will run (default: where its parameters are)."
     unknown = set(routes) - set(ROUTES)
     if unknown: raise QvlError(f"unknown fast-step route(s) {sorted(unknown)}: choose from {', '.join(ROUTES)}")
     base, fp = _base(model), FastPath()
+    on_device = device_routes(device_type or _device_of(base), _has_triton(), sharding)
     visual = getattr(getattr(base, 'model', base), 'visual', None) or getattr(base, 'visual', None)
     if 'vision_attention' in routes:
         attn = _vision_attentions(visual) if visual is not None else []
@@ -254,7 +263,7 @@ def enable(model, routes=ROUTES, quiet: bool = True) -> FastPath:
             fp.off['labeled_loss'] = f'{type(base).__name__} has no lm_head over an inner model'
         else: _patch(base, _labeled_forward); fp.on.append('labeled_loss')
     if 'fused_kernels' in routes:
-        why = _kernel_problem(base, 'norms and MLPs')
+        why = on_device['fused_kernels']
         if why: fp.off['fused_kernels'] = why
         else:
             norms, mlps = _fusable(base)
@@ -263,7 +272,7 @@ def enable(model, routes=ROUTES, quiet: bool = True) -> FastPath:
             fp.on.append('fused_kernels')
     if 'aligned_matmuls' in routes:
         odd = [m for m in _fusable(base)[1] if _pad_width(m)]
-        if not _on_gpu(base): fp.off['aligned_matmuls'] = 'no CUDA GPU: nothing to align for'
+        if on_device['aligned_matmuls']: fp.off['aligned_matmuls'] = on_device['aligned_matmuls']
         elif not odd: fp.off['aligned_matmuls'] = 'every MLP width is already a multiple of 8'
         else:
             for m in odd: m.__dict__['_qvl_pad'] = _pad_width(m); _patch(m, _mlp_forward)
@@ -275,7 +284,7 @@ def enable(model, routes=ROUTES, quiet: bool = True) -> FastPath:
             for m in loras: _patch(m, _lora_forward)
             fp.on.append('fused_lora')
     if 'compiled_layers' in routes:
-        why, layers = _kernel_problem(base, 'decoder layers'), _decoder_layers(base)
+        why, layers = on_device['compiled_layers'], _decoder_layers(base)
         if why: fp.off['compiled_layers'] = why
         elif not layers: fp.off['compiled_layers'] = 'no decoder layers found'
         else:
@@ -303,28 +312,33 @@ def peak_flops(device_name: str) -> float | None:
         if k in device_name: return v
     return None
 
+def batch_flops(shape, rows, method: str = 'lora', lora_rank: int = 8, freeze_vision: bool = True) -> dict:
+    """FLOPs a training step needs (see above), by part, for `rows` of (tokens, [patches of each image], labelled
+    tokens): one row per sample as the trainer sees it. `shape` is `qvl.memory.model_shape(model)`."""
+    from qvl.core import load_config
+    v = load_config(shape.name).vision_config
+    lin = sum(i * o for i, o in shape.linear_shapes)             # LLM linear weights used per token
+    lora = shape.lora_params(lora_rank)
+    full = method == 'full'
+    window = (getattr(v, 'window_size', 0) // getattr(v, 'patch_size', 14)) ** 2
+    full_layers = len(getattr(v, 'fullatt_block_indexes', None) or range(shape.vision_depth)) if window else shape.vision_depth
+    out = dict(llm=0, lm_head=0, vision=0)
+    for T, patches, labelled in rows:
+        llm_f = 2 * lin * T + 2 * T * T * shape.hidden * shape.layers            # causal attention: half of QK^T and AV
+        out['llm'] += llm_f * (3 if full else 2) + (0 if full else 6 * lora * T)  # activation grads; weight grads if full
+        out['lm_head'] += 2 * shape.hidden * shape.vocab * labelled * (3 if full else 2)
+        for P in patches:
+            vis_att = 4 * shape.vision_width * P * (P * full_layers + min(window, P) * (shape.vision_depth - full_layers))
+            out['vision'] += (2 * (shape.vision + shape.merger) * P + vis_att) * (1 if (freeze_vision or not full) else 3)
+    out['total'] = sum(out.values())
+    return out
+
 def step_flops(model: str, image_size=(1344, 1344), batch_size: int = 1, method: str = 'lora', prompt_tokens: int = 64,
                answer_tokens: int = 128, lora_rank: int = 8, freeze_vision: bool = True) -> dict:
     "FLOPs one training step needs (see above), by part, for `batch_size` samples of one image each."
     from qvl.memory import model_shape
     from qvl.resize import Budget
-    from qvl.core import load_config
-    s, c = model_shape(model), load_config(model)
-    v = c.vision_config
+    s = model_shape(model)
     img = Budget(factor=s.factor).tokens(*image_size)
     T = prompt_tokens + img + 2 + answer_tokens           # as `qvl.memory.synthetic_batch` builds a sample
-    P = img * 4                                           # patches before the 2x2 merge
-    lin = sum(i * o for i, o in s.linear_shapes)                 # LLM linear weights used per token
-    lora = s.lora_params(lora_rank)
-    full = method == 'full'
-    llm_f = 2 * lin * T + 2 * T * T * s.hidden * s.layers                  # causal attention: half of QK^T and AV
-    llm = llm_f * (3 if full else 2) + (0 if full else 6 * lora * T)      # activation grads; weight grads if full
-    head = 2 * s.hidden * s.vocab * answer_tokens * (3 if full else 2)
-    window = (getattr(v, 'window_size', 0) // getattr(v, 'patch_size', 14)) ** 2
-    full_layers = len(getattr(v, 'fullatt_block_indexes', None) or range(s.vision_depth)) if window else s.vision_depth
-    vis_att = 4 * s.vision_width * P * (P * full_layers + window * (s.vision_depth - full_layers))
-    vision = 2 * (s.vision + s.merger) * P + vis_att                       # merger rows are 4 patches wide: same count
-    vision *= 1 if (freeze_vision or not full) else 3
-    out = dict(llm=batch_size * llm, lm_head=batch_size * head, vision=batch_size * vision)
-    out['total'] = sum(out.values())
-    return out
+    return batch_flops(s, [(T, [img * 4], answer_tokens)] * batch_size, method, lora_rank, freeze_vision)

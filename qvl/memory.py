@@ -13,7 +13,8 @@ from .core import QvlError, load_config
 # %% auto #0
 __all__ = ['OPTIMIZERS', 'STATE_BYTES', 'METHODS', 'PRECISIONS', 'SHARDINGS', 'COEFFICIENTS', 'GB', 'GPU_SIZES', 'ModelShape',
            'model_shape', 'Setup', 'features', 'Estimate', 'estimate', 'largest', 'what_fits', 'advise',
-           'article_table', 'build_model', 'synthetic_batch', 'profile_step', 'profile', 'fit_coefficients', 'accuracy']
+           'article_table', 'build_model', 'synthetic_batch', 'SyntheticData', 'profile_config', 'estimate_run',
+           'profile_trainer', 'profile', 'fit_coefficients', 'accuracy']
 
 # %% ../nbs/06_memory.ipynb #b8f8ccc6
 @dataclass(frozen=True)
@@ -93,7 +94,7 @@ class Setup:
     attention: str = 'sdpa'
     gpus: int = 1
     sharding: str = 'none'
-    fast: bool = False                          # qvl.fast's step (`qvl train`'s default) instead of the plain one
+    fast: bool = True                           # qvl.fast's step, as `qvl train` takes by default; False: the plain step
 
     def __post_init__(self):
         def bad(msg): raise QvlError(msg)
@@ -279,7 +280,7 @@ def advise(e: Estimate, gpu_bytes: float = 141e9) -> str:
     if e.fits(gpu_bytes): return f"fits in {gpu_bytes / GB:.0f} GB"
     s, tips = e.setup, []
     base = dict(model=s.model, method=s.method, image_size=s.image_size, batch_size=s.batch_size,
-                **{k: getattr(s, k) for k in ('gradient_checkpointing', 'precision', 'optimizer', 'gpus', 'sharding', 'lora_rank')})
+                **{k: getattr(s, k) for k in ('gradient_checkpointing', 'precision', 'optimizer', 'gpus', 'sharding', 'lora_rank', 'fast')})
     side = largest(gpu_bytes, 'image_size', max(s.image_size), **{k: v for k, v in base.items() if k != 'image_size'})
     if side: tips.append(f"images of at most {side}x{side}")
     b = largest(gpu_bytes, 'batch_size', s.batch_size, **{k: v for k, v in base.items() if k != 'batch_size'})
@@ -313,7 +314,7 @@ def article_table():
             ('Qwen2.5-VL-7B LoRA', 26, 'Qwen2.5-VL-7B', 'lora', 1792, 1, 'bf16')]
     out = []
     for label, gb, model, method, side, b, prec in rows:
-        e = estimate(model, method, side, b, precision=prec)
+        e = estimate(model, method, side, b, precision=prec, fast=False)   # published figures: the plain step
         out.append(dict(published=label, published_gb=gb, model=model, method=method, image=f'{side}x{side}', batch=b,
                         precision=prec, estimated_allocated_gb=round(e.peak_allocated_bytes / GB, 1),
                         estimated_reserved_gb=round(e.peak_reserved_bytes / GB, 1)))
@@ -334,6 +335,13 @@ def build_model(model: str, device='cuda', attention: str = 'sdpa', dtype: str =
         m = AutoModelForImageTextToText.from_config(c, dtype=dt, attn_implementation=attention)
     return m
 
+def _text_id_range(config) -> tuple[int, int]:
+    "Token ids for random text: below every special token of `config` (the real checkpoints: 1000-100000)."
+    special = [getattr(config, k) for k in ('image_token_id', 'video_token_id', 'vision_start_token_id', 'vision_end_token_id')
+               if getattr(config, k, None) is not None]
+    hi = min([100000] + special)
+    return min(1000, hi // 4), hi
+
 def synthetic_batch(config, image_size, batch_size: int, prompt_tokens: int = 64, answer_tokens: int = 128, device='cuda',
                     images_per_sample: int = 1, seed: int = 0):
     "A batch shaped as the processor would make it for one image per sample of `image_size` (h, w)."
@@ -345,12 +353,13 @@ def synthetic_batch(config, image_size, batch_size: int, prompt_tokens: int = 64
     h, w = Budget(factor=f).fit(*image_size)
     n_img = (h // f) * (w // f)
     g = torch.Generator().manual_seed(seed)
+    lo, hi = _text_id_range(config)
     rows, labels = [], []
     for _ in range(batch_size):
-        ids = torch.randint(1000, 100000, (prompt_tokens,), generator=g).tolist()
+        ids = torch.randint(lo, hi, (prompt_tokens,), generator=g).tolist()
         for _ in range(images_per_sample):
             ids += [config.vision_start_token_id] + [config.image_token_id] * n_img + [config.vision_end_token_id]
-        ans = torch.randint(1000, 100000, (answer_tokens,), generator=g).tolist()
+        ans = torch.randint(lo, hi, (answer_tokens,), generator=g).tolist()
         rows.append(ids + ans); labels.append([-100] * len(ids) + ans)
     ids = torch.tensor(rows, device=device)
     batch = dict(input_ids=ids, attention_mask=torch.ones_like(ids), labels=torch.tensor(labels, device=device),
@@ -362,91 +371,82 @@ def synthetic_batch(config, image_size, batch_size: int, prompt_tokens: int = 64
         batch['image_grid_thw'] = torch.tensor([[1, h // patch, w // patch]] * (batch_size * images_per_sample), device=device)
     return batch
 
-def _apply_method(model, method: str, lora_rank: int, lora_alpha: int, freeze_vision: bool, freeze_projector: bool,
-                  lora_adapter_dtype: str = 'bf16'):
-    from qvl.train import llm_linear_names
-    if method == 'lora':
-        from peft import LoraConfig, get_peft_model
-        lc = LoraConfig(r=lora_rank, lora_alpha=lora_alpha, lora_dropout=0.0, target_modules=llm_linear_names(model))
-        return get_peft_model(model, lc, autocast_adapter_dtype=lora_adapter_dtype == 'fp32')
-    for n, p in model.named_parameters():
-        vis = 'visual.' in n
-        p.requires_grad_(not ((freeze_projector if '.merger.' in n else freeze_vision) if vis else False))
-    return model
+class SyntheticData:
+    """`n` samples shaped as the processor makes them (one image of `image_size` (h, w) each, a prompt, a labelled
+    answer), as items of `qvl.data.VisionTextDataset`: the trainer collates and steps them as it does real data."""
+    def __init__(self, config, image_size, n: int = 8, prompt_tokens: int = 64, answer_tokens: int = 128,
+                 images_per_sample: int = 1, seed: int = 0):
+        b = synthetic_batch(config, image_size, n, prompt_tokens, answer_tokens, 'cpu', images_per_sample, seed)
+        self.examples = [dict(input_ids=b['input_ids'][i], labels=b['labels'][i]) for i in range(n)]
+        self.image_size, self.images = tuple(image_size), []
+        if images_per_sample:
+            grids = b['image_grid_thw'].reshape(n, images_per_sample, 3)
+            px = b['pixel_values'].float().split(grids.prod(-1).sum(-1).tolist())    # fp32, as the image processor gives them
+            self.images = list(zip(px, grids))
 
-def profile_step(model, image_size=(448, 448), batch_size: int = 1, gradient_checkpointing: bool = True,
-                 prompt_tokens: int = 64, answer_tokens: int = 128, optimizer: str = 'adamw', lr: float = 1e-5,
-                 snapshot: str | None = None) -> dict:
-    "Measure a steady-state step of `model` (already set up for its method) on the GPU; an OOM is a result."
-    import torch
-    dev = next(model.parameters()).device
-    cfg = model.config
-    from qvl.data import token_type_id
-    keep_types = token_type_id(model) is not None
-    if gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=dict(use_reentrant=False))
-        if hasattr(model, 'enable_input_require_grads'): model.enable_input_require_grads()
-    else: model.gradient_checkpointing_disable()
-    model.config.use_cache = False
-    model.train()
-    row = dict(image_h=image_size[0], image_w=image_size[1], batch_size=batch_size, gradient_checkpointing=gradient_checkpointing,
-               status='ok', error='')
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = None
-    try:
-        batch = synthetic_batch(cfg, image_size, batch_size, prompt_tokens, answer_tokens, dev)
-        if not keep_types: batch.pop('mm_token_type_ids')
-        row['tokens'] = int(batch['input_ids'].numel())
-        if optimizer == 'adamw': opt = torch.optim.AdamW(params, lr=lr)
-        elif optimizer == 'sgd': opt = torch.optim.SGD(params, lr=lr)
-        else: raise QvlError(f"profile supports adamw and sgd, not {optimizer!r}")
-        def step(record):
-            t0 = time.perf_counter()
-            loss = model(**batch).loss
-            if record: torch.cuda.synchronize(); row['after_forward'] = torch.cuda.memory_allocated(dev)
-            loss.backward()
-            if record: torch.cuda.synchronize(); row['after_backward'] = torch.cuda.memory_allocated(dev)
-            opt.step(); opt.zero_grad(set_to_none=True)
-            torch.cuda.synchronize()
-            if record: row.update(after_step=torch.cuda.memory_allocated(dev), step_seconds=time.perf_counter() - t0)
-            del loss
-        step(False)
-        torch.cuda.reset_peak_memory_stats(dev)
-        row['before_step'] = torch.cuda.memory_allocated(dev)
-        if snapshot: torch.cuda.memory._record_memory_history(max_entries=200000)
-        step(True)
-        if snapshot:
-            torch.cuda.memory._dump_snapshot(snapshot); torch.cuda.memory._record_memory_history(enabled=None)
-        row.update(peak_allocated=torch.cuda.max_memory_allocated(dev), peak_reserved=torch.cuda.max_memory_reserved(dev),
-                   device_used=torch.cuda.mem_get_info(dev)[1] - torch.cuda.mem_get_info(dev)[0])
-    except torch.OutOfMemoryError as e:
-        row.update(status='oom', error=str(e).split('.')[0], peak_allocated=torch.cuda.max_memory_allocated(dev),
-                   peak_reserved=torch.cuda.max_memory_reserved(dev))
-    finally:
-        if opt is not None: opt.zero_grad(set_to_none=True)
-        for p in params: p.grad = None
-        del opt
-        batch = None
-        gc.collect(); torch.cuda.empty_cache()
-    return row
+    def __len__(self): return len(self.examples)
 
-def profile(model: str = 'Qwen2.5-VL-3B', method: str = 'lora', settings=((448, 448, 1, True),), lora_rank: int = 8,
-            lora_alpha: int = 16, freeze_vision: bool = True, freeze_projector: bool = True, attention: str = 'sdpa',
-            lora_adapter_dtype: str = 'bf16', progress: bool = True, **kw):
-    "Measure `settings` ((height, width, batch, checkpointing) tuples) for one model and method: a DataFrame."
+    def __getitem__(self, i: int) -> dict:
+        item = dict(self.examples[i], index=i)
+        if self.images: item.update(pixel_values=self.images[i][0], image_grid_thw=self.images[i][1])
+        return item
+
+def profile_config(model: str, method: str = 'lora', gradient_checkpointing: bool = True, fast: bool = True, **kw):
+    "The `TrainConfig` of a profiled run (synthetic data, nothing written): every other key as `qvl train` defaults it."
+    from qvl.train import config_from_dict
+    return config_from_dict(dict(model=str(model), data='(synthetic)', method=method, gradient_checkpointing=gradient_checkpointing,
+                                 fast=fast, steps=10 ** 9, **kw))
+
+def estimate_run(cfg, image_size, prompt_tokens: int = 64, answer_tokens: int = 128, gpus: int = 1, **kw) -> Estimate:
+    "The estimate of a `TrainConfig`'s step (on a GPU) for samples of one image of `image_size` (h, w) and the given text."
+    from qvl.train import resolve_precision
+    precision = resolve_precision(cfg.precision, 'cuda')
+    if precision == 'fp16-mixed': precision = 'bf16-mixed'         # the same widths
+    sharding = 'none' if gpus == 1 else ('fsdp' if cfg.sharding == 'fsdp' and cfg.method == 'full' else 'ddp')
+    return estimate(cfg.model, cfg.method, tuple(image_size), cfg.batch_size, prompt_tokens=prompt_tokens,
+                    answer_tokens=answer_tokens, lora_rank=cfg.lora_rank, freeze_vision=cfg.freeze_vision,
+                    freeze_projector=cfg.freeze_projector, freeze_llm=cfg.freeze_llm, precision=precision,
+                    lora_adapter_dtype='bf16' if precision == 'bf16' else 'fp32', gradient_checkpointing=cfg.gradient_checkpointing,
+                    attention=cfg.attn_implementation, fast=cfg.fast, gpus=gpus, sharding=sharding, **kw)
+
+def profile_trainer(cfg, image_size, batch_size: int, prompt_tokens: int = 64, answer_tokens: int = 128, device='cuda'):
+    """A `qvl.train.Trainer` for `cfg` on synthetic data: the model prepared, the fast step installed and the optimizer
+    made by the trainer's own code. A shipped model name gets random weights built on the device; a checkpoint
+    directory is loaded."""
+    from qvl.train import Trainer
+    if cfg.method == 'qlora' and not Path(cfg.model).is_dir():
+        raise QvlError(f"qlora quantizes a checkpoint while loading it: give a checkpoint directory, not {cfg.model!r} "
+                       f"(`qvl tiny-model DIR --like {cfg.model}` makes one with random weights)")
+    m = None if cfg.method == 'qlora' else build_model(cfg.model, device, cfg.attn_implementation)
+    config = m.config if m is not None else load_config(cfg.model)
+    data = SyntheticData(config, image_size, max(batch_size, 1), prompt_tokens, answer_tokens)
+    return Trainer(dataclasses.replace(cfg, batch_size=batch_size), progress=False, plot=False, model=m, train_set=data)
+
+def profile(model: str = 'Qwen2.5-VL-3B', method: str = 'lora', settings=((448, 448, 1, True),), fast: bool = True,
+            prompt_tokens: int = 64, answer_tokens: int = 128, steps: int = 1, warmup: int = 1, snapshot: str | None = None,
+            progress: bool = True, **kw):
+    """Measure `settings` ((height, width, batch, checkpointing) tuples) of `qvl train`'s step (`Trainer.measure`) for
+    one model and method: a DataFrame. `kw`: other `TrainConfig` keys (lora_rank, freeze_projector, precision, ...)."""
     import pandas as pd, torch
     from tqdm.auto import tqdm
     if not torch.cuda.is_available(): raise QvlError("profile needs a CUDA GPU; `estimate` runs anywhere")
     dev = torch.device('cuda')
-    torch.cuda.reset_peak_memory_stats(dev)
-    m = build_model(model, dev, attention)
-    m = _apply_method(m, method, lora_rank, lora_alpha, freeze_vision, freeze_projector, lora_adapter_dtype)
-    loaded = torch.cuda.memory_allocated(dev)
-    rows = []
-    for h, w, b, gc_on in tqdm(settings, desc=f'profile {model} {method}', disable=not progress):
-        r = profile_step(m, (h, w), b, gc_on, **kw)
-        rows.append(dict(model=model, method=method, after_load=loaded, gpu=torch.cuda.get_device_name(dev), **r))
-    del m; gc.collect(); torch.cuda.empty_cache()
+    rows, by_gc = [], {}
+    for h, w, b, gc_on in settings: by_gc.setdefault(bool(gc_on), []).append((h, w, b))
+    bar = tqdm(total=len(settings), desc=f'profile {model} {method}', disable=not progress)
+    for gc_on, pts in by_gc.items():
+        torch.cuda.reset_peak_memory_stats(dev)
+        cfg = profile_config(model, method, gc_on, fast, **kw)
+        tr = profile_trainer(cfg, pts[0][:2], pts[0][2], prompt_tokens, answer_tokens, dev)
+        loaded = torch.cuda.memory_allocated(dev)
+        for h, w, b in pts:
+            tr.use_data(SyntheticData(tr.module.config, (h, w), b, prompt_tokens, answer_tokens), b)
+            r = tr.measure(steps, warmup, snapshot)
+            rows.append(dict(model=model, method=method, image_h=h, image_w=w, batch_size=b, gradient_checkpointing=gc_on,
+                             fast=fast, after_load=loaded, gpu=torch.cuda.get_device_name(dev), **r))
+            bar.update()
+        del tr; gc.collect(); torch.cuda.empty_cache()
+    bar.close()
     return pd.DataFrame(rows)
 
 # %% ../nbs/06_memory.ipynb #6d3b45f0

@@ -12,8 +12,10 @@ from .resize import Budget
 
 # %% auto #0
 __all__ = ['METHODS', 'PRECISIONS', 'SCHEDULES', 'SHARDINGS', 'TrainConfig', 'config_from_dict', 'load_config', 'world_size',
-           'rank', 'setup_device', 'all_reduce_sum', 'resolve_precision', 'llm_linear_names', 'prepare_model',
-           'stream_indices', 'lr_lambda', 'latest_checkpoint', 'Trainer', 'export_merged', 'tiny_run_config']
+           'rank', 'setup_device', 'all_reduce_sum', 'resolve_precision', 'sharding_mode', 'optimizer_options',
+           'make_optimizer', 'fsdp_units', 'llm_linear_names', 'prepare_model', 'enable_fast', 'stream_indices',
+           'lr_lambda', 'latest_checkpoint', 'Trainer', 'step_rates', 'run_summary', 'summary_line', 'export_merged',
+           'tiny_run_config']
 
 # %% ../nbs/05_train.ipynb #b4a75070
 METHODS, PRECISIONS, SCHEDULES, SHARDINGS = ('lora', 'full', 'qlora'), ('auto', 'bf16', 'bf16-mixed', 'fp16-mixed', 'fp32'), \
@@ -149,10 +151,32 @@ def all_reduce_sum(x: float, device) -> float:
     return t.item()
 
 # %% ../nbs/05_train.ipynb #8faa80a3
+def _device_type(device) -> str: return device if isinstance(device, str) else device.type
+
 def resolve_precision(precision: str, device) -> str:
-    if precision == 'auto': return 'bf16' if device.type == 'cuda' else 'fp32'
-    if precision == 'fp16-mixed' and device.type != 'cuda': raise QvlError("fp16-mixed needs a CUDA GPU")
+    "The run's precision on `device` (a torch device or its type, 'cuda' / 'cpu'): auto is pure bf16 on a GPU, fp32 on a CPU."
+    kind = _device_type(device)
+    if precision == 'auto': return 'bf16' if kind == 'cuda' else 'fp32'
+    if precision == 'fp16-mixed' and kind != 'cuda': raise QvlError("fp16-mixed needs a CUDA GPU")
     return precision
+
+def sharding_mode(cfg: TrainConfig, world: int) -> str | None:
+    "How the model is spread over `world` processes: None (one process), 'ddp' (replicated), or 'fsdp' (full fine-tuning sharded)."
+    if world <= 1: return None
+    return 'fsdp' if cfg.sharding == 'fsdp' and cfg.method == 'full' else 'ddp'
+
+def optimizer_options(cfg: TrainConfig, device, sharding: str | None) -> dict:
+    "Keyword arguments of the run's AdamW: the fast step takes the fused (one-kernel) AdamW on a GPU, except over FSDP's sharded parameters."
+    return dict(fused=True) if cfg.fast and _device_type(device) == 'cuda' and sharding != 'fsdp' else {}
+
+def make_optimizer(params, cfg: TrainConfig, device, sharding: str | None = None):
+    "The run's AdamW over `params`."
+    import torch
+    return torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, **optimizer_options(cfg, device, sharding))
+
+def fsdp_units(model) -> list:
+    "The modules FSDP shards one by one (each LLM and vision decoder block), before the root."
+    return [m for n, m in model.named_modules() if type(m).__name__.endswith('DecoderLayer')]
 
 def llm_linear_names(model) -> list[str]:
     "Qualified names of the language model's linear layers (the default LoRA targets)."
@@ -166,14 +190,15 @@ def _parts(model):
     visual = next((n.split('visual.')[0] + 'visual.' for n in names if 'visual.' in n), None)
     return visual, (visual + 'merger.') if visual else None
 
-def prepare_model(cfg: TrainConfig, device, precision: str):
-    "Load `cfg.model` and set what trains for `cfg.method`; returns the model on `device`."
+def prepare_model(cfg: TrainConfig, device, precision: str, model=None):
+    "Load `cfg.model` (or take `model`, already loaded) and set what trains for `cfg.method`; returns the model on `device`."
     import torch, transformers
     transformers.logging.set_verbosity_error()
     from transformers import AutoModelForImageTextToText
     kw = dict(attn_implementation=cfg.attn_implementation)
     dtype = torch.bfloat16 if precision == 'bf16' else torch.float32
     if cfg.method == 'qlora':
+        if model is not None: raise QvlError("qlora quantizes while loading: give the checkpoint directory, not a loaded model")
         if device.type != 'cuda': raise QvlError("qlora needs a CUDA GPU (bitsandbytes 4-bit)")
         try: import bitsandbytes  # noqa: F401
         except ImportError: raise QvlError("qlora needs bitsandbytes: pip install bitsandbytes") from None
@@ -181,7 +206,8 @@ def prepare_model(cfg: TrainConfig, device, precision: str):
             bnb_4bit_compute_dtype=torch.bfloat16, bnb_4bit_use_double_quant=True)
         kw['device_map'] = {'': device}
         dtype = torch.bfloat16
-    model = AutoModelForImageTextToText.from_pretrained(cfg.model, dtype=dtype, **kw)
+    if model is None: model = AutoModelForImageTextToText.from_pretrained(cfg.model, dtype=dtype, **kw)
+    else: model.to(dtype)
     if cfg.method != 'qlora': model.to(device)
     for c in (model.config, getattr(model.config, 'text_config', None)):
         if c is not None: c.use_cache = False   # training needs no cache, and packed rows need none to stay apart
@@ -208,6 +234,12 @@ def prepare_model(cfg: TrainConfig, device, precision: str):
             p.requires_grad_(not frozen)
     if not any(p.requires_grad for p in model.parameters()): raise QvlError("nothing to train: every part is frozen")
     return model
+
+def enable_fast(cfg: TrainConfig, model, device, sharding: str | None = None):
+    "The fast step's routes on a prepared model (before any DDP/FSDP wrap), or None when `cfg.fast` is off."
+    if not cfg.fast: return None
+    from qvl.fast import enable
+    return enable(model, device_type=_device_type(device), sharding=sharding)
 
 # %% ../nbs/05_train.ipynb #9c3e0b2d
 def stream_indices(n: int, start: int, count: int, seed: int) -> list[int]:
@@ -271,8 +303,12 @@ def latest_checkpoint(out_dir) -> Path | None:
 
 # %% ../nbs/05_train.ipynb #831f2df8
 class Trainer:
-    "A training run: `fit()` trains, logs and checkpoints; `evaluate()` gives the held-out loss."
-    def __init__(self, cfg: TrainConfig, progress: bool = True, plot: bool | None = None):
+    """A training run: `fit()` trains, logs and checkpoints; `evaluate()` gives the held-out loss.
+
+    `model`: an already loaded model instead of loading `cfg.model` (the method, checkpointing and the fast step are
+    applied to it as to a loaded one). `train_set`: a dataset of collatable items with `.examples` (as
+    `qvl.data.VisionTextDataset`, or `qvl.memory.SyntheticData`) instead of reading `cfg.data`."""
+    def __init__(self, cfg: TrainConfig, progress: bool = True, plot: bool | None = None, model=None, train_set=None):
         import torch
         from qvl.core import seed_everything
         from qvl.tokens import load_dataset
@@ -282,9 +318,10 @@ class Trainer:
         self.plot = _in_notebook() if plot is None else plot
         self.device = setup_device()
         self.precision = resolve_precision(cfg.precision, self.device)
+        self.sharding = sharding_mode(cfg, world_size())
         self.out = Path(cfg.out_dir)
         seed_everything(cfg.seed)
-        self.processor = AutoProcessor.from_pretrained(cfg.model)
+        self.processor = AutoProcessor.from_pretrained(cfg.model) if train_set is None else None
         def examples(path):
             ds = load_dataset(path, cfg.dataset_name if path == cfg.data else None)
             if cfg.lazy: return lazy_examples(ds, cfg.model, cfg.budget(), cfg.cutoff_len, cfg.placeholder, cfg.allow_outside)
@@ -293,35 +330,33 @@ class Trainer:
                                                  cfg.allow_outside, cfg.strict, None, cfg.cache_dir, self.progress)
             if world_size() > 1 and rank() == 0: _barrier()
             return ex
-        self.train_examples = examples(cfg.data)
-        if len(self.train_examples) == 0: raise QvlError(f"{cfg.data}: no sample can be trained on; see `qvl doctor`")
-        self.eval_examples = examples(cfg.eval_data) if cfg.eval_data else None
-        self.train_set = VisionTextDataset(self.train_examples, self.processor)
+        if train_set is None:
+            self.train_examples = examples(cfg.data)
+            if len(self.train_examples) == 0: raise QvlError(f"{cfg.data}: no sample can be trained on; see `qvl doctor`")
+            self.train_set = VisionTextDataset(self.train_examples, self.processor)
+        else: self.train_set, self.train_examples = train_set, train_set.examples
+        self.eval_examples = examples(cfg.eval_data) if cfg.eval_data and train_set is None else None
         self.eval_set = VisionTextDataset(self.eval_examples, self.processor) if self.eval_examples else None
-        self.model = prepare_model(cfg, self.device, self.precision)
+        self.model = prepare_model(cfg, self.device, self.precision, model)
         self.module = self.model            # the unwrapped model (for saving)
-        self.fast = None
-        if cfg.fast:                        # before DDP/FSDP wrap the model: the wrappers then call the fast forward
-            from qvl.fast import enable
-            self.fast = enable(self.model)
-            if self.progress: print(self.fast)
-        if world_size() > 1: self._wrap()
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        # the fast step also takes the fused (one-kernel) AdamW on a GPU: the same update, without a kernel per tensor
-        fused = dict(fused=True) if self.fast and self.device.type == 'cuda' and not self._sharded() else {}
-        self.optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, **fused)
+        # before DDP/FSDP wrap the model: the wrappers then call the fast forward
+        self.fast = enable_fast(cfg, self.model, self.device, self.sharding)
+        if self.fast and self.progress: print(self.fast)
+        if self.sharding: self._wrap()
+        self.optimizer = make_optimizer([p for p in self.model.parameters() if p.requires_grad], cfg, self.device, self.sharding)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
         self.scaler = torch.amp.GradScaler('cuda') if self.precision == 'fp16-mixed' else None
         self.step, self.position, self.history = 0, 0, []
-        self.pad_id = self.processor.tokenizer.pad_token_id
+        self.pad_id = self.processor.tokenizer.pad_token_id if self.processor else self.module.config.text_config.pad_token_id or 0
         self.image_type_id = token_type_id(self.module)
+        self._flops = _FlopCounter(cfg, self.module)
+        self.peak_flops = _device_peak_flops(self.device)
 
     def _wrap(self):
         import torch
-        if self.cfg.sharding == 'fsdp' and self.cfg.method == 'full':
+        if self.sharding == 'fsdp':
             from torch.distributed.fsdp import fully_shard
-            layers = [m for n, m in self.model.named_modules() if type(m).__name__.endswith('DecoderLayer')]
-            for layer in layers: fully_shard(layer)
+            for unit in fsdp_units(self.model): fully_shard(unit)
             fully_shard(self.model)
         else:
             from torch.nn.parallel import DistributedDataParallel as DDP
@@ -337,12 +372,19 @@ class Trainer:
             return torch.autocast(self.device.type, dtype=torch.bfloat16 if self.precision == 'bf16-mixed' else torch.float16)
         return contextlib.nullcontext()
 
-    def _batch(self, dataset, idx):
+    def _batch(self, dataset, idx, flops: list | None = None):
+        "The collated micro-batch of `idx` on the device; appends its model FLOPs to `flops` when given."
         from qvl.data import collate, collate_packed
         items = [dataset[i] for i in idx]
+        if flops is not None: flops.append(self._flops(items))
         b = collate_packed(items, self.module, self.image_type_id) if self.cfg.packing else \
             collate(items, self.pad_id, image_token_id=self.image_type_id)
         return {k: v.to(self.device) for k, v in b.items()}
+
+    def use_data(self, train_set, batch_size: int | None = None):
+        "Train on `train_set` from the next step on, with another micro-batch size if given: measurements that keep one prepared model and optimizer use it."
+        self.train_set, self.train_examples, self.position = train_set, train_set.examples, 0
+        if batch_size: self.cfg = dataclasses.replace(self.cfg, batch_size=batch_size)
 
     def _label_tokens(self, examples, idx) -> int:
         "Label tokens the loss counts (the model shifts labels by one) of examples `idx`."
@@ -356,11 +398,11 @@ class Trainer:
         idx = stream_indices(len(self.train_set), self.position, cfg.global_batch, cfg.seed)
         n_items = max(1, self._label_tokens(self.train_examples, idx))
         self.model.train()
-        loss_sum, tokens = 0.0, 0
+        loss_sum, tokens, flops = 0.0, 0, []
         for m in range(cfg.grad_accum):
             start = (m * W + R) * cfg.batch_size
             mb = idx[start:start + cfg.batch_size]
-            batch = self._batch(self.train_set, mb)
+            batch = self._batch(self.train_set, mb, flops)
             tokens += int(batch['attention_mask'].sum()) if 'attention_mask' in batch else batch['input_ids'].numel()
             sync = m == cfg.grad_accum - 1 or W == 1 or not hasattr(self.model, 'no_sync')
             import contextlib
@@ -380,8 +422,38 @@ class Trainer:
         lr = self.scheduler.get_last_lr()[0]
         self.scheduler.step()
         self.step += 1; self.position += cfg.global_batch
+        if self.device.type == 'cuda': torch.cuda.synchronize(self.device)   # the step's time is its kernels' time
         return dict(loss=all_reduce_sum(loss_sum, self.device), tokens=int(all_reduce_sum(tokens, self.device)),
-                    lr=lr, seconds=time.perf_counter() - t0)
+                    flops=all_reduce_sum(sum(flops), self.device), lr=lr, seconds=time.perf_counter() - t0)
+
+    def measure(self, steps: int = 2, warmup: int = 1, snapshot: str | None = None) -> dict:
+        """`warmup` steps, then `steps` timed steps of `train_step`: median seconds, tokens/s, MFU and both memory peaks
+        (bytes, over the timed steps) on a GPU; `snapshot`: PyTorch's memory snapshot of the timed steps to this file.
+        An out-of-memory error is a result (`status` 'oom')."""
+        import statistics, torch
+        cuda = self.device.type == 'cuda'
+        row = dict(status='ok', error='')
+        try:
+            t0 = time.perf_counter()
+            for _ in range(warmup): self.train_step()
+            row['warmup_s'] = time.perf_counter() - t0
+            if cuda: torch.cuda.reset_peak_memory_stats(self.device)
+            if cuda and snapshot: torch.cuda.memory._record_memory_history(max_entries=200000)
+            runs = [self.train_step() for _ in range(steps)]
+            if cuda and snapshot:
+                torch.cuda.memory._dump_snapshot(snapshot); torch.cuda.memory._record_memory_history(enabled=None)
+            step_s = statistics.median(r['seconds'] for r in runs)
+            row.update(step_s=step_s, tokens=runs[-1]['tokens'], tokens_per_s=runs[-1]['tokens'] / step_s,
+                       tflops=runs[-1]['flops'] / step_s / 1e12, loss=runs[-1]['loss'],
+                       mfu=runs[-1]['flops'] / step_s / self.peak_flops if self.peak_flops else None)
+        except torch.OutOfMemoryError as e:
+            row.update(status='oom', error=str(e).split('.')[0])
+        finally:
+            self.optimizer.zero_grad(set_to_none=True)
+        if cuda:
+            row.update(peak_allocated=torch.cuda.max_memory_allocated(self.device), peak_reserved=torch.cuda.max_memory_reserved(self.device))
+            import gc; gc.collect(); torch.cuda.empty_cache()
+        return row
 
     def evaluate(self, limit: int | None = None) -> float:
         "Token-weighted loss on the held-out examples."
@@ -444,7 +516,7 @@ class Trainer:
     def save_checkpoint(self) -> Path | None:
         "Write a complete checkpoint of this step (rank 0), atomically."
         from safetensors.torch import save_file
-        if self._sharded: raise QvlError("resumable checkpoints of FSDP-sharded runs are not supported yet: use save_every 0")
+        if self.sharding == 'fsdp': raise QvlError("resumable checkpoints of FSDP-sharded runs are not supported yet: use save_every 0")
         if rank() != 0: return None
         opt_t, opt_m = _optimizer_state(self.optimizer)
         rng_t, rng_m = _rng_state()
@@ -504,17 +576,19 @@ class Trainer:
         self._restore_log()
         cuda = self.device.type == 'cuda'
         bar = tqdm(total=total, initial=self.step, desc='train', unit='step', disable=not self.progress)
-        acc = dict(loss=0.0, tokens=0, seconds=0.0, n=0)
+        window, steady = [], []
+        first = self.step + 1               # this process's first step compiles, autotunes and grows the allocator
         if cuda: torch.cuda.reset_peak_memory_stats(self.device)
         while self.step < total:
             r = self.train_step()
-            for k in ('tokens', 'seconds'): acc[k] += r[k]
-            acc['loss'] += r['loss']; acc['n'] += 1
+            r['warmup'] = self.step == first
+            window.append(r)
+            if not r['warmup']: steady.append(r)
             bar.update(); bar.set_postfix(loss=f"{r['loss']:.4f}")
             if self.step % cfg.log_every == 0 or self.step == total:
-                rec = dict(step=self.step, epoch=round(self.position / len(self.train_set), 4), loss=acc['loss'] / acc['n'],
-                           lr=r['lr'], tokens_per_s=round(acc['tokens'] / max(acc['seconds'], 1e-9), 1),
-                           seconds=round(acc['seconds'], 4))
+                rec = dict(step=self.step, epoch=round(self.position / len(self.train_set), 4),
+                           loss=sum(w['loss'] for w in window) / len(window), lr=r['lr'],
+                           **step_rates(window, self.peak_flops), seconds=round(sum(w['seconds'] for w in window), 4))
                 if cuda:
                     rec.update(max_allocated_gb=torch.cuda.max_memory_allocated(self.device) / 2 ** 30,
                                max_reserved_gb=torch.cuda.max_memory_reserved(self.device) / 2 ** 30)
@@ -523,9 +597,13 @@ class Trainer:
                     rec['eval_loss'] = self.evaluate()
                 self._log(rec)
                 if self.plot: _live_plot(self.history)
-                acc = dict(loss=0.0, tokens=0, seconds=0.0, n=0)
+                window = []
             if cfg.save_every and self.step % cfg.save_every == 0: self.save_checkpoint()
         bar.close()
+        self.summary = run_summary(self.history, steady, self.peak_flops, first)
+        if rank() == 0 and self.summary:
+            atomic_file(self.out / 'summary.json', lambda tmp: Path(tmp).write_text(json.dumps(self.summary, indent=1)))
+            if self.progress: print(summary_line(self.summary))
         self.save_final()
         if cfg.detail_budgets and cfg.eval_data and rank() == 0:
             dc = self.detail_check()
@@ -535,19 +613,70 @@ class Trainer:
     def save_final(self) -> Path | None:
         "The adapter (peft format) or the full model, with the processor, under the run directory."
         state = None
-        if self._sharded:   # every rank takes part in gathering the full weights; rank 0 writes them
+        if self.sharding == 'fsdp':   # every rank takes part in gathering the full weights; rank 0 writes them
             from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
             state = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         if rank() != 0: return None
         dst = self.out / ('model' if self.cfg.method == 'full' else 'adapter')
         def build(tmp: Path):
             self.module.save_pretrained(tmp, state_dict=state)
-            if self.cfg.method == 'full': self.processor.save_pretrained(tmp)
+            if self.cfg.method == 'full' and self.processor: self.processor.save_pretrained(tmp)
         return atomic_dir(dst, build)
 
-    @property
-    def _sharded(self) -> bool:
-        return world_size() > 1 and self.cfg.sharding == 'fsdp' and self.cfg.method == 'full'
+def step_rates(steps: list[dict], peak_flops: float | None = None) -> dict:
+    """Throughput of the logged `steps` (train_step results): tokens/s, TFLOP/s and MFU over the steady steps; the
+    warm-up step (compilation, autotuning, allocator growth) is reported apart as `warmup_s` and counts only when
+    the window holds nothing else."""
+    warm = [r for r in steps if r.get('warmup')]
+    use = [r for r in steps if not r.get('warmup')] or warm
+    sec = max(sum(r['seconds'] for r in use), 1e-9)
+    out = dict(tokens_per_s=round(sum(r['tokens'] for r in use) / sec, 1),
+               tflops=round(sum(r.get('flops', 0) for r in use) / sec / 1e12, 3))
+    if peak_flops: out['mfu'] = round(sum(r.get('flops', 0) for r in use) / sec / peak_flops, 4)
+    if warm: out['warmup_s'] = round(sum(r['seconds'] for r in warm), 3)
+    return out
+
+def run_summary(history: list[dict], steady: list[dict], peak_flops: float | None, first: int) -> dict:
+    "Warm-up apart from the steady state of this process's steps, and the memory peaks of the whole run."
+    if not steady and not history: return {}
+    r = dict(first_step=first, steady_steps=len(steady))
+    warm = [h['warmup_s'] for h in history if 'warmup_s' in h and h['step'] >= first]
+    if warm: r['warmup_s'] = warm[0]
+    if steady:
+        r['steady_s_per_step'] = round(sum(x['seconds'] for x in steady) / len(steady), 4)
+        r.update({k: v for k, v in step_rates(steady, peak_flops).items() if k != 'warmup_s'})
+    for k in ('max_allocated_gb', 'max_reserved_gb'):
+        v = [h[k] for h in history if k in h and h['step'] >= first]
+        if v: r[k] = round(max(v), 3)
+    return r
+
+def summary_line(s: dict) -> str:
+    "One line for the end of a run: warm-up, then the steady state."
+    parts = [f"warm-up {s['warmup_s']:.1f} s (step {s['first_step']})"] if 'warmup_s' in s else []
+    if 'steady_s_per_step' in s:
+        parts.append(f"steady state {s['steady_s_per_step']:.3f} s/step, {s['tokens_per_s']:,.0f} tokens/s, "
+                     f"{s['tflops']:.1f} TFLOP/s" + (f", MFU {s['mfu']:.1%}" if 'mfu' in s else ''))
+    if 'max_allocated_gb' in s: parts.append(f"peak {s['max_allocated_gb']:.2f} GiB allocated, {s['max_reserved_gb']:.2f} GiB reserved")
+    return '; '.join(parts)
+
+class _FlopCounter:
+    "Model FLOPs of a micro-batch from its items' real lengths, images and labels (`qvl.fast.batch_flops`)."
+    def __init__(self, cfg: TrainConfig, model):
+        from qvl.memory import model_shape
+        self.cfg, self.shape = cfg, model_shape(cfg.model)
+        self.vision_trains = any(p.requires_grad for n, p in model.named_parameters() if 'visual.' in n)
+
+    def __call__(self, items) -> float:
+        from qvl.fast import batch_flops
+        rows = [(len(it['input_ids']), [int(g.prod()) for g in it['image_grid_thw']] if 'image_grid_thw' in it else [],
+                 int((it['labels'][1:] != -100).sum())) for it in items]
+        return batch_flops(self.shape, rows, self.cfg.method, self.cfg.lora_rank, not self.vision_trains)['total']
+
+def _device_peak_flops(device) -> float | None:
+    if device.type != 'cuda': return None
+    import torch
+    from qvl.fast import peak_flops
+    return peak_flops(torch.cuda.get_device_name(device))
 
 def _in_notebook() -> bool:
     try:

@@ -140,3 +140,49 @@ def test_packing_trains_the_same_losses_as_padding(tiny_model, colour_data, tmp_
         run_qvl('train', write_config(tmp_path / f'p{packing}.yaml', **cfg))
     for (s1, l1), (s2, l2) in zip(losses(tmp_path / 'pFalse'), losses(tmp_path / 'pTrue')):
         assert s1 == s2 and abs(l1 - l2) < 1e-4 * max(1, abs(l1)), (s1, l1, l2)
+
+
+def test_cuda_decisions_are_made_by_functions_a_cpu_can_call(tiny_model):
+    "Every choice `Trainer` makes only on a GPU, taken for a stated device: a mistake in a CUDA-only branch fails here."
+    import torch
+    from qvl.core import load_tiny
+    from qvl.fast import device_routes, disable, enable
+    from qvl.train import (config_from_dict, fsdp_units, make_optimizer, optimizer_options, resolve_precision,
+                           sharding_mode)
+    lora = config_from_dict(dict(model=str(tiny_model), data='d.json'))
+    full = config_from_dict(dict(model=str(tiny_model), data='d.json', method='full', sharding='fsdp'))
+    assert resolve_precision('auto', 'cuda') == 'bf16' and resolve_precision('auto', torch.device('cpu')) == 'fp32'
+    assert [sharding_mode(full, 1), sharding_mode(full, 2), sharding_mode(lora, 2)] == [None, 'fsdp', 'ddp']
+    assert optimizer_options(lora, 'cuda', None) == {'fused': True} == optimizer_options(lora, 'cuda', 'ddp')
+    assert optimizer_options(lora, 'cpu', None) == {} == optimizer_options(full, 'cuda', 'fsdp')
+    assert optimizer_options(config_from_dict(dict(model='m', data='d', fast=False)), 'cuda', None) == {}
+    _, m = load_tiny(tiny_model)
+    opt = make_optimizer([p for p in m.parameters()], lora, 'cuda', None)     # the GPU's optimizer, built here
+    assert isinstance(opt, torch.optim.AdamW) and opt.defaults['fused'] is True
+    assert len(fsdp_units(m)) == m.config.text_config.num_hidden_layers
+    # the fast step's GPU routes: on for a CUDA device with triton, off with the reason otherwise
+    assert device_routes('cuda', triton=True) == dict(fused_kernels=None, aligned_matmuls=None, compiled_layers=None)
+    assert 'triton is not installed' in device_routes('cuda', triton=False)['compiled_layers']
+    assert all('no CUDA GPU' in why for why in device_routes('cpu', triton=True).values())
+    fp = enable(m, device_type='cuda')          # installs (compiles lazily; nothing runs here)
+    import importlib.util
+    if importlib.util.find_spec('triton'): assert {'fused_kernels', 'compiled_layers'} <= set(fp.on), fp
+    disable(m)
+
+
+def test_log_keeps_warmup_apart_and_reports_speed_and_mfu(tiny_model, colour_data, tmp_path):
+    "The first step (compilation, autotuning) is reported apart; every logged step has tokens/s and TFLOP/s."
+    from qvl.train import step_rates
+    rows = [dict(seconds=10.0, tokens=100, flops=1e12, warmup=True), dict(seconds=1.0, tokens=100, flops=1e12),
+            dict(seconds=1.0, tokens=100, flops=1e12)]
+    r = step_rates(rows, peak_flops=2e12)
+    assert r == dict(tokens_per_s=100.0, tflops=1.0, mfu=0.5, warmup_s=10.0)
+    assert step_rates(rows[:1])['tokens_per_s'] == 10.0         # a window of the warm-up alone: its own rate
+    cfg = base_config(tiny_model, colour_data, tmp_path / 'run', steps=4, save_every=0, eval_every=0, log_every=2)
+    out = run_qvl('train', write_config(tmp_path / 'c.yaml', **cfg)).stdout
+    log = [json.loads(l) for l in (tmp_path / 'run' / 'log.jsonl').read_text().splitlines()]
+    assert [r['step'] for r in log] == [2, 4] and 'warmup_s' in log[0] and 'warmup_s' not in log[1]
+    assert all(r['tokens_per_s'] > 0 and r['tflops'] > 0 for r in log)
+    s = json.loads((tmp_path / 'run' / 'summary.json').read_text())
+    assert s['steady_steps'] == 3 and s['warmup_s'] > 0 and s['steady_s_per_step'] > 0 and 'mfu' not in s   # no GPU peak on a CPU
+    assert 'warm-up' in out and 'steady state' in out

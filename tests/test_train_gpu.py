@@ -1,0 +1,199 @@
+"""`qvl train` end to end on GPUs, as a user runs it: a real-size Qwen2.5-VL-3B with random weights
+(`qvl tiny-model --like`), generated data, the CLI in a subprocess. The default fast LoRA step, `fast: false`, full
+fine-tuning, QLoRA, packing, SIGKILL then `--resume`, DDP and FSDP on 2 GPUs, and `qvl export` whose merged
+checkpoint loads with transformers and generates.
+
+Each run is recorded (losses, steady-state speed, memory peaks) in the JSON-lines file named by `QVL_GPU_REPORT`
+when it is set: benchmarks/train_gpu.py turns it into benchmarks/train_gpu.md."""
+import json, math, os, shutil, signal, subprocess, sys, time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import run_qvl
+
+pytestmark = pytest.mark.gpu
+MODEL = 'Qwen2.5-VL-3B'
+SIDE = 448            # 256 visual tokens a sample: a fraction of a second a step, every code path
+STEPS = 12            # LoRA runs
+
+
+def gpus() -> int:
+    import torch
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+@pytest.fixture(scope='module')
+def setup(tmp_path_factory):
+    "The random real-size checkpoint (written once, through the CLI) and generated data with SIDE x SIDE images."
+    from qvl.sample import write_sample_data
+    root = tmp_path_factory.mktemp('gpu')
+    run_qvl('tiny-model', root / MODEL, '--like', MODEL, timeout=900)
+    data = write_sample_data(root / 'data', n=24, seed=0, min_side=SIDE, max_side=SIDE, mark=24, task='colour', progress=False)
+    return root, data
+
+
+def config(setup, name, **kw) -> Path:
+    root, data = setup
+    cfg = dict(model=str(root / MODEL), data=str(data / 'train.json'), out_dir=str(root / 'runs' / name), method='lora',
+               learning_rate=1e-4, schedule='constant', steps=STEPS, batch_size=2, cutoff_len=2048, log_every=1, save_every=0,
+               cache_dir=str(root / 'cache'), seed=0) | kw
+    p = root / 'configs' / f'{name}.yaml'
+    p.parent.mkdir(exist_ok=True)
+    p.write_text(yaml.safe_dump(cfg))
+    return p
+
+
+def run_dir(setup, name) -> Path: return setup[0] / 'runs' / name
+
+
+def log(setup, name) -> list[dict]:
+    return [json.loads(l) for l in (run_dir(setup, name) / 'log.jsonl').read_text().splitlines()]
+
+
+def losses(setup, name) -> list[float]: return [r['loss'] for r in log(setup, name)]
+
+
+def record(setup, name, gpus_used=1, **extra):
+    "Append the run's losses and summary to QVL_GPU_REPORT (when set)."
+    dst = os.environ.get('QVL_GPU_REPORT')
+    if not dst: return
+    import torch
+    summary = json.loads((run_dir(setup, name) / 'summary.json').read_text())
+    rec = dict(run=name, gpu=torch.cuda.get_device_name(0), gpus=gpus_used, losses=losses(setup, name), summary=summary,
+               config=yaml.safe_load((setup[0] / 'configs' / f'{name}.yaml').read_text()), **extra)
+    with open(dst, 'a') as f: f.write(json.dumps(rec, default=str) + '\n')
+
+
+def close(a, b, rel):
+    assert len(a) == len(b), (a, b)
+    worst = max(abs(x - y) / abs(y) for x, y in zip(a, b))
+    assert worst <= rel, f"largest relative difference {worst:.2e} > {rel}: {a} vs {b}"
+    return worst
+
+
+def torchrun(cfg: Path, n: int = 2):
+    exe = Path(sys.executable).parent / 'torchrun'
+    cmd = [str(exe)] if exe.exists() else [sys.executable, '-m', 'torch.distributed.run']
+    r = subprocess.run(cmd + ['--nproc_per_node', str(n), '-m', 'qvl.cli', 'train', str(cfg)], capture_output=True, text=True,
+                       timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
+    return r
+
+
+@pytest.fixture(scope='module')
+def lora_run(setup):
+    "The default: `qvl train` with the fast step, LoRA, pure bf16, checkpointing, batch 2, a checkpoint every 2 steps."
+    r = run_qvl('train', config(setup, 'lora', save_every=2), timeout=900)
+    record(setup, 'lora')
+    return r
+
+
+@pytest.fixture(scope='module')
+def full_run(setup):
+    r = run_qvl('train', config(setup, 'full', method='full', learning_rate=1e-5, steps=6), timeout=900)
+    record(setup, 'full')
+    return r
+
+
+def test_default_fast_lora_step_trains(setup, lora_run):
+    out = lora_run.stdout
+    routes = next(l for l in out.splitlines() if l.startswith('fast step:'))
+    for route in ('vision_attention', 'frozen_vision', 'labeled_loss', 'fused_kernels', 'aligned_matmuls', 'fused_lora',
+                  'compiled_layers'):
+        assert route in routes, out
+    rows = log(setup, 'lora')
+    assert [r['step'] for r in rows] == list(range(1, STEPS + 1))
+    assert all(math.isfinite(r['loss']) for r in rows) and rows[-1]['loss'] < rows[0]['loss']
+    # warm-up (compilation) is reported apart from the steady state, which has tokens/s, MFU and both memory peaks
+    assert 'warmup_s' in rows[0] and all('warmup_s' not in r for r in rows[1:])
+    s = json.loads((run_dir(setup, 'lora') / 'summary.json').read_text())
+    assert s['warmup_s'] > s['steady_s_per_step'] > 0 and 0 < s['mfu'] < 1 and s['tokens_per_s'] > 0
+    assert all(r['max_allocated_gb'] > 7 and r['max_reserved_gb'] >= r['max_allocated_gb'] for r in rows)
+    assert 'warm-up' in out and 'steady state' in out
+    assert (run_dir(setup, 'lora') / 'adapter' / 'adapter_config.json').is_file()
+
+
+def test_plain_step_trains_the_same_losses(setup, lora_run):
+    run_qvl('train', config(setup, 'plain', fast=False, save_every=2), timeout=900)
+    worst = close(losses(setup, 'plain'), losses(setup, 'lora'), 0.03)
+    record(setup, 'plain', largest_rel_diff_vs_fast=worst)
+    s = {n: json.loads((run_dir(setup, n) / 'summary.json').read_text()) for n in ('plain', 'lora')}
+    assert s['lora']['steady_s_per_step'] < s['plain']['steady_s_per_step']
+
+
+def test_full_fine_tuning_trains(setup, full_run):
+    rows = log(setup, 'full')
+    assert all(math.isfinite(r['loss']) for r in rows) and rows[-1]['loss'] < 0.8 * rows[0]['loss']
+    assert (run_dir(setup, 'full') / 'model' / 'config.json').is_file()
+
+
+def test_qlora_trains(setup):
+    pytest.importorskip('bitsandbytes')
+    run_qvl('train', config(setup, 'qlora', method='qlora', steps=4), timeout=900)
+    record(setup, 'qlora')
+    rows = log(setup, 'qlora')
+    assert len(rows) == 4 and all(math.isfinite(r['loss']) for r in rows)
+    assert max(r['max_allocated_gb'] for r in rows) < 6      # 4-bit base weights: far below the 7 GB of bf16 ones
+    assert (run_dir(setup, 'qlora') / 'adapter' / 'adapter_config.json').is_file()
+
+
+def test_packing_trains_the_same_losses(setup, lora_run):
+    run_qvl('train', config(setup, 'packed', packing=True), timeout=900)
+    worst = close(losses(setup, 'packed'), losses(setup, 'lora'), 0.03)
+    record(setup, 'packed', largest_rel_diff_vs_padding=worst)
+
+
+def test_sigkill_then_resume_gives_the_uninterrupted_losses(setup, lora_run):
+    cfg = config(setup, 'killed', save_every=2)
+    exe = shutil.which('qvl', path=str(Path(sys.executable).parent))
+    p = subprocess.Popen([exe, 'train', str(cfg)] if exe else [sys.executable, '-m', 'qvl.cli', 'train', str(cfg)],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ck = run_dir(setup, 'killed') / 'checkpoints'
+    deadline = time.time() + 600
+    while time.time() < deadline and p.poll() is None:
+        if ck.is_dir() and any((c / 'trainer.json').exists() for c in ck.glob('step-*')) and len(log(setup, 'killed')) >= 3: break
+        time.sleep(0.2)
+    p.send_signal(signal.SIGKILL); p.wait()
+    killed_at = len(log(setup, 'killed'))
+    assert killed_at < STEPS, 'the run finished before it could be killed'
+    run_qvl('train', cfg, '--resume', timeout=900)
+    rows = log(setup, 'killed')
+    assert [r['step'] for r in rows] == list(range(1, STEPS + 1))
+    worst = close(losses(setup, 'killed'), losses(setup, 'lora'), 5e-3)
+    record(setup, 'killed', killed_after_step=killed_at, largest_rel_diff_vs_uninterrupted=worst)
+
+
+@pytest.mark.skipif(gpus() < 2, reason='needs 2 GPUs')
+def test_ddp_on_two_gpus_matches_one(setup, lora_run):
+    "torchrun, 2 GPUs with batch 1 each: the global batch of the 1-GPU run with batch 2, the same losses."
+    torchrun(config(setup, 'ddp', batch_size=1))
+    worst = close(losses(setup, 'ddp'), losses(setup, 'lora'), 0.02)
+    record(setup, 'ddp', gpus_used=2, largest_rel_diff_vs_one_gpu=worst)
+
+
+@pytest.mark.skipif(gpus() < 2, reason='needs 2 GPUs')
+def test_fsdp_on_two_gpus_matches_one(setup, full_run):
+    torchrun(config(setup, 'fsdp', method='full', learning_rate=1e-5, steps=6, batch_size=1, sharding='fsdp'))
+    worst = close(losses(setup, 'fsdp'), losses(setup, 'full'), 0.02)
+    record(setup, 'fsdp', gpus_used=2, largest_rel_diff_vs_one_gpu=worst)
+    one, two = (max(r['max_allocated_gb'] for r in log(setup, n)[1:]) for n in ('full', 'fsdp'))
+    assert two < 0.7 * one, (one, two)          # weights, gradients and AdamW states are sharded
+    assert (run_dir(setup, 'fsdp') / 'model' / 'config.json').is_file()
+
+
+def test_export_merged_loads_with_transformers_and_generates(setup, lora_run):
+    import torch
+    from PIL import Image
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+    out = setup[0] / 'merged'
+    run_qvl('export', run_dir(setup, 'lora'), out, timeout=900)
+    proc = AutoProcessor.from_pretrained(out)
+    model = AutoModelForImageTextToText.from_pretrained(out, dtype=torch.bfloat16).to('cuda').eval()
+    msgs = [dict(role='user', content=[dict(type='image'), dict(type='text', text='what colour is the mark?')])]
+    text = proc.apply_chat_template(msgs, add_generation_prompt=True)
+    batch = proc(text=[text], images=[Image.new('RGB', (SIDE, SIDE), 'red')], return_tensors='pt').to('cuda')
+    with torch.no_grad(): gen = model.generate(**batch, max_new_tokens=8, do_sample=False)
+    assert gen.shape[1] == batch['input_ids'].shape[1] + 8 or gen[0, -1] == proc.tokenizer.convert_tokens_to_ids('<|im_end|>')
+    assert gen.shape[1] > batch['input_ids'].shape[1]
