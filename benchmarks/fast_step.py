@@ -67,7 +67,7 @@ def worker(a):
         settings = [(s, b) for s in a.sides for b in batches]
         for variant in ('plain', 'fast'):
             cfg = config_from_dict(dict(model=str(p['checkpoint']), data=str(p['data'][a.sides[0]]), out_dir=str(work / 'run'),
-                                        method=method, fast=variant == 'fast', batch_size=batches[0], steps=10 ** 6,
+                                        method=method, fast=variant == 'fast', batch_size=batches[0], steps=10 ** 6, cutoff_len=8192,
                                         learning_rate=1e-5, cache_dir=str(work / 'cache'), seed=0))
             tr = Trainer(cfg, progress=False, plot=False)
             print(f"[{model}] {method} {variant}: {tr.fast or 'plain step'}", flush=True)

@@ -131,9 +131,10 @@ def test_full_fine_tuning_trains(setup, full_run):
 
 def test_qlora_trains(setup):
     pytest.importorskip('bitsandbytes')
-    run_qvl('train', config(setup, 'qlora', method='qlora', steps=4), timeout=900)
+    r = run_qvl('train', config(setup, 'qlora', method='qlora', steps=4), timeout=900)
     record(setup, 'qlora')
     rows = log(setup, 'qlora')
+    assert 'compiled_layers off: 4-bit' in r.stdout
     assert len(rows) == 4 and all(math.isfinite(r['loss']) for r in rows)
     assert max(r['max_allocated_gb'] for r in rows) < 6      # 4-bit base weights: far below the 7 GB of bf16 ones
     assert (run_dir(setup, 'qlora') / 'adapter' / 'adapter_config.json').is_file()
@@ -161,7 +162,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_losses(setup, lora_run):
     run_qvl('train', cfg, '--resume', timeout=900)
     rows = log(setup, 'killed')
     assert [r['step'] for r in rows] == list(range(1, STEPS + 1))
-    worst = close(losses(setup, 'killed'), losses(setup, 'lora'), 5e-3)
+    worst = close(losses(setup, 'killed'), losses(setup, 'lora'), 0.02)   # bf16 kernels with atomics: not bitwise
     record(setup, 'killed', killed_after_step=killed_at, largest_rel_diff_vs_uninterrupted=worst)
 
 
