@@ -191,11 +191,12 @@ def _compiled_layer_forward(self, *args, **kwargs):
         try: return fn(*args, **kwargs)
         except Exception as e:
             if not _compile_failed(e): raise
-            for m in _COMPILED_LAYERS: m.__dict__['_qvl_compiled'] = None
+            for m in list(_COMPILED_LAYERS): m.__dict__['_qvl_compiled'] = None
             print(f"qvl.fast: compiling the decoder layers failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); they run eagerly")
     return self.__dict__['_qvl_plain_forward'](*args, **kwargs)
 
-_COMPILED_LAYERS = []
+import weakref
+_COMPILED_LAYERS = weakref.WeakSet()   # weak: a model that is deleted frees its memory (one process may build many)
 
 def _quantized(modules) -> bool:
     "Whether any of `modules` holds a bitsandbytes 4-bit linear layer."
@@ -238,7 +239,7 @@ def _unpatch(module):
     if '_qvl_plain_forward' in module.__dict__:
         module.__dict__.pop('forward', None); module.__dict__.pop('_qvl_plain_forward')
     for k in ('_qvl_compiled', '_qvl_fused', '_qvl_pad'): module.__dict__.pop(k, None)
-    if module in _COMPILED_LAYERS: _COMPILED_LAYERS.remove(module)
+    _COMPILED_LAYERS.discard(module)
 
 def enable(model, routes=ROUTES, quiet: bool = True, device_type: str | None = None, sharding: str | None = None) -> FastPath:
     "Install the fast step's `routes` on `model` (a transformers Qwen-VL model, bare or under peft); see `FastPath`. `device_type`: where it will run (default: where its parameters are)."
@@ -298,7 +299,7 @@ def enable(model, routes=ROUTES, quiet: bool = True, device_type: str | None = N
             for m in layers:
                 _patch(m, _compiled_layer_forward)
                 m.__dict__['_qvl_compiled'] = torch.compile(m.__dict__['_qvl_plain_forward'], dynamic=True)
-                _COMPILED_LAYERS.append(m)
+                _COMPILED_LAYERS.add(m)
             fp.on.append('compiled_layers')
     if not quiet: print(fp)
     return fp

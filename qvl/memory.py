@@ -228,7 +228,10 @@ def estimate(model: str = 'Qwen2.5-VL-7B', method: str = 'lora', image_size=(448
     weights, grads, states = p['weights'] / shard_w, p['grads'] / shard_g, p['states'] / shard_s
     ddp_buckets = p['grads'] if s.sharding == 'ddp' and n > 1 else 0       # DDP's gradient buckets
     gather = (shape.llm / shape.layers) * 2 * 2 if s.sharding in ('fsdp', 'zero3') and n > 1 else 0
-    opt_temp = c['optimizer_temp'] * p['state_one'] / shard_s if OPTIMIZERS[s.optimizer] else 0
+    # foreach AdamW makes temporaries the size of a state; the fast step's fused AdamW (`qvl.train.optimizer_options`)
+    # makes none, except over FSDP's sharded parameters
+    fused = s.fast and s.optimizer == 'adamw' and s.sharding not in ('fsdp', 'zero3')
+    opt_temp = c['optimizer_temp'] * p['state_one'] / shard_s if OPTIMIZERS[s.optimizer] and not fused else 0
     const = g['const']
     # peak 1: start of backward, before gradients of this step exist (set_to_none frees them after each step)
     at_backward = weights + states + ddp_buckets + gather + llm_act + vision_act + logits + const
