@@ -330,7 +330,7 @@ def plot_vram(res, out_dir=None) -> dict:
     keys = [(m, t) for m, t in res[['model', 'method']].drop_duplicates().itertuples(index=False) if not Path(str(m)).exists()]
     def panel(xcol, linecol, name, title):
         fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.6), squeeze=False, sharey=True)
-        top = res.predicted_allocated_gb.max()
+        top = max(res.predicted_allocated_gb.max(), res.measured_allocated_gb.max() if has_meas else 0)
         for ax, (model, method) in zip(axes[0], keys):
             d = res[(res.model == model) & (res.method == method) & res.gradient_checkpointing]
             for i, (v, g) in enumerate(d.groupby(linecol)):
