@@ -4,13 +4,13 @@
 
 # %% ../nbs/09_cli.ipynb #375fef41
 from __future__ import annotations
-import argparse, sys
+import argparse, os, sys
 from pathlib import Path
 
 # %% auto #0
 __all__ = ['cmd_tiny_model', 'cmd_sample_data', 'cmd_info', 'cmd_resize', 'cmd_doctor', 'cmd_fix', 'cmd_fix_model', 'cmd_convert',
            'cmd_train', 'cmd_sweep', 'cmd_estimate', 'cmd_profile', 'cmd_export', 'cmd_demo', 'parser', 'main',
-           'console']
+           'error_line', 'console']
 
 # %% ../nbs/09_cli.ipynb #b800730f
 def _size(text: str) -> tuple[int, int]:
@@ -483,6 +483,27 @@ def main(argv: list[str] | None = None) -> int:
         print(f"qvl: error: {e}", file=sys.stderr); return 2
     except KeyboardInterrupt:
         print("qvl: interrupted; run the same command again to resume", file=sys.stderr); return 130
+    except Exception as e:
+        if os.environ.get('QVL_DEBUG'): raise
+        print(f"qvl: error: {error_line(e)}", file=sys.stderr); return 1
+
+def error_line(e: BaseException) -> str:
+    "One line for an error from the system or a library: what failed, on which file, and what to do (no traceback)."
+    import errno
+    if isinstance(e, OSError) and e.errno is not None:
+        where = f"{e.filename}: " if e.filename else ''
+        tip = {errno.ENOSPC: 'free some disk space, then run the same command again to resume',
+               errno.EROFS: 'the file system is read-only: choose a writable output directory',
+               errno.EACCES: 'no permission: choose a directory you can write to',
+               errno.ENOTDIR: 'a path component is a file, not a directory',
+               errno.EISDIR: 'a directory was given where a file is needed',
+               errno.EEXIST: 'it exists already'}.get(e.errno, '')
+        return f"{where}{e.strerror or e}" + (f" ({tip})" if tip else '')
+    if isinstance(e, UnicodeError): return f"text that is not UTF-8 ({e}): save the file as UTF-8"
+    if isinstance(e, MemoryError): return "out of memory: use a smaller input, batch or --workers"
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else ''
+    if 'embedded null' in msg: return "a path contains a NUL byte: fix the path"
+    return f"{type(e).__name__}: {msg} (set QVL_DEBUG=1 for the traceback)"
 
 def console() -> None:
     sys.exit(main())

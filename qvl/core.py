@@ -4,15 +4,16 @@
 
 # %% ../nbs/00_core.ipynb #006ccb1b
 from __future__ import annotations
-import json, os, random, re, shutil, tempfile
+import hashlib, json, os, random, re, shutil, tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['QWEN_TOKEN_IDS', 'ARCHITECTURES', 'SPECIAL_TOKENS', 'CHAT_TEMPLATE', 'CHECKPOINT_MIN_PIXELS', 'CHECKPOINT_MAX_PIXELS',
-           'TINY_FAMILIES', 'QvlError', 'Arch', 'known_models', 'resolve_arch', 'arch_config', 'load_config',
-           'count_parameters', 'image_factor', 'qvl_home', 'seed_everything', 'atomic_file', 'atomic_dir',
-           'read_records', 'write_records', 'build_tiny_tokenizer', 'tiny_config', 'build_processor',
+__all__ = ['QWEN_TOKEN_IDS', 'ARCHITECTURES', 'CHECKSUMS', 'SPECIAL_TOKENS', 'CHAT_TEMPLATE', 'CHECKPOINT_MIN_PIXELS',
+           'CHECKPOINT_MAX_PIXELS', 'TINY_FAMILIES', 'QvlError', 'Arch', 'known_models', 'resolve_arch', 'arch_config',
+           'load_config', 'count_parameters', 'image_factor', 'qvl_home', 'seed_everything', 'atomic_file',
+           'atomic_dir', 'file_fingerprint', 'write_checksums', 'verify_checksums', 'looks_like_path',
+           'check_model_dir', 'read_records', 'write_records', 'build_tiny_tokenizer', 'tiny_config', 'build_processor',
            'build_tiny_model', 'load_tiny', 'build_random_checkpoint', 'default_tiny_model']
 
 # %% ../nbs/00_core.ipynb #c20a75c8
@@ -187,6 +188,56 @@ def atomic_dir(dst: Path, build) -> Path:
     finally:
         if tmp.exists(): shutil.rmtree(tmp)
     return dst
+
+def file_fingerprint(path) -> list | None:
+    """What identifies a file's content without reading it: size, modification time, status-change time and inode.
+    A copy that restores the old modification time (`cp -p`, `rsync -a`, `tar x`) still changes the last two."""
+    try: st = os.stat(path)
+    except (OSError, ValueError): return None
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+
+def _digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''): h.update(block)
+    return h.hexdigest()
+
+CHECKSUMS = 'checksums.json'
+
+def write_checksums(folder) -> Path:
+    "Record a SHA-256 of every file in `folder` (written last, inside the folder) so a reader can verify them."
+    folder = Path(folder)
+    sums = {str(f.relative_to(folder)): _digest(f) for f in sorted(folder.rglob('*')) if f.is_file() and f.name != CHECKSUMS}
+    (folder / CHECKSUMS).write_text(json.dumps(sums, indent=1))
+    return folder / CHECKSUMS
+
+def verify_checksums(folder) -> list[str]:
+    "Files of `folder` that are missing, changed or truncated since `write_checksums` (all of them when it has none)."
+    folder = Path(folder)
+    try: sums = json.loads((folder / CHECKSUMS).read_text())
+    except (OSError, ValueError): return [CHECKSUMS]
+    bad = []
+    for name, want in sums.items():
+        f = folder / name
+        try: ok = _digest(f) == want
+        except OSError: ok = False
+        if not ok: bad.append(name)
+    return bad
+
+def looks_like_path(name: str) -> bool:
+    "A model name that can only be a local path (not a hub id like `Qwen/Qwen2.5-VL-7B-Instruct`)."
+    s = str(name)
+    return s.startswith(('/', '.', '~')) or s.count('/') > 1 or s.endswith('/') or '\\' in s
+
+def check_model_dir(model) -> Path:
+    "`model` as a checkpoint directory, or a `QvlError` that says what is wrong with it."
+    p = Path(model).expanduser()
+    if p.is_dir():
+        if not (p / 'config.json').is_file(): raise QvlError(f"{p} has no config.json: is it a checkpoint directory?")
+        return p
+    if p.exists(): raise QvlError(f"{p} is a file: give the checkpoint directory (the folder with config.json)")
+    raise QvlError(f"model directory {p} not found" + ('' if looks_like_path(str(model)) else
+                   f" (qvl loads checkpoints from disk: download {model} first, e.g. `huggingface-cli download {model} --local-dir DIR`)"))
 
 # %% ../nbs/00_core.ipynb #31c1b406
 def read_records(path) -> list:

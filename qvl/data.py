@@ -8,7 +8,7 @@ import dataclasses, hashlib, json, os, time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from .core import QvlError, atomic_dir, qvl_home
+from .core import QvlError, atomic_dir, file_fingerprint, qvl_home, verify_checksums, write_checksums
 from .resize import Budget
 from .tokens import DEFAULT_PLACEHOLDER, Dataset, _part_image, analyse, inspect_model, load_dataset, model_budget
 
@@ -171,9 +171,7 @@ def cache_key(ds: Dataset, model, budget: Budget | None, cutoff_len: int | None,
     images = []
     for r in ds.records:
         for ref in _image_refs(r, ds.spec):
-            p = root / ref
-            try: st = p.stat(); images.append((ref, st.st_size, st.st_mtime_ns))
-            except OSError: images.append((ref, None, None))
+            images.append((ref, file_fingerprint(root / ref)))    # a replaced file changes it even with its old mtime
     parts = dict(format=CACHE_FORMAT, qvl=qvl.__version__, data=_sha(ds.path), spec=dataclasses.asdict(ds.spec),
                  name=ds.name, model=str(m.resolve()) if m.exists() else str(model),
                  model_files={f: _sha(m / f) for f in MODEL_FILES if (m / f).is_file()},
@@ -190,14 +188,15 @@ def save_examples(ex: Examples, path: Path, key: str) -> Path:
                   tmp / 'tokens.safetensors')
         (tmp / 'meta.json').write_text(json.dumps(dict(key=key, images=ex.images, index=ex.index, ids=ex.ids,
                                                        skipped=ex.skipped), default=str))
+        write_checksums(tmp)
     return atomic_dir(path, build)
 
 def load_examples(path: Path, key: str) -> Examples | None:
-    "Examples cached at `path` under exactly `key`, or None."
+    "Examples cached at `path` under exactly `key`, or None (then they are built again): also when a file of the cache was truncated or changed."
     from safetensors.torch import load_file
     try:
         meta = json.loads((path / 'meta.json').read_text())
-        if meta.get('key') != key: return None
+        if meta.get('key') != key or verify_checksums(path): return None
         t = load_file(path / 'tokens.safetensors')
     except (OSError, ValueError, json.JSONDecodeError): return None
     return Examples(t['input_ids'], t['labels'], t['offsets'].tolist(), [[tuple(i) for i in im] for im in meta['images']],

@@ -219,15 +219,25 @@ def measure_cpu(points, out_csv: Path, progress: bool = True) -> None:
             with LiveTensors() as lt: tr.train_step()
             row.update(measured_allocated_gb=(base + lt.peak) / 1e9, step_seconds=time.perf_counter() - t0)
         except Exception as e: row.update(status='error', error=f'{type(e).__name__}: {e}')
-        pd.DataFrame([row]).to_csv(out_csv, mode='a', header=not out_csv.exists(), index=False)
+        pd.DataFrame([row]).to_csv(out_csv, mode='a', header=not (out_csv.exists() and out_csv.stat().st_size), index=False)
 
 # %% ../nbs/07_experiments.ipynb #f10ade90
 def _key(p) -> tuple: return tuple(str(p[k]) for k in POINT_KEYS)
 
+def _repair_csv(csv: Path) -> None:
+    "Drop a last row that a killed run left half-written, so the file reads and appends cleanly."
+    csv = Path(csv)
+    if not csv.exists(): return
+    data = csv.read_bytes()
+    if data and not data.endswith(b'\n'):
+        keep = data[:data.rfind(b'\n') + 1]
+        atomic_file(csv, lambda tmp: Path(tmp).write_bytes(keep))
+
 def _done(csv: Path) -> set:
     "Points already measured in `csv` (a row per finished point)."
     import pandas as pd
-    if not Path(csv).exists(): return set()
+    _repair_csv(csv)
+    if not Path(csv).exists() or Path(csv).stat().st_size == 0: return set()
     try: df = pd.read_csv(csv)
     except Exception: return set()
     return {_key(r) for r in df.to_dict('records')}
@@ -245,7 +255,7 @@ def measure_gpu_worker(points_json: str, out_csv: str) -> None:
         if _key(p) not in done: groups.setdefault((p['model'], p['method'], p['gradient_checkpointing'], p['fast']), []).append(p)
     dev = torch.device('cuda')
     name = torch.cuda.get_device_name(dev)
-    def write(row): pd.DataFrame([dict(row, measured_on=name)]).to_csv(out, mode='a', header=not out.exists(), index=False)
+    def write(row): pd.DataFrame([dict(row, measured_on=name)]).to_csv(out, mode='a', header=not (out.exists() and out.stat().st_size), index=False)
     for pts in groups.values():
         pts = sorted(pts, key=lambda p: p['side'] * p['side'] * p['batch_size'])
         try: tr = profile_trainer(point_config(pts[0]), (pts[0]['side'],) * 2, pts[0]['batch_size'], device=dev)
@@ -304,7 +314,8 @@ def vram_sweep(out_dir, models=('Qwen2.5-VL-3B', 'Qwen2.5-VL-7B'), methods=('lor
         cpu_points = grid([tiny], methods, cpu_sides, cpu_batches, gradient_checkpointing, fast)
         measure_cpu(cpu_points, out / 'measured-cpu.csv', progress)
         pred = pd.concat([pred, predict(cpu_points)], ignore_index=True)
-    meas = [pd.read_csv(p) for p in sorted(out.glob('measured-*.csv'))]
+    for p in out.glob('measured-*.csv'): _repair_csv(p)
+    meas = [pd.read_csv(p) for p in sorted(out.glob('measured-*.csv')) if p.stat().st_size]
     if meas:
         m = pd.concat(meas, ignore_index=True).drop_duplicates(POINT_KEYS, keep='last')
         res = pred.merge(m, on=POINT_KEYS, how='left')

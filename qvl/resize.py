@@ -8,14 +8,14 @@ import csv, json, math, os, re
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from .core import QvlError, CHECKPOINT_MAX_PIXELS, CHECKPOINT_MIN_PIXELS, atomic_file, read_records, write_records
+from .core import QvlError, CHECKPOINT_MAX_PIXELS, CHECKPOINT_MIN_PIXELS, atomic_file, file_fingerprint, read_records, write_records
 
 # %% auto #0
 __all__ = ['PROCESSOR_MIN_PIXELS', 'PROCESSOR_MAX_PIXELS', 'COMMON_BUDGETS', 'DEFAULT_MAX_IMAGE_PIXELS', 'FILTERS', 'IMAGE_EXTS',
            'FORMATS', 'MANIFEST_COLUMNS', 'AspectRatioError', 'smart_resize', 'image_tokens', 'vision_patches',
            'Budget', 'token_table', 'plot_tokens', 'ImageError', 'image_size', 'to_rgb', 'open_image', 'resize_image',
            'load_resized', 'scale_boxes', 'rescale_grounding_text', 'save_processor', 'ResizeJob', 'output_name',
-           'jpeg_subsampling', 'run_job', 'run_jobs', 'resize_folder', 'resize_dataset', 'summarize']
+           'plan_outputs', 'jpeg_subsampling', 'run_job', 'run_jobs', 'resize_folder', 'resize_dataset', 'summarize']
 
 # %% ../nbs/01_resize.ipynb #6bbce161
 PROCESSOR_MIN_PIXELS, PROCESSOR_MAX_PIXELS = 56 * 56, 28 * 28 * 1280   # transformers class defaults
@@ -284,7 +284,9 @@ def save_processor(processor_or_dir, out_dir, budget: Budget) -> Path:
 # %% ../nbs/01_resize.ipynb #0c804e20
 IMAGE_EXTS = {'.jpg', '.jpeg', '.png', '.webp', '.bmp', '.tif', '.tiff', '.gif'}
 FORMATS = ('keep', 'jpeg', 'png')
-MANIFEST_COLUMNS = ['path', 'status', 'orig_width', 'orig_height', 'width', 'height', 'tokens', 'error', 'output']
+MANIFEST_COLUMNS = ['path', 'status', 'orig_width', 'orig_height', 'width', 'height', 'tokens', 'error', 'output',
+                    'job', 'source_fingerprint', 'output_fingerprint']
+_INT_COLUMNS = ('orig_width', 'orig_height', 'width', 'height', 'tokens')
 
 @dataclass(frozen=True)
 class ResizeJob:
@@ -292,12 +294,44 @@ class ResizeJob:
     src: str; dst: str; rel: str
     budget: Budget; filter: str = 'bicubic'; format: str = 'keep'; quality: int = 95
     max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS
+    root: str | None = None        # the output folder (the manifest's `output` is relative to it)
 
 def output_name(rel: str, format: str) -> str:
     "The relative output path of `rel` in the chosen output format."
     if format not in FORMATS: raise QvlError(f"unknown format {format!r}: choose one of {', '.join(FORMATS)}")
     p = Path(rel)
     return str(p.with_suffix({'keep': p.suffix, 'jpeg': '.jpg', 'png': '.png'}[format]))
+
+def plan_outputs(sources: list[tuple[Path, Path | None]], dst: Path, format: str) -> list[str]:
+    """The output path (relative to `dst`) of each (source file, its path relative to the input root, or None when it
+    lies outside the root): every source gets its own output inside `dst`, and none is a source. Files outside the root
+    go under `_outside/<hash>/`; two sources that would share a name (`a.png` and `a.jpg` as JPEG) keep their suffix in
+    the stem (`a_png.jpg`)."""
+    import hashlib
+    dst = dst.resolve()
+    taken, out = {}, []
+    for src, rel in sources:
+        if rel is None: rel = Path('_outside') / hashlib.sha1(str(src).encode()).hexdigest()[:10] / src.name
+        name = output_name(str(rel), format)
+        if name in taken and taken[name] != src:
+            p = Path(name)
+            base = p.with_name(f"{p.stem}_{Path(str(rel)).suffix.lstrip('.').lower() or 'file'}{p.suffix}")
+            name, k = str(base), 1
+            while name in taken: name, k = str(base.with_name(f"{base.stem}_{k}{base.suffix}")), k + 1
+        taken[name] = src
+        target = (dst / name).resolve()
+        if dst not in target.parents: raise QvlError(f"{src}: its output {target} would fall outside {dst}")
+        out.append(name)
+    srcs = {s.resolve() for s, _ in sources}
+    clash = [n for n in out if (dst / n).resolve() in srcs]
+    if clash: raise QvlError(f"output {dst / clash[0]} is a source file: choose a destination that holds no source")
+    return out
+
+def _job_signature(job) -> str:
+    "What a finished output depends on besides its source: the budget and the writing options."
+    import hashlib, dataclasses
+    spec = [dataclasses.asdict(job.budget), job.filter, job.format, job.quality, job.max_image_pixels]
+    return hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
 
 def jpeg_subsampling(path) -> int:
     "Pillow's code for a JPEG's chroma subsampling (0: 4:4:4, 1: 4:2:2, 2: 4:2:0), 0 for other files."
@@ -317,14 +351,16 @@ def _save_atomic(img, dst: Path, fmt: str, quality: int, subsampling: int = 0):
 def run_job(job: ResizeJob) -> dict:
     "Resize one file; never raises: failures come back as a row with status 'failed' and the reason."
     row = dict(path=job.rel, status='failed', orig_width=None, orig_height=None, width=None, height=None,
-               tokens=None, error='', output=output_name(job.rel, job.format))
+               tokens=None, error='', output=os.path.relpath(job.dst, job.root) if job.root else output_name(job.rel, job.format),
+               job=_job_signature(job), source_fingerprint=json.dumps(file_fingerprint(job.src)), output_fingerprint='')
     try:
         img, (ow, oh) = load_resized(job.src, job.budget, job.filter, job.max_image_pixels)
         row.update(orig_width=ow, orig_height=oh)
         # a JPEG keeps its source's chroma subsampling: no colour detail is lost that the source had
         _save_atomic(img, Path(job.dst), job.format, job.quality, jpeg_subsampling(job.src))
         w, h = img.size
-        row.update(status='ok', width=w, height=h, tokens=(w // job.budget.factor) * (h // job.budget.factor))
+        row.update(status='ok', width=w, height=h, tokens=(w // job.budget.factor) * (h // job.budget.factor),
+                   output_fingerprint=json.dumps((file_fingerprint(job.dst) or [None, None])[:2]))
     except QvlError as e:
         row['error'] = str(e).removeprefix(f'{job.src}: ')
     except Exception as e:   # a decoder bug on one file must not stop the others
@@ -332,8 +368,17 @@ def run_job(job: ResizeJob) -> dict:
     return row
 
 # %% ../nbs/01_resize.ipynb #aad08433
+def _row_types(r: dict) -> dict:
+    "A manifest row read back from CSV with its numbers as numbers."
+    for c in _INT_COLUMNS:
+        v = r.get(c)
+        try: r[c] = None if v in (None, '') else int(float(v))
+        except (TypeError, ValueError): r[c] = None
+    return r
+
 def _read_done(dst: Path, jobs) -> dict:
-    "Rows of earlier runs whose outputs still exist and are newer than their sources."
+    """Rows of earlier runs that still hold: the same budget and options, the source unchanged (size, times, inode:
+    a replaced file is seen even with its old modification time) and the output as that run wrote it."""
     rows = {}
     for name in ('manifest.csv', '.manifest.jsonl'):
         p = dst / name
@@ -343,20 +388,35 @@ def _read_done(dst: Path, jobs) -> dict:
         else:
             found = [json.loads(l) for l in p.read_text().splitlines() if l.strip().endswith('}')]
         for r in found:
-            if r.get('status') in ('ok', 'skipped'): rows[r['path']] = r
+            if isinstance(r, dict) and r.get('status') in ('ok', 'skipped') and 'path' in r: rows[r['path']] = _row_types(r)
     done = {}
     for j in jobs:
         r = rows.get(j.rel)
-        out = Path(j.dst)
-        if r and out.exists() and out.stat().st_mtime >= Path(j.src).stat().st_mtime:
-            done[j.rel] = {**r, 'status': 'skipped'}
+        if not r or r.get('job') != _job_signature(j) or r.get('source_fingerprint') != json.dumps(file_fingerprint(j.src)): continue
+        out = file_fingerprint(j.dst)
+        if out is None or r.get('output_fingerprint') != json.dumps(out[:2]): continue
+        done[j.rel] = {**r, 'status': 'skipped'}
     return done
+
+def _die_with_parent():
+    "In a worker process: end when the parent process ends, even by SIGKILL (Linux)."
+    try:
+        import ctypes, signal
+        ctypes.CDLL('libc.so.6', use_errno=True).prctl(1, signal.SIGKILL)     # PR_SET_PDEATHSIG
+    except Exception: pass
+
+def _clean_partial(dst: Path):
+    "Remove temporary files that a killed run left in `dst` (atomic writes name them `.NAME.*.part`)."
+    for p in dst.rglob('.*.part'):
+        try: p.unlink()
+        except OSError: pass
 
 def run_jobs(jobs: list[ResizeJob], dst: Path, workers: int | None = None, progress: bool = True):
     "Run resize jobs in parallel, resuming from `dst`'s manifests; the manifest as a DataFrame."
     import pandas as pd
     from tqdm.auto import tqdm
     dst.mkdir(parents=True, exist_ok=True)
+    _clean_partial(dst)
     done = _read_done(dst, jobs)
     todo = [j for j in jobs if j.rel not in done]
     workers = workers or min(len(todo), os.cpu_count() or 1) or 1
@@ -368,7 +428,7 @@ def run_jobs(jobs: list[ResizeJob], dst: Path, workers: int | None = None, progr
         if workers == 1:
             for j in todo: record(run_job(j))
         else:
-            with ProcessPoolExecutor(workers) as ex:
+            with ProcessPoolExecutor(workers, initializer=_die_with_parent) as ex:
                 for r in ex.map(run_job, todo, chunksize=max(1, len(todo) // (workers * 8))): record(r)
     order = {j.rel: i for i, j in enumerate(jobs)}
     df = pd.DataFrame(sorted(rows, key=lambda r: order[r['path']]), columns=MANIFEST_COLUMNS)
@@ -383,6 +443,9 @@ def _check_dst(src: Path, dst: Path):
     src, dst = src.resolve(), dst.resolve()
     if dst == src or (src.is_dir() and src in dst.parents):
         raise QvlError(f"destination {dst} is inside the source {src}: choose a directory outside it")
+    if dst in src.parents:
+        raise QvlError(f"destination {dst} contains the source {src}: choose a directory outside it")
+    if dst.exists() and not dst.is_dir(): raise QvlError(f"destination {dst} is a file: give a directory")
 
 def resize_folder(src, dst, budget: Budget = Budget(), filter: str = 'bicubic', format: str = 'keep',
                   quality: int = 95, workers: int | None = None, progress: bool = True,
@@ -393,8 +456,9 @@ def resize_folder(src, dst, budget: Budget = Budget(), filter: str = 'bicubic', 
     _check_dst(src, dst)
     _filter(filter)
     files = sorted(p for p in src.rglob('*') if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
-    jobs = [ResizeJob(str(p), str(dst / output_name(str(p.relative_to(src)), format)), str(p.relative_to(src)),
-                      budget, filter, format, quality, max_image_pixels) for p in files]
+    names = plan_outputs([(p, p.relative_to(src)) for p in files], dst, format)
+    jobs = [ResizeJob(str(p), str(dst / n), str(p.relative_to(src)), budget, filter, format, quality, max_image_pixels,
+                      str(dst)) for p, n in zip(files, names)]
     return run_jobs(jobs, dst, workers, progress)
 
 # %% ../nbs/01_resize.ipynb #7d7bf04b
@@ -433,24 +497,26 @@ def resize_dataset(data, dst, budget: Budget = Budget(), filter: str = 'bicubic'
     _check_dst(root, dst)
     _filter(filter)
     samples = read_records(data)
-    jobs, seen = [], {}
+    refs = {}
     for s in samples:
         if not isinstance(s, dict): continue
         for container, key in _image_refs(s):
             ref = container[key]
-            p = (root / ref).resolve()
-            if not allow_outside and root not in p.parents:
-                continue   # reported below as a failed row
-            if ref not in seen:
-                seen[ref] = ResizeJob(str(p), str(dst / output_name(ref, format)), ref, budget, filter, format,
-                                      quality, max_image_pixels)
-                jobs.append(seen[ref])
+            try: p = (root / ref).resolve()
+            except (OSError, ValueError): continue        # a NUL byte or such: reported below as a failed row
+            inside = root in p.parents
+            if (inside or allow_outside) and ref not in refs: refs[ref] = (p, p.relative_to(root) if inside else None)
+    names = plan_outputs(list(refs.values()), dst, format)
+    seen = {ref: ResizeJob(str(p), str(dst / n), ref, budget, filter, format, quality, max_image_pixels, str(dst))
+            for (ref, (p, _)), n in zip(refs.items(), names)}
+    jobs = list(seen.values())
     manifest = run_jobs(jobs, dst, workers, progress)
     outside = sorted({c[k] for s in samples if isinstance(s, dict) for c, k in _image_refs(s) if c[k] not in seen})
     if outside:
         import pandas as pd
-        extra = pd.DataFrame([dict(path=r, status='failed', error='outside the dataset root (allow_outside=True to use it)',
-                                   output='') for r in outside], columns=MANIFEST_COLUMNS)
+        extra = pd.DataFrame([dict(path=r, status='failed', output='',
+                                   error='outside the dataset root (allow_outside=True to use it)' if '\x00' not in r
+                                   else 'the path contains a NUL byte') for r in outside], columns=MANIFEST_COLUMNS)
         manifest = pd.concat([manifest, extra], ignore_index=True)
         atomic_file(dst / 'manifest.csv', lambda tmp: manifest.to_csv(tmp, index=False))
     by_path = {r.path: r for r in manifest.itertuples()}

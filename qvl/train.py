@@ -7,15 +7,15 @@ from __future__ import annotations
 import dataclasses, json, math, os, random, re, time, typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from .core import QvlError, atomic_dir, atomic_file
+from .core import QvlError, atomic_dir, atomic_file, check_model_dir
 from .resize import Budget
 
 # %% auto #0
-__all__ = ['METHODS', 'PRECISIONS', 'SCHEDULES', 'SHARDINGS', 'TrainConfig', 'config_from_dict', 'load_config', 'world_size',
-           'rank', 'setup_device', 'all_reduce_sum', 'resolve_precision', 'sharding_mode', 'optimizer_options',
-           'make_optimizer', 'fsdp_units', 'llm_linear_names', 'prepare_model', 'enable_fast', 'stream_indices',
-           'lr_lambda', 'latest_checkpoint', 'Trainer', 'step_rates', 'run_summary', 'summary_line', 'export_merged',
-           'tiny_run_config']
+__all__ = ['METHODS', 'PRECISIONS', 'SCHEDULES', 'SHARDINGS', 'RESUMABLE_KEYS', 'TrainConfig', 'config_from_dict', 'load_config',
+           'world_size', 'rank', 'setup_device', 'all_reduce_sum', 'resolve_precision', 'sharding_mode',
+           'optimizer_options', 'make_optimizer', 'fsdp_units', 'llm_linear_names', 'prepare_model', 'enable_fast',
+           'stream_indices', 'lr_lambda', 'latest_checkpoint', 'resume_conflicts', 'Trainer', 'step_rates',
+           'run_summary', 'summary_line', 'export_merged', 'tiny_run_config']
 
 # %% ../nbs/05_train.ipynb #b4a75070
 METHODS, PRECISIONS, SCHEDULES, SHARDINGS = ('lora', 'full', 'qlora'), ('auto', 'bf16', 'bf16-mixed', 'fp16-mixed', 'fp32'), \
@@ -100,8 +100,13 @@ def config_from_dict(d: dict, **overrides) -> TrainConfig:
     c = TrainConfig(**d)
     for k, choices in dict(method=METHODS, precision=PRECISIONS, schedule=SCHEDULES, sharding=SHARDINGS).items():
         if getattr(c, k) not in choices: raise QvlError(f"config {k}={getattr(c, k)!r}: choose one of {', '.join(choices)}")
-    for k in ('steps', 'batch_size', 'grad_accum', 'cutoff_len', 'log_every', 'lora_rank'):
+    for k in ('steps', 'batch_size', 'grad_accum', 'cutoff_len', 'log_every', 'lora_rank', 'lora_alpha'):
         if getattr(c, k) < 1: raise QvlError(f"config {k} must be at least 1, got {getattr(c, k)}")
+    for k in ('warmup_steps', 'eval_every', 'save_every', 'weight_decay'):
+        if getattr(c, k) < 0: raise QvlError(f"config {k} must not be negative, got {getattr(c, k)} (0 turns it off)")
+    if not 0 <= c.lora_dropout < 1: raise QvlError(f"config lora_dropout must be in [0, 1), got {c.lora_dropout}")
+    if c.max_grad_norm is not None and c.max_grad_norm <= 0:
+        raise QvlError(f"config max_grad_norm must be positive or null (no clipping), got {c.max_grad_norm}")
     if c.learning_rate <= 0: raise QvlError(f"config learning_rate must be positive, got {c.learning_rate}")
     if c.target is not None and (len(c.target) != 2 or min(c.target) < 1):
         raise QvlError(f"config target must be [width, height], got {c.target}")
@@ -295,11 +300,26 @@ def _set_rng_state(t: dict, meta: dict):
     p = meta['python']; random.setstate((p[0], tuple(p[1]), p[2]))
     n = meta['numpy']; np.random.set_state((n[0], np.array(n[1], dtype=np.uint32), *n[2:]))
 
-def latest_checkpoint(out_dir) -> Path | None:
-    "The newest complete checkpoint of a run (temporary, half-written directories are never picked)."
+def latest_checkpoint(out_dir, report=print) -> Path | None:
+    "The newest complete checkpoint of a run whose files match their checksums; damaged ones are reported and passed over (half-written directories are never picked)."
+    from qvl.core import verify_checksums
     d = Path(out_dir) / 'checkpoints'
     done = sorted(p for p in d.glob('step-*') if (p / 'trainer.json').is_file()) if d.is_dir() else []
-    return done[-1] if done else None
+    for ck in reversed(done):
+        bad = verify_checksums(ck)
+        if not bad: return ck
+        if report: report(f"checkpoint {ck} is damaged ({', '.join(bad)} changed or missing): using an earlier one")
+    return None
+
+# may differ between a run and its --resume: they change what is written or how long it goes, not what it computes
+RESUMABLE_KEYS = ('steps', 'out_dir', 'log_every', 'eval_every', 'save_every', 'detail_budgets', 'eval_data', 'cache_dir',
+                  'lazy', 'strict')
+
+def resume_conflicts(saved: dict, cfg: TrainConfig) -> list[str]:
+    "Config keys whose values differ from the checkpoint's run (other than `RESUMABLE_KEYS`), as 'key: old -> new'."
+    now = dataclasses.asdict(cfg)
+    return [f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in now
+            if k not in RESUMABLE_KEYS and k in saved and json.loads(json.dumps(saved[k], default=str)) != json.loads(json.dumps(now[k], default=str))]
 
 # %% ../nbs/05_train.ipynb #831f2df8
 class Trainer:
@@ -321,6 +341,7 @@ class Trainer:
         self.sharding = sharding_mode(cfg, world_size())
         self.out = Path(cfg.out_dir)
         seed_everything(cfg.seed)
+        if model is None: check_model_dir(cfg.model)
         self.processor = AutoProcessor.from_pretrained(cfg.model) if train_set is None else None
         def examples(path):
             ds = load_dataset(path, cfg.dataset_name if path == cfg.data else None)
@@ -516,6 +537,7 @@ class Trainer:
     def save_checkpoint(self) -> Path | None:
         "Write a complete checkpoint of this step (rank 0), atomically."
         from safetensors.torch import save_file
+        from qvl.core import write_checksums
         if self.sharding == 'fsdp': raise QvlError("resumable checkpoints of FSDP-sharded runs are not supported yet: use save_every 0")
         if rank() != 0: return None
         opt_t, opt_m = _optimizer_state(self.optimizer)
@@ -528,6 +550,7 @@ class Trainer:
             (tmp / 'trainer.json').write_text(json.dumps(dict(step=self.step, position=self.position,
                 scheduler=self.scheduler.state_dict()['last_epoch'], optimizer=opt_m, rng=rng_m,
                 config=dataclasses.asdict(self.cfg)), default=str))
+            write_checksums(tmp)
         return atomic_dir(self.out / 'checkpoints' / f'step-{self.step:07d}', build)
 
     def load_checkpoint(self, path: Path):
@@ -566,13 +589,17 @@ class Trainer:
         cfg = self.cfg
         total = steps or cfg.steps
         self.out.mkdir(parents=True, exist_ok=True)
+        ck = latest_checkpoint(self.out, print if rank() == 0 else None) if resume else None
+        if ck:
+            conflicts = resume_conflicts(json.loads((ck / 'trainer.json').read_text()).get('config', {}), cfg)
+            if conflicts: raise QvlError(f"--resume with a config that differs from the run's ({'; '.join(conflicts)}): "
+                                         f"resume with the same settings, or train into a new out_dir")
+            self.load_checkpoint(ck)
+        elif rank() == 0: (self.out / 'log.jsonl').unlink(missing_ok=True)
         if rank() == 0:
             (self.out / 'config.json').write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
             skipped = getattr(self.train_examples, 'skipped', [])
             (self.out / 'skipped.json').write_text(json.dumps(skipped, indent=1, default=str))
-        ck = latest_checkpoint(self.out) if resume else None
-        if ck: self.load_checkpoint(ck)
-        elif rank() == 0: (self.out / 'log.jsonl').unlink(missing_ok=True)
         self._restore_log()
         cuda = self.device.type == 'cuda'
         bar = tqdm(total=total, initial=self.step, desc='train', unit='step', disable=not self.progress)
