@@ -112,8 +112,9 @@ def cmd_fix(a) -> int:
     print(r)
     print(f"report: {r.out / 'fix_report.json'}, dropped samples: {r.out / 'dropped.csv'}")
     if r.model_findings:
-        print(f"note: the model has {len(r.model_findings)} problem(s) of its own: "
+        print(f"the model has {len(r.model_findings)} problem(s) of its own that a dataset cannot fix: "
               f"{', '.join(sorted({f['code'] for f in r.model_findings}))}; `qvl fix-model` writes a corrected copy")
+        return 1
     return 0
 
 def cmd_fix_model(a) -> int:

@@ -333,6 +333,12 @@ class ModelInfo:
     vocab_size: int
     tokenizer: object = None
     findings: list = field(default_factory=list)
+    text_image_id: int | None = None      # the tokenizer's id of <|image_pad|>: what the chat template writes
+
+    @property
+    def pad_id(self) -> int:
+        "The id that marks image positions in tokenized text (the tokenizer's, even when config.json disagrees)."
+        return self.text_image_id if self.text_image_id is not None else self.token_ids['image_token_id']
 
 # %% ../nbs/03_tokens.ipynb #b8964e0e
 def _config_ids(raw: dict) -> dict:
@@ -340,11 +346,21 @@ def _config_ids(raw: dict) -> dict:
     text = raw.get('text_config') or {}
     return {k: raw.get(k, text.get(k)) for k in TOKEN_ID_KEYS}
 
+def _image_processor_config(d: Path) -> dict:
+    "A checkpoint's image processor settings: `preprocessor_config.json`, or the `image_processor` of `processor_config.json` (as newer transformers save a processor)."
+    for name, key in (('preprocessor_config.json', None), ('processor_config.json', 'image_processor')):
+        p = d / name
+        if not p.exists(): continue
+        try: c = json.loads(p.read_text())
+        except (ValueError, UnicodeDecodeError) as e: raise QvlError(f"{p}: not valid JSON ({e})") from None
+        c = c.get(key) if key and isinstance(c, dict) else c
+        if isinstance(c, dict): return c
+    return {}
+
 def _pixel_limits(d: Path) -> tuple[int, int]:
     "min/max pixels of a checkpoint's image processor config (the checkpoint defaults when absent)."
-    p = d / 'preprocessor_config.json'
-    if not p.exists(): return CHECKPOINT_MIN_PIXELS, CHECKPOINT_MAX_PIXELS
-    c = json.loads(p.read_text()); size = c.get('size') or {}
+    c = _image_processor_config(d)
+    size = c.get('size') or {}
     return (int(c.get('min_pixels') or size.get('shortest_edge') or CHECKPOINT_MIN_PIXELS),
             int(c.get('max_pixels') or size.get('longest_edge') or CHECKPOINT_MAX_PIXELS))
 
@@ -376,6 +392,7 @@ def inspect_model(model) -> ModelInfo:
         return info
     info.tokenizer = tok
     ids = {t: _single_token_id(tok, t) for t in REQUIRED_TOKENS}
+    info.text_image_id = ids[IMAGE_PAD]
     for t, tid in ids.items():
         if tid is None:
             info.findings.append(finding('special_token_missing', f"{t} is not a single token in the tokenizer "
@@ -498,7 +515,7 @@ def analyse(ds: Dataset, info: ModelInfo, budget: Budget, cutoff_len: int | None
         else: _check_images(c, ds.root, budget, allow_outside, sizes)
         checks.append(c)
     if info.tokenizer is not None:
-        _check_lengths(checks, info.tokenizer, info.token_ids['image_token_id'], cutoff_len, progress, keep_ids)
+        _check_lengths(checks, info.tokenizer, info.pad_id, cutoff_len, progress, keep_ids)
     return checks
 
 # %% ../nbs/03_tokens.ipynb #e31480a8
@@ -685,9 +702,12 @@ def fix_dataset(data, out, model, cutoff_len: int, strategy: str = 'shrink', bud
                 for ref in c.sample.images:
                     src = _resolve(ds.root, ref, allow_outside)
                     if ds.root not in src.parents: refs.append(str(src)); continue   # allowed outside: absolute
-                    rel = src.relative_to(ds.root)
+                    # the file goes where the sample names it (a symlink's own path, not its target's), so the
+                    # copy's reference names a file the copy holds
+                    lex = Path(os.path.normpath(ref))
+                    rel = lex if not lex.is_absolute() and lex.parts[:1] != ('..',) else src.relative_to(ds.root)
                     if rel not in linked: _link_or_copy(src, tmp / rel); linked.add(rel)
-                    refs.append(ref)
+                    refs.append(ref if rel == lex else str(rel))
             if refs != c.sample.images: _set_images(r, ds.spec, refs)
             out_records.append(r)
         write_records(out_records, tmp / ds.path.name)

@@ -274,3 +274,58 @@ def test_fuzz_bad_inputs_exit_cleanly_and_leave_sources_alone(tmp_path, tiny_mod
         assert len(errors) <= 1, (args, r.stderr)
         if r.returncode == 2: assert errors, (args, r.stderr)
     assert tree(src) == before, 'a source changed'
+
+
+# -- the doctor and fixes see the model as it is ------------------------------------------------------------------------
+def _one_sample(d: Path, ref='images/a.jpg', size=(2000, 2000)):
+    image(d / 'images' / 'a.jpg', size, 3)
+    (d / 'train.json').write_text(json.dumps([dict(messages=[dict(role='user', content='<image>What colour is it?'),
+                                                           dict(role='assistant', content='red')], images=[ref])]))
+    return d / 'train.json'
+
+
+def _model_copy(tiny_model, dst: Path, edit):
+    import shutil
+    shutil.copytree(tiny_model, dst)
+    edit(dst)
+    return dst
+
+
+def test_doctor_reads_pixel_limits_from_processor_config(tmp_path, tiny_model):
+    "`qvl tiny-model` (and newer transformers) keep the image processor inside processor_config.json."
+    def lower(d):
+        c = json.loads((d / 'processor_config.json').read_text()); c['image_processor']['size']['longest_edge'] = 200704
+        (d / 'processor_config.json').write_text(json.dumps(c))
+    m = _model_copy(tiny_model, tmp_path / 'm', lower)
+    assert not (m / 'preprocessor_config.json').exists()
+    data = _one_sample(tmp_path / 'd')
+    r = run_qvl('doctor', data, '--model', m, '--cutoff-len', '600', '--json')
+    s = json.loads(r.stdout)['summary']
+    assert s['max_pixels'] == 200704 and s['flagged'] == 0 and s['tokens']['max'] < 600        # 2000 px -> 448 px: 256 tokens
+    r = run_qvl('doctor', data, '--model', tiny_model, '--cutoff-len', '600', '--json', check=False)
+    assert r.returncode == 1 and 'image_tokens_truncated' in r.stdout                           # the checkpoint default: 5041
+
+
+def test_a_wrong_image_token_id_does_not_hide_a_truncated_sample(tmp_path, tiny_model):
+    def wrong(d):
+        c = json.loads((d / 'config.json').read_text()); c['image_token_id'] = c['vision_end_token_id']
+        (d / 'config.json').write_text(json.dumps(c))
+    m = _model_copy(tiny_model, tmp_path / 'm', wrong)
+    data = _one_sample(tmp_path / 'd')
+    r = run_qvl('doctor', data, '--model', m, '--cutoff-len', '600', '--json', check=False)
+    codes = {f['code'] for f in json.loads(r.stdout)['samples']} | {f['code'] for f in json.loads(r.stdout)['model']}
+    assert r.returncode == 1 and {'image_tokens_truncated', 'image_token_id_mismatch'} <= codes, codes
+    r = run_qvl('fix', data, tmp_path / 'fixed', '--model', m, '--cutoff-len', '600', check=False)
+    assert r.returncode == 1 and 'qvl fix-model' in r.stdout and 'image_token_id_mismatch' in r.stdout
+
+
+def test_fix_writes_the_file_a_symlinked_image_is_named_by(tmp_path, tiny_model):
+    d = tmp_path / 'd'
+    data = _one_sample(d, 'images/link.jpg', (300, 300))
+    (d / 'images' / 'link.jpg').symlink_to('a.jpg')
+    before = tree(d)
+    run_qvl('fix', data, tmp_path / 'fixed', '--model', tiny_model, '--cutoff-len', '2048')
+    new = json.loads((tmp_path / 'fixed' / 'train.json').read_text())
+    ref = new[0]['images'][0]
+    assert (tmp_path / 'fixed' / ref).is_file() and Image.open(tmp_path / 'fixed' / ref).size == (300, 300)
+    assert tree(d) == before
