@@ -474,6 +474,9 @@ def parser() -> argparse.ArgumentParser:
 # %% ../nbs/09_cli.ipynb #eaa4cc8a
 def main(argv: list[str] | None = None) -> int:
     "Entry point of the `qvl` command."
+    for stream in (sys.stdout, sys.stderr):        # file names that are not UTF-8 print with backslash escapes
+        try: stream.reconfigure(errors='backslashreplace')
+        except (AttributeError, ValueError): pass
     p = parser()
     a = p.parse_args(argv)
     if not getattr(a, 'func', None):

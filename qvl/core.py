@@ -234,6 +234,8 @@ def check_model_dir(model) -> Path:
     p = Path(model).expanduser()
     if p.is_dir():
         if not (p / 'config.json').is_file(): raise QvlError(f"{p} has no config.json: is it a checkpoint directory?")
+        try: json.loads((p / 'config.json').read_text(encoding='utf-8'))
+        except (ValueError, UnicodeDecodeError) as e: raise QvlError(f"{p / 'config.json'} is not valid JSON ({e})") from None
         return p
     if p.exists(): raise QvlError(f"{p} is a file: give the checkpoint directory (the folder with config.json)")
     raise QvlError(f"model directory {p} not found" + ('' if looks_like_path(str(model)) else

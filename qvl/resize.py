@@ -434,7 +434,8 @@ def run_jobs(jobs: list[ResizeJob], dst: Path, workers: int | None = None, progr
     df = pd.DataFrame(sorted(rows, key=lambda r: order[r['path']]), columns=MANIFEST_COLUMNS)
     for c in ('orig_width', 'orig_height', 'width', 'height', 'tokens'): df[c] = df[c].astype('Int64')
     df['error'] = df['error'].fillna('')
-    atomic_file(dst / 'manifest.csv', lambda tmp: df.to_csv(tmp, index=False))
+    # a file name that is not valid UTF-8 is written with backslash escapes
+    atomic_file(dst / 'manifest.csv', lambda tmp: df.to_csv(tmp, index=False, errors='backslashreplace'))
     (dst / '.manifest.jsonl').unlink(missing_ok=True)
     return df
 
@@ -518,7 +519,7 @@ def resize_dataset(data, dst, budget: Budget = Budget(), filter: str = 'bicubic'
                                    error='outside the dataset root (allow_outside=True to use it)' if '\x00' not in r
                                    else 'the path contains a NUL byte') for r in outside], columns=MANIFEST_COLUMNS)
         manifest = pd.concat([manifest, extra], ignore_index=True)
-        atomic_file(dst / 'manifest.csv', lambda tmp: manifest.to_csv(tmp, index=False))
+        atomic_file(dst / 'manifest.csv', lambda tmp: manifest.to_csv(tmp, index=False, errors='backslashreplace'))
     by_path = {r.path: r for r in manifest.itertuples()}
     for s in samples:
         if not isinstance(s, dict): continue
