@@ -470,15 +470,30 @@ def _template_parts(s: Sample) -> list[dict]:
     return [dict(role=m['role'], content=[p if p.get('type') in ('text', 'image') else dict(type='text', text='')
                                           for p in m['content']]) for m in s.messages]
 
+_LONGEST = {}
+
+def _longest_token(tok) -> int:
+    "Characters in the tokenizer's longest token: text longer than `n` times this is more than `n` tokens."
+    key = (getattr(tok, 'name_or_path', ''), len(tok))
+    if key not in _LONGEST:
+        _LONGEST[key] = max(len(tok.convert_tokens_to_string([t])) for t in tok.get_vocab()) or 1
+    return _LONGEST[key]
+
 def _check_lengths(checks: list[SampleCheck], tok, image_id: int, cutoff_len: int | None, progress: bool,
                    keep_ids: bool = False):
     "Token counts of every parsed sample, in batches through the fast tokenizer, and where the cutoff falls."
     from tqdm.auto import tqdm
     todo = [c for c in checks if c.sample is not None]
+    limit = cutoff_len * _longest_token(tok) if cutoff_len is not None else None
     for start in tqdm(range(0, len(todo), 512), desc='tokens', unit='batch', disable=not progress or len(todo) < 2048):
-        batch = todo[start:start + 512]
-        texts = [tok.apply_chat_template(_template_parts(c.sample), tokenize=False) for c in batch]
-        for c, ids in zip(batch, tok(texts, add_special_tokens=False)['input_ids']):
+        batch, texts = [], []
+        for c in todo[start:start + 512]:
+            text = tok.apply_chat_template(_template_parts(c.sample), tokenize=False)
+            if limit is not None and len(text) > limit:    # cannot fit whatever the tokenizer does: not worth its memory
+                c.findings.append(finding('sequence_too_long', f"{len(text):,} characters of text: more than cutoff_len "
+                                          f"{cutoff_len} tokens can hold", index=c.index, id=c.id)); continue
+            batch.append(c); texts.append(text)
+        for c, ids in zip(batch, tok(texts, add_special_tokens=False)['input_ids'] if texts else []):
             c.text_tokens = len(ids)
             if keep_ids: c.ids = ids
             c.pad_positions = [i for i, t in enumerate(ids) if t == image_id]

@@ -332,3 +332,16 @@ def test_fix_writes_the_file_a_symlinked_image_is_named_by(tmp_path, tiny_model)
     ref = new[0]['images'][0]
     assert (tmp_path / 'fixed' / ref).is_file() and Image.open(tmp_path / 'fixed' / ref).size == (300, 300)
     assert tree(d) == before
+
+
+def test_a_huge_sample_is_flagged_without_tokenizing_it(tmp_path, tiny_model):
+    "A 20 MB line (a 100 MB one took 19 GB of memory when tokenized): flagged from its length alone."
+    d = tmp_path / 'd'; image(d / 'images' / 'a.jpg')
+    recs = [dict(messages=[dict(role='user', content='<image>' + 'word ' * 4_000_000), dict(role='assistant', content='x')],
+                 images=['images/a.jpg']), dict(messages=[dict(role='user', content='<image>hi'), dict(role='assistant', content='x')],
+                                                images=['images/a.jpg'])]
+    (d / 'train.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in recs))
+    r = run_qvl('doctor', d / 'train.jsonl', '--model', tiny_model, '--cutoff-len', '2048', '--json', check=False)
+    out = json.loads(r.stdout)
+    assert r.returncode == 1 and [(f['index'], f['code']) for f in out['samples']] == [(0, 'sequence_too_long')]
+    assert 'characters of text' in out['samples'][0]['message'] and out['summary']['clean'] == 1
