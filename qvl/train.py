@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_train.ipynb #42575d83
 from __future__ import annotations
-import dataclasses, json, math, os, random, re, time, typing
+import dataclasses, json, math, os, random, re, shutil, time, typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from .core import QvlError, atomic_dir, atomic_file, check_model_dir
@@ -589,6 +589,8 @@ class Trainer:
         cfg = self.cfg
         total = steps or cfg.steps
         self.out.mkdir(parents=True, exist_ok=True)
+        if rank() == 0:      # temporary directories of checkpoints a killed run was writing
+            for tmp in (self.out / 'checkpoints').glob('.step-*'): shutil.rmtree(tmp, ignore_errors=True)
         ck = latest_checkpoint(self.out, print if rank() == 0 else None) if resume else None
         if ck:
             conflicts = resume_conflicts(json.loads((ck / 'trainer.json').read_text()).get('config', {}), cfg)

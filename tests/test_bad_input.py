@@ -145,8 +145,10 @@ def test_resume_passes_over_a_damaged_checkpoint_and_refuses_a_changed_config(tm
     run_qvl('train', cfg)
     last = tmp_path / 'run' / 'checkpoints' / 'step-0000004' / 'trainable.safetensors'
     raw = bytearray(last.read_bytes()); raw[-16:] = b'\x7f' * 16; last.write_bytes(bytes(raw))
+    (tmp_path / 'run' / 'checkpoints' / '.step-0000006.abc').mkdir()          # what a killed checkpoint write leaves
     r = run_qvl('train', cfg, '--resume', '--steps', '5')
     assert 'step-0000004 is damaged' in r.stdout and 'using an earlier one' in r.stdout
+    assert not list((tmp_path / 'run' / 'checkpoints').glob('.step-*'))
     assert [json.loads(l)['step'] for l in (tmp_path / 'run' / 'log.jsonl').read_text().splitlines()] == [1, 2, 3, 4, 5]
     for change in ('learning_rate=0.01', 'seed=7'):
         r = run_qvl('train', cfg, '--resume', '--set', change, check=False)
@@ -345,3 +347,10 @@ def test_a_huge_sample_is_flagged_without_tokenizing_it(tmp_path, tiny_model):
     out = json.loads(r.stdout)
     assert r.returncode == 1 and [(f['index'], f['code']) for f in out['samples']] == [(0, 'sequence_too_long')]
     assert 'characters of text' in out['samples'][0]['message'] and out['summary']['clean'] == 1
+
+
+def test_sweep_with_an_unknown_measure_is_an_error(tmp_path):
+    r = run_qvl('sweep', 'vram_sweep', '-p', 'measure', 'bogus', '-p', 'models', 'Qwen2.5-VL-3B', '-p', 'sides', '448',
+                '-p', 'batches', '1', '--runs-dir', tmp_path, check=False, timeout=600)
+    assert r.returncode == 2 and "measure='bogus'" in r.stderr, r.stderr
+    one_line_error(r)
