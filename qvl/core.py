@@ -9,12 +9,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['QWEN_TOKEN_IDS', 'ARCHITECTURES', 'CHECKSUMS', 'SPECIAL_TOKENS', 'CHAT_TEMPLATE', 'CHECKPOINT_MIN_PIXELS',
-           'CHECKPOINT_MAX_PIXELS', 'TINY_FAMILIES', 'QvlError', 'Arch', 'known_models', 'resolve_arch', 'arch_config',
-           'load_config', 'count_parameters', 'image_factor', 'qvl_home', 'seed_everything', 'atomic_file',
-           'atomic_dir', 'file_fingerprint', 'write_checksums', 'verify_checksums', 'looks_like_path',
-           'check_model_dir', 'read_records', 'write_records', 'build_tiny_tokenizer', 'tiny_config', 'build_processor',
-           'build_tiny_model', 'load_tiny', 'build_random_checkpoint', 'default_tiny_model']
+__all__ = ['QWEN_TOKEN_IDS', 'ARCHITECTURES', 'CHECKSUMS', 'IMAGE_PART_KEYS', 'SPECIAL_TOKENS', 'CHAT_TEMPLATE',
+           'CHECKPOINT_MIN_PIXELS', 'CHECKPOINT_MAX_PIXELS', 'TINY_FAMILIES', 'QvlError', 'Arch', 'known_models',
+           'resolve_arch', 'arch_config', 'load_config', 'count_parameters', 'image_factor', 'qvl_home',
+           'seed_everything', 'atomic_file', 'atomic_dir', 'file_fingerprint', 'write_checksums', 'verify_checksums',
+           'looks_like_path', 'check_model_dir', 'image_part_slot', 'image_part', 'read_records', 'write_records',
+           'build_tiny_tokenizer', 'tiny_config', 'build_processor', 'build_tiny_model', 'load_tiny',
+           'build_random_checkpoint', 'default_tiny_model']
 
 # %% ../nbs/00_core.ipynb #c20a75c8
 class QvlError(Exception):
@@ -240,6 +241,22 @@ def check_model_dir(model) -> Path:
     if p.exists(): raise QvlError(f"{p} is a file: give the checkpoint directory (the folder with config.json)")
     raise QvlError(f"model directory {p} not found" + ('' if looks_like_path(str(model)) else
                    f" (qvl loads checkpoints from disk: download {model} first, e.g. `huggingface-cli download {model} --local-dir DIR`)"))
+
+IMAGE_PART_KEYS = ('image', 'image_url', 'url', 'path')
+
+def image_part_slot(part: dict) -> tuple[dict, str] | None:
+    """Where a message content part keeps its image path, in any of the spellings (`image`, `image_url` as a string or
+    `{'url': ...}`, `url`, `path`): the (container, key) to read or replace it, or None."""
+    for k in IMAGE_PART_KEYS:
+        v = part.get(k)
+        if isinstance(v, dict) and isinstance(v.get('url'), str): return v, 'url'
+        if isinstance(v, str): return part, k
+    return None
+
+def image_part(part: dict) -> str | None:
+    "The image path of a content part (`file://` dropped), or None."
+    slot = image_part_slot(part)
+    return slot[0][slot[1]].removeprefix('file://') if slot else None
 
 # %% ../nbs/00_core.ipynb #31c1b406
 def read_records(path) -> list:

@@ -8,9 +8,9 @@ import dataclasses, hashlib, json, os, time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from .core import QvlError, atomic_dir, file_fingerprint, qvl_home, verify_checksums, write_checksums
+from .core import QvlError, atomic_dir, file_fingerprint, image_part, qvl_home, verify_checksums, write_checksums
 from .resize import Budget
-from .tokens import DEFAULT_PLACEHOLDER, Dataset, _part_image, analyse, inspect_model, load_dataset, model_budget
+from .tokens import DEFAULT_PLACEHOLDER, Dataset, analyse, inspect_model, load_dataset, model_budget
 
 # %% auto #0
 __all__ = ['IGNORE', 'MODEL_FILES', 'CACHE_FORMAT', 'assistant_mask', 'expand_example', 'Examples', 'build_examples', 'cache_key',
@@ -159,7 +159,7 @@ def _image_refs(record, spec) -> list[str]:
     for t in record.get(spec.messages) or []:
         for part in (t.get(spec.content_tag) if isinstance(t, dict) else None) or []:
             if isinstance(part, dict):
-                ref = _part_image(part)
+                ref = image_part(part)
                 if ref: refs.append(ref)
     return refs
 

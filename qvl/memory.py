@@ -248,11 +248,11 @@ def estimate(model: str = 'Qwen2.5-VL-7B', method: str = 'lora', image_size=(448
 
 # %% ../nbs/06_memory.ipynb #3b4b9c84
 def largest(gpu_bytes: float, what: str = 'batch_size', limit: int = 4096, **kw) -> int:
-    "The largest `batch_size` (or square image side, `what='image_size'`, in steps of 28) that fits `gpu_bytes`."
+    "The largest `batch_size` (or square image side, `what='image_size'`, in steps of the model's image factor) that fits `gpu_bytes`."
     def ok(v):
         args = dict(kw, **{what: (v, v) if what == 'image_size' else v})
         return estimate(**args).fits(gpu_bytes)
-    step = 28 if what == 'image_size' else 1
+    step = model_shape(kw.get('model', 'Qwen2.5-VL-7B')).factor if what == 'image_size' else 1
     lo = step
     if not ok(lo): return 0
     hi = lo

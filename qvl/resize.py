@@ -8,7 +8,7 @@ import csv, json, math, os, re
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from .core import QvlError, CHECKPOINT_MAX_PIXELS, CHECKPOINT_MIN_PIXELS, atomic_file, file_fingerprint, read_records, write_records
+from .core import QvlError, CHECKPOINT_MAX_PIXELS, CHECKPOINT_MIN_PIXELS, atomic_file, file_fingerprint, image_part_slot, read_records, write_records
 
 # %% auto #0
 __all__ = ['PROCESSOR_MIN_PIXELS', 'PROCESSOR_MAX_PIXELS', 'COMMON_BUDGETS', 'DEFAULT_MAX_IMAGE_PIXELS', 'FILTERS', 'IMAGE_EXTS',
@@ -472,8 +472,11 @@ def _image_refs(sample: dict) -> list[tuple[list, int | str]]:
     for m in sample.get('messages') or []:
         if isinstance(m, dict) and isinstance(m.get('content'), list):
             for part in m['content']:
-                if isinstance(part, dict) and isinstance(part.get('image'), str): refs.append((part, 'image'))
+                slot = image_part_slot(part) if isinstance(part, dict) and part.get('type') in (None, 'image', 'image_url') else None
+                if slot: refs.append(slot)
     return refs
+
+def _ref(container, key) -> str: return container[key].removeprefix('file://')
 
 def _texts(sample: dict):
     "(container, key) pairs of every text in a sample, for grounding rescaling."
@@ -502,7 +505,7 @@ def resize_dataset(data, dst, budget: Budget = Budget(), filter: str = 'bicubic'
     for s in samples:
         if not isinstance(s, dict): continue
         for container, key in _image_refs(s):
-            ref = container[key]
+            ref = _ref(container, key)
             try: p = (root / ref).resolve()
             except (OSError, ValueError): continue        # a NUL byte or such: reported below as a failed row
             inside = root in p.parents
@@ -512,7 +515,7 @@ def resize_dataset(data, dst, budget: Budget = Budget(), filter: str = 'bicubic'
             for (ref, (p, _)), n in zip(refs.items(), names)}
     jobs = list(seen.values())
     manifest = run_jobs(jobs, dst, workers, progress)
-    outside = sorted({c[k] for s in samples if isinstance(s, dict) for c, k in _image_refs(s) if c[k] not in seen})
+    outside = sorted({_ref(c, k) for s in samples if isinstance(s, dict) for c, k in _image_refs(s) if _ref(c, k) not in seen})
     if outside:
         import pandas as pd
         extra = pd.DataFrame([dict(path=r, status='failed', output='',
@@ -525,7 +528,7 @@ def resize_dataset(data, dst, budget: Budget = Budget(), filter: str = 'bicubic'
         if not isinstance(s, dict): continue
         sizes = []
         for container, key in _image_refs(s):
-            r = by_path[container[key]]
+            r = by_path[_ref(container, key)]
             if r.status in ('ok', 'skipped'):
                 container[key] = r.output
                 sizes.append(((int(r.orig_width), int(r.orig_height)), (int(r.width), int(r.height))))

@@ -8,7 +8,7 @@ import dataclasses, json, os, re, shutil, time
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from .core import QvlError, CHECKPOINT_MAX_PIXELS, CHECKPOINT_MIN_PIXELS, QWEN_TOKEN_IDS, atomic_dir, atomic_file, \
+from .core import QvlError, CHECKPOINT_MAX_PIXELS, CHECKPOINT_MIN_PIXELS, QWEN_TOKEN_IDS, atomic_dir, atomic_file, image_part, \
     read_records, write_records
 from .resize import AspectRatioError, Budget, ImageError, ResizeJob, image_size, run_jobs, smart_resize
 
@@ -145,14 +145,6 @@ def _image_list(v, what: str) -> list:
     if isinstance(v, list) and all(isinstance(x, str) for x in v): return list(v)
     raise QvlError(f"{what} must be a list of paths")
 
-def _part_image(part: dict):
-    "The path of an image part in any of the spellings: image, image_url (str or {'url'}), url, path."
-    for k in ('image', 'image_url', 'url', 'path'):
-        v = part.get(k)
-        if isinstance(v, dict): v = v.get('url')
-        if isinstance(v, str): return v.removeprefix('file://')
-    return None
-
 def parse_sample(record: dict, spec: Spec, placeholder: str | None = DEFAULT_PLACEHOLDER) -> Sample:
     "Read one record of `spec`'s format into a `Sample`; a `QvlError` says what is wrong with it."
     if not isinstance(record, dict): raise QvlError(f"sample is a {type(record).__name__}, not a JSON object")
@@ -184,9 +176,9 @@ def parse_sample(record: dict, spec: Spec, placeholder: str | None = DEFAULT_PLA
                 parts = []
                 for p in content:
                     if not isinstance(p, dict): raise QvlError(f"a content part is {type(p).__name__}")
-                    if p.get('type') == 'image' or (p.get('type') is None and _part_image(p)) or p.get('type') == 'image_url':
+                    if p.get('type') == 'image' or (p.get('type') is None and image_part(p)) or p.get('type') == 'image_url':
                         keep = {k: v for k, v in p.items() if k not in ('type', 'image', 'image_url', 'url', 'path')}
-                        parts.append(dict(type='image', **keep)); images.append(_part_image(p))
+                        parts.append(dict(type='image', **keep)); images.append(image_part(p))
                     elif p.get('type', 'text') == 'text':
                         parts += split_images(_text(p.get('text', ''), 'a text part'), placeholder)
                     else: parts.append(dict(p))     # video or other parts pass through
@@ -751,7 +743,7 @@ def _set_images(record: dict, spec: Spec, refs: list[str]):
     for t in record[spec.messages]:
         if isinstance(t.get(spec.content_tag), list):
             for p in t[spec.content_tag]:
-                if isinstance(p, dict) and (p.get('type') in ('image', 'image_url') or (p.get('type') is None and _part_image(p))):
+                if isinstance(p, dict) and (p.get('type') in ('image', 'image_url') or (p.get('type') is None and image_part(p))):
                     for k in ('image', 'image_url', 'url', 'path'):
                         if k in p: p[k] = next(it) if k != 'image_url' or isinstance(p[k], str) else dict(p[k], url=next(it)); break
 

@@ -524,7 +524,8 @@ class Trainer:
                                 self.cfg.allow_outside, progress=False)
             correct = self.answers_correct(ex)
             tasks = [ds.records[i].get('task', 'all') if isinstance(ds.records[i], dict) else 'all' for i in ex.index]
-            tokens = [sum((h // 28) * (w // 28) for _, h, w in im) for im in ex.images]
+            f = self._flops.shape.factor            # the model's own image factor (28, or 32 for Qwen3-VL)
+            tokens = [sum((h // f) * (w // f) for _, h, w in im) for im in ex.images]
             for t, c, k in zip(tasks, correct, tokens): rows.append(dict(budget=f'{side}x{side}', side=side, task=t, correct=c, visual_tokens=k))
         df = pd.DataFrame(rows)
         return df.groupby(['budget', 'side', 'task'], sort=False).agg(accuracy=('correct', 'mean'), samples=('correct', 'size'),

@@ -134,3 +134,22 @@ def test_saved_processor_sees_the_training_resolution(tmp_path, tiny_model, samp
     proc = AutoProcessor.from_pretrained(tmp_path / 'out' / 'processor')
     grid = proc.image_processor(images=[Image.new('RGB', (2000, 1500))], return_tensors='pt')['image_grid_thw'][0]
     assert int(grid.prod()) // 4 == b.tokens(1500, 2000) <= 400
+
+
+def test_resize_messages_with_image_url_parts_and_the_doctor_sees_the_result(tmp_path, tiny_model):
+    "Every image spelling the doctor reads is resized too: `image_url` parts (a string or {'url'}, file:// or not)."
+    d = tmp_path / 'd'; (d / 'img').mkdir(parents=True)
+    for i in range(3): Image.new('RGB', (1600, 1200), (i * 80, 0, 0)).save(d / 'img' / f'{i}.jpg')
+    parts = [dict(type='image_url', image_url=dict(url='file://img/0.jpg')), dict(type='image_url', image_url='img/1.jpg'),
+             dict(type='image', image='img/2.jpg')]
+    recs = [dict(messages=[dict(role='user', content=[p, dict(type='text', text='colour?')]),
+                           dict(role='assistant', content=[dict(type='text', text='red')])]) for p in parts]
+    (d / 'data.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in recs))
+    r = run_qvl('resize', d / 'data.jsonl', tmp_path / 'out', '--max-pixels', '200000')
+    assert '3 resized' in r.stdout, r.stdout
+    doc = json.loads(run_qvl('doctor', tmp_path / 'out' / 'data.jsonl', '--model', tiny_model, '--json').stdout)
+    assert doc['summary']['flagged'] == 0 and doc['summary']['samples'] == 3
+    from qvl.core import image_part
+    for rec in map(json.loads, (tmp_path / 'out' / 'data.jsonl').read_text().splitlines()):
+        w, h = Image.open(tmp_path / 'out' / image_part(rec['messages'][0]['content'][0])).size
+        assert w * h <= 200000
