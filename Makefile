@@ -6,7 +6,7 @@ ARCH := $(shell uname -m)
 # torch with torchvision (the Qwen2.5-VL processor needs it); these builds install from local wheels where present
 TORCH := $(if $(filter aarch64,$(ARCH)),torch==2.9.1 torchvision==0.24.1,torch==2.14.1 torchvision==0.29.1)
 
-.PHONY: setup demo test check-sync notebooks pytest
+.PHONY: setup demo test check-sync lint notebooks pytest
 
 setup: $(VENV)/.qvl-setup
 
@@ -28,10 +28,14 @@ check-sync: setup
 	if [ "$$before" != "$$after" ]; then echo "nbdev_export/nbdev_clean changed files: run them and commit"; \
 	  git status --porcelain -- qvl nbs; git --no-pager diff --stat -- qvl nbs; exit 1; fi
 
+# pyflakes' checks (unused or undefined names, syntax): the compact one-line style of the notebooks stays
+lint: setup
+	$(BIN)/ruff check --isolated --select F,E9 qvl tests benchmarks
+
 notebooks: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/nbdev_test --n_workers 0
 
 pytest: setup
 	$(BIN)/python -m pytest -q tests
 
-test: check-sync notebooks pytest
+test: check-sync lint notebooks pytest

@@ -8,7 +8,7 @@ samples (it is too slow for all of them) and both are reported in samples per se
 
     python benchmarks/doctor_throughput.py [--n 10000] [--baseline 300] [--cutoff 2048]
 """
-import argparse, json, os, platform, shutil, tempfile, time
+import argparse, os, platform, shutil, tempfile, time
 from pathlib import Path
 
 import numpy as np

@@ -15,7 +15,7 @@ the answer only, PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True. Gradient chec
 Split: the fit uses square sides 448, 1344 and 2016 at batch sizes 1 and 4; every other point
 (side 896, batch 2 and 8, and odd settings 672x672 b6, 1120x1120 b3, 1792x1792 b1) is held out.
 """
-import argparse, json, os, platform, sys, time
+import argparse, json, os, time
 from pathlib import Path
 
 FIT_SIDES, FIT_BATCHES = (448, 1344, 2016), (1, 4)
@@ -55,7 +55,7 @@ def measure(a):
 
 def fit(a):
     import pandas as pd
-    from qvl.memory import COEFFICIENTS, accuracy, fit_coefficients
+    from qvl.memory import accuracy, fit_coefficients
     df = pd.concat([pd.read_csv(p) for p in a.csv], ignore_index=True)
     df['split'] = ['fit' if is_fit(int(r.image_h), int(r.batch_size)) else 'holdout' for r in df.itertuples()]
     c = fit_coefficients(df[df.split == 'fit'])

@@ -172,7 +172,7 @@ def cmd_train(a) -> int:
 
 def cmd_sweep(a) -> int:
     import yaml
-    from qvl.experiments import run, template_path
+    from qvl.experiments import run
     params = {}
     if a.file:
         p = Path(a.file)

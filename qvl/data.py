@@ -4,13 +4,15 @@
 
 # %% ../nbs/04_data.ipynb #db21cb22
 from __future__ import annotations
-import dataclasses, hashlib, json, os, time
+import dataclasses, hashlib, json, os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+if TYPE_CHECKING: import torch      # names in annotations only
 from .core import QvlError, atomic_dir, file_fingerprint, image_part, qvl_home, verify_checksums, write_checksums
 from .resize import Budget
-from .tokens import DEFAULT_PLACEHOLDER, Dataset, analyse, inspect_model, load_dataset, model_budget
+from .tokens import DEFAULT_PLACEHOLDER, Dataset, analyse, inspect_model, model_budget
 
 # %% auto #0
 __all__ = ['IGNORE', 'MODEL_FILES', 'CACHE_FORMAT', 'assistant_mask', 'expand_example', 'Examples', 'build_examples', 'cache_key',
@@ -226,7 +228,6 @@ class VisionTextDataset:
     def __len__(self): return len(self.examples)
 
     def __getitem__(self, i: int) -> dict:
-        import torch
         from qvl.resize import load_resized
         e = self.examples[i]
         item = dict(input_ids=e['input_ids'].long(), labels=e['labels'].long(), index=e['index'])

@@ -4,8 +4,10 @@
 
 # %% ../nbs/07_experiments.ipynb #c175d810
 from __future__ import annotations
-import dataclasses, hashlib, json, os, platform, shutil, subprocess, sys, time
+import hashlib, json, os, platform, shutil, subprocess, sys, time
 from pathlib import Path
+from typing import TYPE_CHECKING
+if TYPE_CHECKING: import pandas as pd      # names in annotations only
 from .core import QvlError, atomic_file
 
 # %% auto #0

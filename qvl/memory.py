@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_memory.ipynb #6bd9af2d
 from __future__ import annotations
-import dataclasses, gc, json, math, os, time
+import dataclasses, gc, json, math
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path

@@ -7,6 +7,8 @@ from __future__ import annotations
 import json, random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+if TYPE_CHECKING: import PIL.Image      # names in annotations only
 import numpy as np
 from .core import QvlError, atomic_dir, read_records
 

@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from .core import QvlError, CHECKPOINT_MAX_PIXELS, CHECKPOINT_MIN_PIXELS, QWEN_TOKEN_IDS, atomic_dir, atomic_file, image_part, \
     read_records, write_records
-from .resize import AspectRatioError, Budget, ImageError, ResizeJob, image_size, run_jobs, smart_resize
+from .resize import AspectRatioError, Budget, ImageError, ResizeJob, image_size, run_jobs
 
 # %% auto #0
 __all__ = ['VISION_START', 'VISION_END', 'IMAGE_PAD', 'VIDEO_PAD', 'IMAGE_SEQUENCE', 'DEFAULT_PLACEHOLDER', 'SPECS',

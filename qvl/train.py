@@ -4,9 +4,11 @@
 
 # %% ../nbs/05_train.ipynb #42575d83
 from __future__ import annotations
-import dataclasses, json, math, os, random, re, shutil, time, typing
-from dataclasses import dataclass, field
+import dataclasses, json, math, os, random, shutil, time, typing
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+if TYPE_CHECKING: import pandas as pd      # names in annotations only
 from .core import QvlError, atomic_dir, atomic_file, check_model_dir
 from .resize import Budget
 
@@ -374,7 +376,6 @@ class Trainer:
         self.peak_flops = _device_peak_flops(self.device)
 
     def _wrap(self):
-        import torch
         if self.sharding == 'fsdp':
             from torch.distributed.fsdp import fully_shard
             for unit in fsdp_units(self.model): fully_shard(unit)

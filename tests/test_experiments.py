@@ -46,7 +46,7 @@ def test_vram_sweep_template_records_results_figures_and_environment(tmp_path):
     runs = tmp_path / 'runs'
     args = ['vram_sweep', '-p', 'models', 'Qwen2.5-VL-3B', '-p', 'sides', '448,1344', '-p', 'batches', '1,2',
             '-p', 'cpu_sides', '224', '-p', 'cpu_batches', '1,2']
-    r = sweep(*args, runs=runs)
+    sweep(*args, runs=runs)
     d = only_run(runs, 'vram_sweep')
     res = pd.read_csv(d / 'results.csv')
     real = res[res.model == 'Qwen2.5-VL-3B']

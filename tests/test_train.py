@@ -59,7 +59,7 @@ def test_sigkill_and_resume_gives_the_same_loss_curve(tiny_model, colour_data, t
     assert len(log.read_text().splitlines()) < 12, 'the run finished before it could be killed'
     # a half-written checkpoint (no trainer.json) must never be picked
     (tmp_path / 'b' / 'checkpoints' / 'step-0000011').mkdir(parents=True)
-    r = run_qvl('train', cfg, '--resume')
+    run_qvl('train', cfg, '--resume')
     a, b = losses(tmp_path / 'a'), losses(tmp_path / 'b')
     assert [s for s, _ in b] == list(range(1, 13))
     for (sa, la), (sb, lb) in zip(a, b):
@@ -85,7 +85,7 @@ def test_adapter_loads_with_peft_and_matches(tiny_model, colour_data, tmp_path):
         plain = AutoModelForImageTextToText.from_pretrained(tiny_model).eval()(**b).logits
     assert torch.allclose(ours, theirs, atol=1e-5)
     assert not torch.allclose(ours, plain, atol=1e-3)       # the adapter changed something
-    r = run_qvl('export', tmp_path / 'lora', tmp_path / 'merged')
+    run_qvl('export', tmp_path / 'lora', tmp_path / 'merged')
     merged = AutoModelForImageTextToText.from_pretrained(tmp_path / 'merged').eval()
     with torch.no_grad(): assert torch.allclose(merged(**b).logits, ours, atol=1e-4)
 
