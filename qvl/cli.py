@@ -196,10 +196,20 @@ def _setup_kw(a) -> dict:
 
 def cmd_estimate(a) -> int:
     import json
-    from qvl.memory import GB, advise, estimate, what_fits
+    from qvl.memory import GB, advise, estimate, estimate_run, what_fits
     kw = _setup_kw(a)
-    e = estimate(**kw, optimizer=a.optimizer, precision=a.precision, gpus=a.gpus, sharding=a.sharding,
-                 lora_adapter_dtype=a.adapter_dtype)
+    if a.config:        # a run config: the estimate of exactly that run (its model, method, batch, precision, ...)
+        from qvl.train import load_config
+        cfg = load_config(a.config, **_overrides(a.set))
+        e = estimate_run(cfg, a.image_size, kw['prompt_tokens'], kw['answer_tokens'], gpus=a.gpus)
+        kw = dict(kw, model=cfg.model, method=cfg.method, batch_size=cfg.batch_size, lora_rank=cfg.lora_rank,
+                  gradient_checkpointing=cfg.gradient_checkpointing, fast=cfg.fast)
+    else:
+        if a.set:
+            from qvl.core import QvlError
+            raise QvlError("--set changes a run config: give one (qvl estimate run.yaml --set key=value)")
+        e = estimate(**kw, optimizer=a.optimizer, precision=a.precision, gpus=a.gpus, sharding=a.sharding,
+                     lora_adapter_dtype=a.adapter_dtype)
     if a.json:
         print(json.dumps(e.to_json(), indent=1)); return 0
     print(e)
@@ -433,6 +443,10 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser('estimate', formatter_class=fmt, help='predict the GPU memory of a training step (no GPU needed)',
         description='Predict max_memory_allocated and max_memory_reserved of a steady-state training step, with every '
                     'component, from the model config alone; say whether it fits and what would.')
+    s.add_argument('config', metavar='RUN.yaml', nargs='?',
+                   help='a `qvl train` config: estimate that run (its model, method, batch, precision, checkpointing, step); '
+                        'the flags below then give only the image size, text tokens and GPUs')
+    s.add_argument('--set', action='append', metavar='KEY=VALUE', help='override a key of RUN.yaml (repeatable)')
     setup_flags(s)
     s.add_argument('--optimizer', choices=['adamw', 'adamw8bit', 'sgd', 'sgd-momentum', 'adafactor'], default='adamw')
     s.add_argument('--precision', choices=['bf16', 'bf16-mixed', 'fp32'], default='bf16')

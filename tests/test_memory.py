@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 from conftest import run_qvl
 from qvl.memory import estimate
@@ -116,3 +117,19 @@ def test_fast_step_estimate_within_5_percent_of_measured():
     assert default['setup']['fast'] is True and plain['setup']['fast'] is False
     assert abs(default['peak_allocated_bytes'] / 19.032e9 - 1) < 0.02
     assert plain['peak_allocated_bytes'] > 1.3 * default['peak_allocated_bytes']
+
+
+def test_estimate_reads_a_run_config(tmp_path):
+    "`qvl estimate run.yaml` estimates exactly the run `qvl train run.yaml` would make; --set changes it as for train."
+    cfg = tmp_path / 'run.yaml'
+    cfg.write_text(yaml.safe_dump(dict(model='Qwen2.5-VL-7B', data='train.json', method='full', batch_size=2)))
+    run = json.loads(run_qvl('estimate', cfg, '--image-size', '1344x1344', '--json').stdout)
+    flags = json.loads(run_qvl('estimate', '--model', 'Qwen2.5-VL-7B', '--mode', 'full', '--image-size', '1344x1344',
+                               '--batch-size', '2', '--json').stdout)
+    s = run['setup']
+    assert s['fast'] and not s['freeze_projector'] and s['batch_size'] == 2     # the trainer's defaults: the merger trains
+    assert flags['setup']['freeze_projector'] and run['peak_allocated_bytes'] > flags['peak_allocated_bytes']
+    plain = json.loads(run_qvl('estimate', cfg, '--image-size', '1344x1344', '--set', 'fast=false', '--json').stdout)
+    assert plain['setup']['fast'] is False and plain['peak_allocated_bytes'] != run['peak_allocated_bytes']
+    bad = run_qvl('estimate', cfg, '--set', 'method=dora', check=False)
+    assert bad.returncode == 2 and 'choose one of lora, full, qlora' in bad.stderr
