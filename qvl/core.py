@@ -12,9 +12,9 @@ from pathlib import Path
 __all__ = ['QWEN_TOKEN_IDS', 'ARCHITECTURES', 'CHECKSUMS', 'IMAGE_PART_KEYS', 'SPECIAL_TOKENS', 'CHAT_TEMPLATE',
            'CHECKPOINT_MIN_PIXELS', 'CHECKPOINT_MAX_PIXELS', 'TINY_FAMILIES', 'QvlError', 'Arch', 'known_models',
            'resolve_arch', 'arch_config', 'load_config', 'count_parameters', 'image_factor', 'qvl_home',
-           'seed_everything', 'atomic_file', 'atomic_dir', 'file_fingerprint', 'write_checksums', 'verify_checksums',
-           'looks_like_path', 'check_model_dir', 'image_part_slot', 'image_part', 'read_records', 'write_records',
-           'build_tiny_tokenizer', 'tiny_config', 'build_processor', 'build_tiny_model', 'load_tiny',
+           'seed_everything', 'atomic_file', 'atomic_dir', 'file_fingerprint', 'file_digest', 'write_checksums',
+           'verify_checksums', 'looks_like_path', 'check_model_dir', 'image_part_slot', 'image_part', 'read_records',
+           'write_records', 'build_tiny_tokenizer', 'tiny_config', 'build_processor', 'build_tiny_model', 'load_tiny',
            'build_random_checkpoint', 'default_tiny_model']
 
 # %% ../nbs/00_core.ipynb #c20a75c8
@@ -197,7 +197,8 @@ def file_fingerprint(path) -> list | None:
     except (OSError, ValueError): return None
     return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
 
-def _digest(path: Path) -> str:
+def file_digest(path) -> str:
+    "SHA-256 of a file's bytes, read in 1 MiB blocks."
     h = hashlib.sha256()
     with open(path, 'rb') as f:
         for block in iter(lambda: f.read(1 << 20), b''): h.update(block)
@@ -208,7 +209,7 @@ CHECKSUMS = 'checksums.json'
 def write_checksums(folder) -> Path:
     "Record a SHA-256 of every file in `folder` (written last, inside the folder) so a reader can verify them."
     folder = Path(folder)
-    sums = {str(f.relative_to(folder)): _digest(f) for f in sorted(folder.rglob('*')) if f.is_file() and f.name != CHECKSUMS}
+    sums = {str(f.relative_to(folder)): file_digest(f) for f in sorted(folder.rglob('*')) if f.is_file() and f.name != CHECKSUMS}
     (folder / CHECKSUMS).write_text(json.dumps(sums, indent=1))
     return folder / CHECKSUMS
 
@@ -220,7 +221,7 @@ def verify_checksums(folder) -> list[str]:
     bad = []
     for name, want in sums.items():
         f = folder / name
-        try: ok = _digest(f) == want
+        try: ok = file_digest(f) == want
         except OSError: ok = False
         if not ok: bad.append(name)
     return bad
@@ -234,9 +235,7 @@ def check_model_dir(model) -> Path:
     "`model` as a checkpoint directory, or a `QvlError` that says what is wrong with it."
     p = Path(model).expanduser()
     if p.is_dir():
-        if not (p / 'config.json').is_file(): raise QvlError(f"{p} has no config.json: is it a checkpoint directory?")
-        try: json.loads((p / 'config.json').read_text(encoding='utf-8'))
-        except (ValueError, UnicodeDecodeError) as e: raise QvlError(f"{p / 'config.json'} is not valid JSON ({e})") from None
+        load_config(p)          # a readable transformers config.json, or load_config's error naming what is wrong
         return p
     if p.exists(): raise QvlError(f"{p} is a file: give the checkpoint directory (the folder with config.json)")
     raise QvlError(f"model directory {p} not found" + ('' if looks_like_path(str(model)) else

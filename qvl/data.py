@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 if TYPE_CHECKING: import torch      # names in annotations only
-from .core import QvlError, atomic_dir, file_fingerprint, image_part, qvl_home, verify_checksums, write_checksums
+from .core import QvlError, atomic_dir, file_digest, file_fingerprint, image_part, qvl_home, verify_checksums, write_checksums
 from .resize import Budget
 from .tokens import DEFAULT_PLACEHOLDER, Dataset, analyse, inspect_model, model_budget
 
@@ -145,12 +145,6 @@ MODEL_FILES = ('config.json', 'tokenizer.json', 'tokenizer_config.json', 'specia
                'processor_config.json')
 CACHE_FORMAT = 1
 
-def _sha(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(1 << 20), b''): h.update(block)
-    return h.hexdigest()
-
 def _image_refs(record, spec) -> list[str]:
     "The image paths a record names (its text is covered by the data file's hash): no parsing of turns."
     if not isinstance(record, dict): return []
@@ -174,9 +168,9 @@ def cache_key(ds: Dataset, model, budget: Budget | None, cutoff_len: int | None,
     for r in ds.records:
         for ref in _image_refs(r, ds.spec):
             images.append((ref, file_fingerprint(root / ref)))    # a replaced file changes it even with its old mtime
-    parts = dict(format=CACHE_FORMAT, qvl=qvl.__version__, data=_sha(ds.path), spec=dataclasses.asdict(ds.spec),
+    parts = dict(format=CACHE_FORMAT, qvl=qvl.__version__, data=file_digest(ds.path), spec=dataclasses.asdict(ds.spec),
                  name=ds.name, model=str(m.resolve()) if m.exists() else str(model),
-                 model_files={f: _sha(m / f) for f in MODEL_FILES if (m / f).is_file()},
+                 model_files={f: file_digest(m / f) for f in MODEL_FILES if (m / f).is_file()},
                  budget=dataclasses.asdict(budget) if budget else None, cutoff_len=cutoff_len,
                  placeholder=placeholder, allow_outside=allow_outside, images=images)
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()

@@ -140,7 +140,7 @@ def _has_triton() -> bool:
 
 GPU_ROUTES = {'fused_kernels': 'norms and MLPs', 'aligned_matmuls': None, 'compiled_layers': 'decoder layers'}
 
-def device_routes(device_type: str, triton: bool, sharding: str | None = None) -> dict:
+def device_routes(device_type: str, triton: bool) -> dict:
     "For the routes that depend on the device: route -> None when it can run on `device_type`, else why not."
     out = {}
     for route, eager in GPU_ROUTES.items():
@@ -241,12 +241,12 @@ def _unpatch(module):
     for k in ('_qvl_compiled', '_qvl_fused', '_qvl_pad'): module.__dict__.pop(k, None)
     _COMPILED_LAYERS.discard(module)
 
-def enable(model, routes=ROUTES, quiet: bool = True, device_type: str | None = None, sharding: str | None = None) -> FastPath:
+def enable(model, routes=ROUTES, quiet: bool = True, device_type: str | None = None) -> FastPath:
     "Install the fast step's `routes` on `model` (a transformers Qwen-VL model, bare or under peft); see `FastPath`. `device_type`: where it will run (default: where its parameters are)."
     unknown = set(routes) - set(ROUTES)
     if unknown: raise QvlError(f"unknown fast-step route(s) {sorted(unknown)}: choose from {', '.join(ROUTES)}")
     base, fp = _base(model), FastPath()
-    on_device = device_routes(device_type or _device_of(base), _has_triton(), sharding)
+    on_device = device_routes(device_type or _device_of(base), _has_triton())
     visual = getattr(getattr(base, 'model', base), 'visual', None) or getattr(base, 'visual', None)
     if 'vision_attention' in routes:
         attn = _vision_attentions(visual) if visual is not None else []
@@ -322,13 +322,11 @@ def peak_flops(device_name: str) -> float | None:
 def batch_flops(shape, rows, method: str = 'lora', lora_rank: int = 8, freeze_vision: bool = True) -> dict:
     """FLOPs a training step needs (see above), by part, for `rows` of (tokens, [patches of each image], labelled
     tokens): one row per sample as the trainer sees it. `shape` is `qvl.memory.model_shape(model)`."""
-    from qvl.core import load_config
-    v = load_config(shape.name).vision_config
     lin = sum(i * o for i, o in shape.linear_shapes)             # LLM linear weights used per token
     lora = shape.lora_params(lora_rank)
     full = method == 'full'
-    window = (getattr(v, 'window_size', 0) // getattr(v, 'patch_size', 14)) ** 2
-    full_layers = len(getattr(v, 'fullatt_block_indexes', None) or range(shape.vision_depth)) if window else shape.vision_depth
+    window = shape.vision_window
+    full_layers = shape.vision_full_layers if window else shape.vision_depth
     out = dict(llm=0, lm_head=0, vision=0)
     for T, patches, labelled in rows:
         llm_f = 2 * lin * T + 2 * T * T * shape.hidden * shape.layers            # causal attention: half of QK^T and AV

@@ -37,6 +37,8 @@ class ModelShape:
     factor: int                 # pixels per LLM token side (28 or 32)
     linear_shapes: tuple        # (in, out) of each LLM linear layer
     quantizable: int            # parameters in linear layers outside lm_head (what 4-bit quantizes)
+    vision_window: int = 0      # patches a windowed vision attention attends within (0: no windows, Qwen2-VL, Qwen3-VL)
+    vision_full_layers: int = 0 # vision blocks with full attention when there are windows
 
     @property
     def total(self) -> int: return self.vision + self.merger + self.llm + self.lm_head
@@ -60,11 +62,12 @@ def model_shape(model: str) -> ModelShape:
            if isinstance(mod, torch.nn.Linear) and 'language_model' in n.split('.') and not n.endswith('lm_head')]
     quant = sum(mod.weight.numel() for n, mod in m.named_modules() if isinstance(mod, torch.nn.Linear) and not n.endswith('lm_head'))
     t, v = c.text_config, c.vision_config
+    window = (getattr(v, 'window_size', 0) // getattr(v, 'patch_size', 14)) ** 2
     return ModelShape(str(model), parts['vision'], parts['merger'], parts['llm'], parts['lm_head'], t.hidden_size,
                       t.intermediate_size, t.num_hidden_layers, t.num_attention_heads, t.num_key_value_heads, t.vocab_size,
                       getattr(v, 'hidden_size', getattr(v, 'embed_dim', 1280)), v.depth,
                       getattr(v, 'intermediate_size', None) or int(getattr(v, 'mlp_ratio', 4) * getattr(v, 'embed_dim', 1280)),
-                      image_factor(c), tuple(lin), quant)
+                      image_factor(c), tuple(lin), quant, window, len(getattr(v, 'fullatt_block_indexes', None) or range(v.depth)))
 
 # %% ../nbs/06_memory.ipynb #5e2f005b
 OPTIMIZERS = {'adamw': 2, 'adamw8bit': 2, 'sgd': 0, 'sgd-momentum': 1, 'adafactor': 0}   # states per trainable parameter
@@ -402,10 +405,10 @@ def profile_config(model: str, method: str = 'lora', gradient_checkpointing: boo
 
 def estimate_run(cfg, image_size, prompt_tokens: int = 64, answer_tokens: int = 128, gpus: int = 1, **kw) -> Estimate:
     "The estimate of a `TrainConfig`'s step (on a GPU) for samples of one image of `image_size` (h, w) and the given text."
-    from qvl.train import resolve_precision
+    from qvl.train import resolve_precision, sharding_mode
     precision = resolve_precision(cfg.precision, 'cuda')
     if precision == 'fp16-mixed': precision = 'bf16-mixed'         # the same widths
-    sharding = 'none' if gpus == 1 else ('fsdp' if cfg.sharding == 'fsdp' and cfg.method == 'full' else 'ddp')
+    sharding = sharding_mode(cfg, gpus) or 'none'
     return estimate(cfg.model, cfg.method, tuple(image_size), cfg.batch_size, prompt_tokens=prompt_tokens,
                     answer_tokens=answer_tokens, lora_rank=cfg.lora_rank, freeze_vision=cfg.freeze_vision,
                     freeze_projector=cfg.freeze_projector, freeze_llm=cfg.freeze_llm, precision=precision,

@@ -242,11 +242,11 @@ def prepare_model(cfg: TrainConfig, device, precision: str, model=None):
     if not any(p.requires_grad for p in model.parameters()): raise QvlError("nothing to train: every part is frozen")
     return model
 
-def enable_fast(cfg: TrainConfig, model, device, sharding: str | None = None):
+def enable_fast(cfg: TrainConfig, model, device):
     "The fast step's routes on a prepared model (before any DDP/FSDP wrap), or None when `cfg.fast` is off."
     if not cfg.fast: return None
     from qvl.fast import enable
-    return enable(model, device_type=_device_type(device), sharding=sharding)
+    return enable(model, device_type=_device_type(device))
 
 # %% ../nbs/05_train.ipynb #9c3e0b2d
 def stream_indices(n: int, start: int, count: int, seed: int) -> list[int]:
@@ -363,7 +363,7 @@ class Trainer:
         self.model = prepare_model(cfg, self.device, self.precision, model)
         self.module = self.model            # the unwrapped model (for saving)
         # before DDP/FSDP wrap the model: the wrappers then call the fast forward
-        self.fast = enable_fast(cfg, self.model, self.device, self.sharding)
+        self.fast = enable_fast(cfg, self.model, self.device)
         if self.fast and self.progress: print(self.fast)
         if self.sharding: self._wrap()
         self.optimizer = make_optimizer([p for p in self.model.parameters() if p.requires_grad], cfg, self.device, self.sharding)

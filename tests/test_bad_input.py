@@ -177,7 +177,7 @@ def test_os_and_encoding_errors_are_one_line(tmp_path, tiny_model, sample_data):
     broken = tmp_path / 'broken-model'; broken.mkdir(); (broken / 'config.json').write_text('{not json')
     cfg = tmp_path / 'b.yaml'; cfg.write_text(yaml.safe_dump(_cfg(broken, sample_data, tmp_path / 'run')))
     r = run_qvl('train', cfg, check=False)
-    assert r.returncode == 2 and 'config.json is not valid JSON' in r.stderr; one_line_error(r)
+    assert r.returncode == 2 and 'config.json cannot be read as a transformers config' in r.stderr; one_line_error(r)
     odd = tmp_path / 'odd'; image(odd / 'ok.jpg'); image(Path(os.fsdecode(bytes(odd) + b'/caf\xe9.jpg')), seed=2)
     r = run_qvl('resize', odd, tmp_path / 'odd-out', '--max-pixels', '50000')      # a file name that is not UTF-8
     assert '2 resized' in r.stdout and len(list((tmp_path / 'odd-out').glob('*.jpg'))) == 2
