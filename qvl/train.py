@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_train.ipynb #42575d83
 from __future__ import annotations
-import dataclasses, json, math, os, random, shutil, time, typing
+import atexit, dataclasses, json, math, os, random, shutil, time, typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -14,10 +14,10 @@ from .resize import Budget
 
 # %% auto #0
 __all__ = ['METHODS', 'PRECISIONS', 'SCHEDULES', 'SHARDINGS', 'RESUMABLE_KEYS', 'TrainConfig', 'config_from_dict', 'load_config',
-           'world_size', 'rank', 'setup_device', 'all_reduce_sum', 'resolve_precision', 'sharding_mode',
-           'optimizer_options', 'make_optimizer', 'fsdp_units', 'llm_linear_names', 'prepare_model', 'enable_fast',
-           'stream_indices', 'lr_lambda', 'latest_checkpoint', 'resume_conflicts', 'Trainer', 'step_rates',
-           'run_summary', 'summary_line', 'export_merged', 'tiny_run_config']
+           'world_size', 'rank', 'setup_device', 'end_process_group', 'all_reduce_sum', 'resolve_precision',
+           'sharding_mode', 'optimizer_options', 'make_optimizer', 'fsdp_units', 'llm_linear_names', 'prepare_model',
+           'enable_fast', 'stream_indices', 'lr_lambda', 'latest_checkpoint', 'resume_conflicts', 'Trainer',
+           'step_rates', 'run_summary', 'summary_line', 'export_merged', 'tiny_run_config']
 
 # %% ../nbs/05_train.ipynb #b4a75070
 METHODS, PRECISIONS, SCHEDULES, SHARDINGS = ('lora', 'full', 'qlora'), ('auto', 'bf16', 'bf16-mixed', 'fp16-mixed', 'fp32'), \
@@ -140,11 +140,21 @@ def setup_device():
         local = int(os.environ.get('LOCAL_RANK', 0))
         if torch.cuda.is_available():
             torch.cuda.set_device(local)
-            if not dist.is_initialized(): dist.init_process_group('nccl', device_id=torch.device('cuda', local))
+            if not dist.is_initialized():
+                dist.init_process_group('nccl', device_id=torch.device('cuda', local))
+                atexit.register(end_process_group)
             return torch.device('cuda', local)
-        if not dist.is_initialized(): dist.init_process_group('gloo')
+        if not dist.is_initialized():
+            dist.init_process_group('gloo')
+            atexit.register(end_process_group)
         return torch.device('cpu')
     return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+
+def end_process_group():
+    """Tear down the process group `setup_device` opened (at exit): a process that leaves with the group alive
+    aborts in the communication threads' destructors ("terminate called without an active exception")."""
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized(): dist.destroy_process_group()
 
 def _barrier():
     import torch.distributed as dist
@@ -639,6 +649,7 @@ class Trainer:
         if cfg.detail_budgets and cfg.eval_data and rank() == 0:
             dc = self.detail_check()
             atomic_file(self.out / 'detail_check.csv', lambda tmp: dc.to_csv(tmp, index=False))
+        if world_size() > 1: _barrier()    # every rank leaves once rank 0 has written the results
         return pd.DataFrame(self.history)
 
     def save_final(self) -> Path | None:
