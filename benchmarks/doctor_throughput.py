@@ -15,7 +15,8 @@ import numpy as np
 from PIL import Image
 
 from qvl.core import default_tiny_model, load_tiny
-from qvl.tokens import SPECS, _template_parts, doctor, parse_sample, write_records
+from qvl.formats import SPECS, parse_sample, write_records
+from qvl.tokens import _template_parts, doctor
 
 
 def make_dataset(d: Path, n: int, seed: int = 0) -> list[dict]:

@@ -9,12 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['QWEN_TOKEN_IDS', 'ARCHITECTURES', 'CHECKSUMS', 'IMAGE_PART_KEYS', 'SPECIAL_TOKENS', 'CHAT_TEMPLATE',
-           'CHECKPOINT_MIN_PIXELS', 'CHECKPOINT_MAX_PIXELS', 'TINY_FAMILIES', 'QvlError', 'Arch', 'known_models',
-           'resolve_arch', 'arch_config', 'load_config', 'count_parameters', 'image_factor', 'qvl_home',
-           'seed_everything', 'atomic_file', 'atomic_dir', 'file_fingerprint', 'file_digest', 'write_checksums',
-           'verify_checksums', 'looks_like_path', 'check_model_dir', 'image_part_slot', 'image_part', 'read_records',
-           'write_records', 'build_tiny_tokenizer', 'tiny_config', 'build_processor', 'build_tiny_model', 'load_tiny',
+__all__ = ['QWEN_TOKEN_IDS', 'ARCHITECTURES', 'CHECKSUMS', 'SPECIAL_TOKENS', 'CHAT_TEMPLATE', 'CHECKPOINT_MIN_PIXELS',
+           'CHECKPOINT_MAX_PIXELS', 'TINY_FAMILIES', 'QvlError', 'Arch', 'known_models', 'resolve_arch', 'arch_config',
+           'load_config', 'count_parameters', 'image_factor', 'qvl_home', 'seed_everything', 'atomic_file',
+           'atomic_dir', 'file_fingerprint', 'file_digest', 'write_checksums', 'verify_checksums', 'looks_like_path',
+           'check_model_dir', 'build_tiny_tokenizer', 'tiny_config', 'build_processor', 'build_tiny_model', 'load_tiny',
            'build_random_checkpoint', 'default_tiny_model']
 
 # %% ../nbs/00_core.ipynb #c20a75c8
@@ -240,47 +239,6 @@ def check_model_dir(model) -> Path:
     if p.exists(): raise QvlError(f"{p} is a file: give the checkpoint directory (the folder with config.json)")
     raise QvlError(f"model directory {p} not found" + ('' if looks_like_path(str(model)) else
                    f" (qvl loads checkpoints from disk: download {model} first, e.g. `huggingface-cli download {model} --local-dir DIR`)"))
-
-IMAGE_PART_KEYS = ('image', 'image_url', 'url', 'path')
-
-def image_part_slot(part: dict) -> tuple[dict, str] | None:
-    """Where a message content part keeps its image path, in any of the spellings (`image`, `image_url` as a string or
-    `{'url': ...}`, `url`, `path`): the (container, key) to read or replace it, or None."""
-    for k in IMAGE_PART_KEYS:
-        v = part.get(k)
-        if isinstance(v, dict) and isinstance(v.get('url'), str): return v, 'url'
-        if isinstance(v, str): return part, k
-    return None
-
-def image_part(part: dict) -> str | None:
-    "The image path of a content part (`file://` dropped), or None."
-    slot = image_part_slot(part)
-    return slot[0][slot[1]].removeprefix('file://') if slot else None
-
-# %% ../nbs/00_core.ipynb #31c1b406
-def read_records(path) -> list:
-    "The records of a JSON list or JSONL file, with a clear error for anything else."
-    path = Path(path)
-    try: text = path.read_text(encoding='utf-8')
-    except (OSError, UnicodeDecodeError) as e: raise QvlError(f"{path}: unreadable ({e})") from None
-    if path.suffix == '.jsonl':
-        out = []
-        for i, line in enumerate(text.splitlines(), 1):
-            if not line.strip(): continue
-            try: out.append(json.loads(line))
-            except json.JSONDecodeError as e: raise QvlError(f"{path}:{i}: not valid JSON ({e.msg})") from None
-        return out
-    try: data = json.loads(text)
-    except json.JSONDecodeError as e: raise QvlError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
-    if not isinstance(data, list): raise QvlError(f"{path}: expected a JSON list of samples")
-    return data
-
-def write_records(records: list, path) -> Path:
-    "Write records as a JSON list or JSONL (by suffix), atomically."
-    path = Path(path)
-    text = ''.join(json.dumps(r, ensure_ascii=False) + '\n' for r in records) if path.suffix == '.jsonl' \
-        else json.dumps(records, ensure_ascii=False, indent=1)
-    return atomic_file(path, lambda tmp: Path(tmp).write_text(text, encoding='utf-8'))
 
 # %% ../nbs/00_core.ipynb #09200b4f
 SPECIAL_TOKENS = ['<|endoftext|>', '<|im_start|>', '<|im_end|>', '<|object_ref_start|>', '<|object_ref_end|>',

@@ -149,7 +149,7 @@ def test_resize_messages_with_image_url_parts_and_the_doctor_sees_the_result(tmp
     assert '3 resized' in r.stdout, r.stdout
     doc = json.loads(run_qvl('doctor', tmp_path / 'out' / 'data.jsonl', '--model', tiny_model, '--json').stdout)
     assert doc['summary']['flagged'] == 0 and doc['summary']['samples'] == 3
-    from qvl.core import image_part
+    from qvl.formats import image_part
     for rec in map(json.loads, (tmp_path / 'out' / 'data.jsonl').read_text().splitlines()):
         w, h = Image.open(tmp_path / 'out' / image_part(rec['messages'][0]['content'][0])).size
         assert w * h <= 200000

@@ -6,7 +6,8 @@ import pytest
 from PIL import Image
 
 from conftest import run_qvl
-from qvl.tokens import SPECS, convert, doctor, format_sample, parse_sample, read_records, write_records
+from qvl.formats import SPECS, convert, format_sample, parse_sample, read_records, write_records
+from qvl.tokens import doctor
 
 CUTOFF = 1024
 
