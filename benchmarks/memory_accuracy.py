@@ -15,7 +15,7 @@ the answer only, PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True. Gradient chec
 Split: the fit uses square sides 448, 1344 and 2016 at batch sizes 1 and 4; every other point
 (side 896, batch 2 and 8, and odd settings 672x672 b6, 1120x1120 b3, 1792x1792 b1) is held out.
 """
-import argparse, json, os, time
+import argparse, json, os
 from pathlib import Path
 
 FIT_SIDES, FIT_BATCHES = (448, 1344, 2016), (1, 4)
@@ -27,30 +27,16 @@ def is_fit(side, batch): return side in FIT_SIDES and batch in FIT_BATCHES
 
 
 def measure(a):
-    import pandas as pd, torch, transformers, peft
-    from qvl.memory import _apply_method, build_model, profile_step
+    "Measure the grid through `qvl.memory.profile` (the trainer's plain step, merger frozen), appending rows to --out."
+    from qvl.memory import profile
     os.environ.setdefault('PYTORCH_CUDA_ALLOC_CONF', 'expandable_segments:True')
-    dev = torch.device('cuda')
-    t0 = time.time()
-    m = build_model(a.model, dev)
-    m = _apply_method(m, a.method, 8, 16, True, True)
-    loaded = torch.cuda.memory_allocated(dev)
-    env = dict(gpu=torch.cuda.get_device_name(dev), torch=torch.__version__, transformers=transformers.__version__,
-               peft=peft.__version__, alloc_conf=os.environ.get('PYTORCH_CUDA_ALLOC_CONF', ''))
-    print(f"{a.model} {a.method}: built in {time.time() - t0:.0f} s, {loaded / 1e9:.2f} GB", flush=True)
     out = Path(a.out)
     for gc_on in (True, False):
-        oom_at = None
-        for side, b in GRID:
-            if time.time() - t0 > a.budget_s: print('time budget reached', flush=True); return
-            if not gc_on and oom_at and side * side * b >= oom_at:   # bigger than a point that ran out of memory
-                continue
-            r = profile_step(m, (side, side), b, gc_on)
-            if r['status'] == 'oom': oom_at = side * side * b if oom_at is None else min(oom_at, side * side * b)
-            row = dict(model=a.model, method=a.method, after_load=loaded, split='fit' if is_fit(side, b) else 'holdout', **env, **r)
-            pd.DataFrame([row]).to_csv(out, mode='a', header=not out.exists(), index=False)
-            print(f"  {side} b{b} gc={gc_on}: {r['status']} alloc {r.get('peak_allocated', 0) / 1e9:.2f} GB "
-                  f"reserved {r.get('peak_reserved', 0) / 1e9:.2f} GB {r.get('step_seconds', 0):.1f} s", flush=True)
+        df = profile(a.model, a.method, settings=[(side, b, gc_on) for side, b in GRID], fast=False, freeze_projector=True)
+        df['split'] = ['fit' if is_fit(int(r.image_h), int(r.batch_size)) else 'holdout' for r in df.itertuples()]
+        df.to_csv(out, mode='a', header=not out.exists(), index=False)
+        print(df[['image_w', 'image_h', 'batch_size', 'gradient_checkpointing', 'status', 'peak_allocated', 'peak_reserved']]
+              .to_string(index=False), flush=True)
 
 
 def fit(a):
@@ -80,7 +66,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest='cmd', required=True)
     m = sub.add_parser('measure'); m.add_argument('--model', required=True); m.add_argument('--method', required=True)
-    m.add_argument('--out', required=True); m.add_argument('--budget-s', type=float, default=520)
+    m.add_argument('--out', required=True)
     f = sub.add_parser('fit'); f.add_argument('csv', nargs='+'); f.add_argument('--write-coefficients')
     f.add_argument('--table')
     a = ap.parse_args()

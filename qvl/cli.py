@@ -13,13 +13,11 @@ __all__ = ['cmd_tiny_model', 'cmd_sample_data', 'cmd_info', 'cmd_resize', 'cmd_d
            'error_line', 'console']
 
 # %% ../nbs/12_cli.ipynb #b800730f
-def _size(text: str) -> tuple[int, int]:
-    "Parse `WxH` into (width, height)."
-    try:
-        w, h = (int(v) for v in text.lower().split('x'))
-        if w > 0 and h > 0: return w, h
-    except ValueError: pass
-    raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT such as 600x600, got {text!r}")
+def _size(text: str):
+    "Parse `WxH` (one number: a square) into a `qvl.core.ImageSize`."
+    from qvl.core import ImageSize, QvlError
+    try: return ImageSize.of(text)
+    except QvlError as e: raise argparse.ArgumentTypeError(str(e)) from None
 
 def _positive(text: str) -> int:
     try:
@@ -71,12 +69,23 @@ def _budget_flags(s, factor: bool):
     g.add_argument('--max-side', type=_positive, help='cap on the long side in pixels')
     g.add_argument('--target', type=_size, metavar='WxH', help='pixel budget given as a size, e.g. 600x600 (aspect kept)')
     g.add_argument('--max-tokens', type=_positive, help='cap on visual tokens per image')
-    if factor: g.add_argument('--factor', type=int, choices=[28, 32], default=28, help='28 for Qwen2/2.5-VL, 32 for Qwen3-VL')
+    if factor:
+        g.add_argument('--model', metavar='MODEL', help="the model the images are for (known name or checkpoint directory): "
+                       "its image factor (28 for Qwen2/2.5-VL, 32 for Qwen3-VL); without one, --processor's, else 28")
+        g.add_argument('--factor', type=_positive, help="pixels per side of one image token: overrides the model's")
 
 def _budget(a):
     from qvl.resize import Budget
     return Budget(max_pixels=a.max_pixels, min_pixels=a.min_pixels, max_side=a.max_side, max_tokens=a.max_tokens,
-                  target=a.target, factor=getattr(a, 'factor', 28))
+                  target=a.target, factor=_factor(a))
+
+def _factor(a) -> int:
+    "The image factor of `qvl resize`: --factor, else the --model's (or --processor's) config, else Qwen2/2.5-VL's 28."
+    if getattr(a, 'factor', None): return a.factor
+    model = getattr(a, 'model', None) or getattr(a, 'processor', None)
+    if not model: return 28
+    from qvl.core import image_factor, load_config
+    return image_factor(load_config(model))
 
 def _has_budget(a) -> bool:
     return any(getattr(a, k) for k in ('max_pixels', 'min_pixels', 'max_side', 'target', 'max_tokens'))
@@ -126,7 +135,6 @@ def cmd_fix_model(a) -> int:
 
 def cmd_convert(a) -> int:
     from qvl.formats import convert
-
     skipped = convert(a.src, a.dst, a.to, a.name, a.placeholder)
     print(f"{a.dst} written ({a.to})" + (f"; {len(skipped)} sample(s) left out:" if skipped else ''))
     for sk in skipped: print(f"  #{sk['index']}" + (f" (id {sk['id']})" if sk['id'] is not None else '') + f": {sk['reason']}")
@@ -149,7 +157,8 @@ def _overrides(pairs) -> dict:
     return out
 
 def cmd_train(a) -> int:
-    from qvl.train import Trainer, load_config, rank, tiny_run_config
+    from qvl.config import load_config, rank
+    from qvl.train import Trainer, tiny_run_config
     over = _overrides(a.set)
     if a.steps: over['steps'] = a.steps
     if a.out: over['out_dir'] = a.out
@@ -188,72 +197,69 @@ def cmd_sweep(a) -> int:
         if f.suffix in ('.csv', '.png', '.json', '.yaml', '.ipynb'): print(f"  {f.name}")
     return 0
 
-def _setup_kw(a) -> dict:
-    "Keyword arguments of `qvl.memory.estimate` from the estimate/profile flags."
-    answer = a.text_tokens - a.text_tokens // 3          # 192 -> 64 prompt + 128 answer
-    return dict(model=a.model, method=a.mode, image_size=a.image_size, batch_size=a.batch_size,
-                prompt_tokens=a.text_tokens // 3, answer_tokens=answer, lora_rank=a.lora_rank,
-                gradient_checkpointing=not a.no_gradient_checkpointing, fast=a.fast)
+def _setup_flags(s, keys):
+    """One flag per `qvl.memory.Setup` key in `keys`, named, explained and checked as the key is (those a run config
+    has are its keys): `qvl estimate` and `qvl profile` are made from the one description of a step."""
+    import dataclasses, typing
+    from qvl.memory import Setup
+    hints = typing.get_type_hints(Setup)
+    g = s.add_argument_group('the step (keys a run config has are named as in it; with RUN.yaml they override it)')
+    for f in dataclasses.fields(Setup):
+        if f.name not in keys: continue
+        flag, choices, hint = '--' + f.name.replace('_', '-'), f.metadata['choices'], hints[f.name]
+        shown = {True: 'yes', False: 'no'}.get(f.default, f.default) if hint is bool else f.default
+        kw = dict(default=argparse.SUPPRESS, help=f.metadata['help'] + ('' if f.default is None else f' (default: {shown})'))
+        if hint is bool: g.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
+        elif f.name == 'image_size': g.add_argument(flag, type=_size, metavar='WxH', **kw)
+        elif hint is int: g.add_argument(flag, type=int, metavar='N', **kw)
+        else: g.add_argument(flag, choices=choices, **kw)
+
+def _setup(a):
+    """The `Setup` the flags describe, and the run config: RUN.yaml (with --set and the flags of its keys) when given,
+    else None."""
+    import dataclasses
+    from qvl.core import QvlError
+    from qvl.memory import RUN_KEYS, Setup
+    given = {f.name: getattr(a, f.name) for f in dataclasses.fields(Setup) if getattr(a, f.name, None) is not None}
+    if not getattr(a, 'config', None):
+        if a.set: raise QvlError(f"--set changes a run config: give one (qvl {a.command} run.yaml --set key=value)")
+        return Setup(**given), None
+    from qvl.config import load_config
+    cfg = load_config(a.config, **{**_overrides(a.set), **{k: v for k, v in given.items() if k in RUN_KEYS}})
+    return Setup.of(cfg, **{k: v for k, v in given.items() if k not in RUN_KEYS}), cfg
 
 def cmd_estimate(a) -> int:
-    import json
-    from qvl.memory import GB, advise, estimate, estimate_run, what_fits
-    kw = _setup_kw(a)
-    if a.config:        # a run config: the estimate of exactly that run (its model, method, batch, precision, ...)
-        from qvl.train import load_config
-        cfg = load_config(a.config, **_overrides(a.set))
-        e = estimate_run(cfg, a.image_size, kw['prompt_tokens'], kw['answer_tokens'], gpus=a.gpus)
-        kw = dict(kw, model=cfg.model, method=cfg.method, batch_size=cfg.batch_size, lora_rank=cfg.lora_rank,
-                  gradient_checkpointing=cfg.gradient_checkpointing, fast=cfg.fast)
-    else:
-        if a.set:
-            from qvl.core import QvlError
-            raise QvlError("--set changes a run config: give one (qvl estimate run.yaml --set key=value)")
-        e = estimate(**kw, optimizer=a.optimizer, precision=a.precision, gpus=a.gpus, sharding=a.sharding,
-                     lora_adapter_dtype=a.adapter_dtype)
+    import dataclasses, json
+    from qvl.memory import GB, advise, estimate_setup, what_fits
+    s, _ = _setup(a)
+    e = estimate_setup(s)
     if a.json:
         print(json.dumps(e.to_json(), indent=1)); return 0
     print(e)
     print(advise(e, a.gpu_memory * GB))
     if a.fits:
-        print(what_fits(kw.pop('model'), kw.pop('method'), optimizer=a.optimizer, precision=a.precision, gpus=a.gpus,
-                        sharding=a.sharding, **kw).to_string(index=False))
+        kw = {k: v for k, v in dataclasses.asdict(s).items() if k not in ('model', 'method')}
+        print(what_fits(s.model, s.method, **kw).to_string(index=False))
     return 0
 
 def cmd_profile(a) -> int:
     import json
-    from qvl.memory import estimate_run, profile, profile_config
-    kw = _setup_kw(a)
-    h, w = kw['image_size']
-    df = profile(kw['model'], kw['method'], settings=[(h, w, kw['batch_size'], kw['gradient_checkpointing'])], fast=a.fast,
-                 lora_rank=kw['lora_rank'], prompt_tokens=kw['prompt_tokens'], answer_tokens=kw['answer_tokens'],
-                 steps=2, snapshot=a.snapshot, progress=False)
-    r = df.iloc[0].to_dict()
-    cfg = profile_config(kw['model'], kw['method'], kw['gradient_checkpointing'], a.fast, lora_rank=kw['lora_rank'],
-                         batch_size=kw['batch_size'])
-    e = estimate_run(cfg, (h, w), kw['prompt_tokens'], kw['answer_tokens'])
-    r.update(estimated_allocated=e.peak_allocated_bytes, estimated_reserved=e.peak_reserved_bytes)
+    from qvl.memory import RUN_KEYS, profile_config, profile_run
+    s, cfg = _setup(a)
+    if cfg is None: cfg = profile_config(**{k: getattr(s, k) for k in RUN_KEYS})
+    r = profile_run(cfg, s.image_size, s.prompt_tokens, s.answer_tokens, snapshot=a.snapshot)
     if a.json: print(json.dumps({k: (v.item() if hasattr(v, 'item') else v) for k, v in r.items()}, indent=1, default=str))
     else:
-        print(f"{r['model']} {r['method']} {w}x{h} batch {r['batch_size']}, {'fast' if a.fast else 'plain'} step "
+        print(f"{r['model']} {r['method']} {s.image_size} batch {r['batch_size']}, {'fast' if cfg.fast else 'plain'} step "
               f"(as `qvl train` takes it) on {r['gpu']}: {r['status']}")
         if r['status'] == 'ok':
             print(f"  warm-up {r['warmup_s']:.1f} s; steady {r['step_s']:.3f} s/step, {r['tokens_per_s']:,.0f} tokens/s"
                   + (f", MFU {r['mfu']:.1%}" if r.get('mfu') == r.get('mfu') and r.get('mfu') is not None else ''))
         for k in ('after_load', 'peak_allocated', 'peak_reserved'):
             if r.get(k) == r.get(k) and r.get(k) is not None: print(f"  {k:>15}: {r[k] / 1e9:8.2f} GB")
-        print(f"  estimate: allocated {e.peak_allocated_bytes / 1e9:.2f} GB, reserved {e.peak_reserved_bytes / 1e9:.2f} GB")
+        print(f"  estimate: allocated {r['estimated_allocated'] / 1e9:.2f} GB, reserved {r['estimated_reserved'] / 1e9:.2f} GB")
         if a.snapshot: print(f"memory snapshot: {a.snapshot} (open it at https://pytorch.org/memory_viz)")
     return 0 if r['status'] == 'ok' else 1
-
-def _hw(text: str) -> tuple[int, int]:
-    "Parse `HxW` (or one number for a square) into (height, width)."
-    try:
-        parts = [int(v) for v in text.lower().split('x')]
-        if len(parts) == 1: parts *= 2
-        if len(parts) == 2 and min(parts) > 0: return parts[0], parts[1]
-    except ValueError: pass
-    raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH such as 1344x1344, got {text!r}")
 
 def cmd_export(a) -> int:
     from qvl.train import export_merged
@@ -303,6 +309,12 @@ def cmd_demo(a) -> int:
 # %% ../nbs/12_cli.ipynb #55cbe0b1
 def parser() -> argparse.ArgumentParser:
     "The `qvl` argument parser."
+    from qvl.core import TINY_FAMILIES
+    from qvl.formats import SPECS
+    from qvl.memory import RUN_KEYS, Setup
+    from qvl.resize import FILTERS, FORMATS
+    from qvl.sample import FORMATS as SAMPLE_FORMATS, TASKS
+    from qvl.tokens import STRATEGIES
     p = argparse.ArgumentParser(prog='qvl', description='qvl: a workbench for fine-tuning Qwen vision-language '
         'models: resize images to a token budget, find and fix image-token problems, build an offline tiny model '
         'and sample data.')
@@ -328,7 +340,7 @@ def parser() -> argparse.ArgumentParser:
                     'tokens and chat template, processor, model) loadable with AutoProcessor and '
                     'AutoModelForImageTextToText. Deterministic for a seed.')
     s.add_argument('out_dir', metavar='OUT_DIR')
-    s.add_argument('--family', choices=['qwen2_5_vl', 'qwen2_vl'], default='qwen2_5_vl')
+    s.add_argument('--family', choices=TINY_FAMILIES, default=TINY_FAMILIES[0])
     s.add_argument('--seed', type=int, default=0)
     s.add_argument('--force', action='store_true', help='replace a non-empty OUT_DIR')
     s.add_argument('--like', metavar='MODEL', help="instead: MODEL's real architecture (e.g. Qwen2.5-VL-3B) with random "
@@ -342,9 +354,9 @@ def parser() -> argparse.ArgumentParser:
                     'sharegpt (train.json + dataset_info.json) or Qwen/OpenAI messages (train.jsonl) format.')
     s.add_argument('out_dir', metavar='OUT_DIR', help='a new (or empty) directory')
     s.add_argument('--n', type=_positive, default=64, help='number of samples')
-    s.add_argument('--format', choices=['sharegpt', 'messages'], default='sharegpt')
+    s.add_argument('--format', choices=SAMPLE_FORMATS, default=SAMPLE_FORMATS[0])
     s.add_argument('--seed', type=int, default=0)
-    s.add_argument('--task', choices=['mixed', 'count', 'colour'], default='mixed')
+    s.add_argument('--task', choices=('mixed',) + TASKS, default='mixed')
     s.add_argument('--min-side', type=_positive, default=448, help='smallest image side in pixels')
     s.add_argument('--max-side', type=_positive, default=2000, help='largest image side in pixels')
     s.set_defaults(func=cmd_sample_data)
@@ -356,8 +368,8 @@ def parser() -> argparse.ArgumentParser:
                     'a second run skips finished files. Exit status 1 when any file failed.')
     s.add_argument('src', metavar='SRC'); s.add_argument('dst', metavar='DST')
     _budget_flags(s, factor=True)
-    s.add_argument('--filter', choices=['bicubic', 'lanczos'], default='bicubic')
-    s.add_argument('--format', choices=['keep', 'jpeg', 'png'], default='keep', help='output format')
+    s.add_argument('--filter', choices=FILTERS, default=FILTERS[0])
+    s.add_argument('--format', choices=FORMATS, default=FORMATS[0], help='output format')
     s.add_argument('--quality', type=_positive, default=95, help='JPEG quality')
     s.add_argument('--workers', type=_positive, help='parallel processes (default: all cores)')
     s.add_argument('--max-image-pixels', type=_positive, default=200_000_000,
@@ -394,7 +406,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument('data', metavar='DATA'); s.add_argument('out', metavar='OUT')
     data_flags(s)
     s.add_argument('--cutoff-len', type=_positive, required=True, help='the training max length')
-    s.add_argument('--strategy', choices=['shrink', 'drop'], default='shrink')
+    s.add_argument('--strategy', choices=STRATEGIES, default=STRATEGIES[0])
     s.add_argument('--floor-tokens', type=_positive, default=64, help='fewest visual tokens per image when shrinking')
     s.add_argument('--workers', type=_positive, help='parallel resize processes (default: all cores)')
     _budget_flags(s, factor=False)
@@ -412,7 +424,7 @@ def parser() -> argparse.ArgumentParser:
                     'the format --to, keeping every field it does not understand. sharegpt and alpaca outputs get a '
                     'dataset_info.json entry beside DST. Samples that cannot be converted are listed (exit status 1).')
     s.add_argument('src', metavar='SRC'); s.add_argument('dst', metavar='DST')
-    s.add_argument('--to', choices=['sharegpt', 'sharegpt-conversations', 'alpaca', 'messages'], default='messages')
+    s.add_argument('--to', choices=tuple(SPECS), default='messages')
     s.add_argument('--name', help="dataset entry of SRC's dataset_info.json")
     s.add_argument('--placeholder', default='<image>', help="the source's image placeholder")
     s.set_defaults(func=cmd_convert)
@@ -429,33 +441,17 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument('--set', action='append', metavar='KEY=VALUE', help='override a config key (repeatable)')
     s.set_defaults(func=cmd_train)
 
-    def setup_flags(s):
-        s.add_argument('--model', default='Qwen2.5-VL-7B', help='known name, hub id or checkpoint directory (no weights needed)')
-        s.add_argument('--mode', choices=['lora', 'full', 'qlora'], default='lora')
-        s.add_argument('--image-size', type=_hw, default=(448, 448), metavar='HxW', help='image size after resizing, one image per sample')
-        s.add_argument('--batch-size', type=_positive, default=1)
-        s.add_argument('--text-tokens', type=_positive, default=192, help='prompt + answer tokens per sample (a third prompt)')
-        s.add_argument('--lora-rank', type=_positive, default=8)
-        s.add_argument('--no-gradient-checkpointing', action='store_true')
-        s.add_argument('--fast', action=argparse.BooleanOptionalAction, default=True,
-                       help="qvl.fast's step, which `qvl train` takes by default; --no-fast: the plain step (config key fast)")
-        s.add_argument('--json', action='store_true', help='print one JSON object')
-
     s = sub.add_parser('estimate', formatter_class=fmt, help='predict the GPU memory of a training step (no GPU needed)',
         description='Predict max_memory_allocated and max_memory_reserved of a steady-state training step, with every '
                     'component, from the model config alone; say whether it fits and what would.')
     s.add_argument('config', metavar='RUN.yaml', nargs='?',
                    help='a `qvl train` config: estimate that run (its model, method, batch, precision, checkpointing, step); '
-                        'the flags below then give only the image size, text tokens and GPUs')
+                        'flags of its keys override it, the others give the image size, text and GPUs')
     s.add_argument('--set', action='append', metavar='KEY=VALUE', help='override a key of RUN.yaml (repeatable)')
-    setup_flags(s)
-    s.add_argument('--optimizer', choices=['adamw', 'adamw8bit', 'sgd', 'sgd-momentum', 'adafactor'], default='adamw')
-    s.add_argument('--precision', choices=['bf16', 'bf16-mixed', 'fp32'], default='bf16')
-    s.add_argument('--adapter-dtype', choices=['bf16', 'fp32'], default='bf16', help="LoRA adapters' dtype (peft's default is fp32)")
-    s.add_argument('--gpus', type=_positive, default=1)
-    s.add_argument('--sharding', choices=['none', 'ddp', 'fsdp', 'zero2', 'zero3'], default='none')
     s.add_argument('--gpu-memory', type=float, default=141, metavar='GB', help='GPU size to check against')
     s.add_argument('--fits', action='store_true', help='also the largest batch and image side per GPU size')
+    s.add_argument('--json', action='store_true', help='print one JSON object')
+    _setup_flags(s, Setup.__dataclass_fields__)
     s.set_defaults(func=cmd_estimate)
 
     s = sub.add_parser('profile', formatter_class=fmt, help='measure the GPU memory of real training steps (GPU)',
@@ -463,8 +459,11 @@ def parser() -> argparse.ArgumentParser:
                     'with `qvl train`\'s own code (method, checkpointing, fast step, optimizer), run a warm-up step and two '
                     'timed steps of the setting through the trainer and report time, tokens/s, MFU, both memory peaks and '
                     'the estimate of the same run. An out-of-memory error is reported as a result (exit 1).')
-    setup_flags(s)
+    s.add_argument('config', metavar='RUN.yaml', nargs='?', help='a `qvl train` config: measure that run\'s step')
+    s.add_argument('--set', action='append', metavar='KEY=VALUE', help='override a key of RUN.yaml (repeatable)')
     s.add_argument('--snapshot', metavar='FILE.pickle', help="write PyTorch's memory snapshot of the measured step")
+    s.add_argument('--json', action='store_true', help='print one JSON object')
+    _setup_flags(s, RUN_KEYS + ('image_size', 'prompt_tokens', 'answer_tokens'))
     s.set_defaults(func=cmd_profile)
 
     s = sub.add_parser('sweep', formatter_class=fmt, help='run an experiment template (papermill), reproducibly',

@@ -7,11 +7,12 @@ from __future__ import annotations
 import hashlib, json, os, random, re, shutil, tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 # %% auto #0
 __all__ = ['QWEN_TOKEN_IDS', 'ARCHITECTURES', 'CHECKSUMS', 'SPECIAL_TOKENS', 'CHAT_TEMPLATE', 'CHECKPOINT_MIN_PIXELS',
            'CHECKPOINT_MAX_PIXELS', 'TINY_FAMILIES', 'QvlError', 'Arch', 'known_models', 'resolve_arch', 'arch_config',
-           'load_config', 'count_parameters', 'image_factor', 'qvl_home', 'seed_everything', 'atomic_file',
+           'load_config', 'count_parameters', 'image_factor', 'ImageSize', 'qvl_home', 'seed_everything', 'atomic_file',
            'atomic_dir', 'file_fingerprint', 'file_digest', 'write_checksums', 'verify_checksums', 'looks_like_path',
            'check_model_dir', 'build_tiny_tokenizer', 'tiny_config', 'build_processor', 'build_tiny_model', 'load_tiny',
            'build_random_checkpoint', 'default_tiny_model']
@@ -149,6 +150,30 @@ def image_factor(config) -> int:
     "Pixels per side of one LLM image token: patch size x spatial merge size (28 for Qwen2/2.5-VL, 32 for Qwen3-VL)."
     v = config.vision_config
     return v.patch_size * v.spatial_merge_size
+
+# %% ../nbs/00_core.ipynb #c333f815
+class ImageSize(NamedTuple):
+    "An image's size in pixels, width first."
+    width: int
+    height: int
+
+    @classmethod
+    def of(cls, v) -> 'ImageSize':
+        "An `ImageSize` from one number (a square), `'WxH'` text, a (width, height) pair or a mapping with width and height."
+        given = v
+        try:
+            if isinstance(v, cls): return v
+            if isinstance(v, dict): v = (v['width'], v['height'])
+            elif isinstance(v, str):
+                parts = v.lower().replace(' ', '').split('x')
+                v = parts * 2 if len(parts) == 1 else parts
+            elif isinstance(v, (int, float)) and not isinstance(v, bool): v = (v, v)
+            w, h = (int(x) for x in v)
+            if w >= 1 and h >= 1 and (w, h) == tuple(float(x) for x in v): return cls(w, h)
+        except (KeyError, TypeError, ValueError): pass
+        raise QvlError(f"an image size is WIDTHxHEIGHT such as 1344x896 (or one number for a square), got {given!r}")
+
+    def __str__(self): return f'{self.width}x{self.height}'
 
 # %% ../nbs/00_core.ipynb #9fc73519
 def qvl_home() -> Path:

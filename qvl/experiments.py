@@ -11,9 +11,9 @@ if TYPE_CHECKING: import pandas as pd      # names in annotations only
 from .core import QvlError, atomic_file
 
 # %% auto #0
-__all__ = ['POINT_KEYS', 'CAPACITIES', 'templates_dir', 'template_path', 'template_parameters', 'environment', 'run_id', 'run',
-           'collect', 'plot_runs', 'grid', 'point_config', 'predict', 'LiveTensors', 'measure_cpu',
-           'measure_gpu_worker', 'measure_gpus', 'vram_sweep', 'plot_vram', 'main']
+__all__ = ['POINT_KEYS', 'templates_dir', 'template_path', 'template_parameters', 'environment', 'run_id', 'run', 'collect',
+           'plot_runs', 'grid', 'point_config', 'predict', 'LiveTensors', 'measure_cpu', 'measure_gpu_worker',
+           'measure_gpus', 'vram_sweep', 'plot_vram', 'main']
 
 # %% ../nbs/11_experiments.ipynb #46196539
 def templates_dir() -> Path:
@@ -327,10 +327,11 @@ def vram_sweep(out_dir, models=('Qwen2.5-VL-3B', 'Qwen2.5-VL-7B'), methods=('lor
     return res
 
 # %% ../nbs/11_experiments.ipynb #0c30ecf9
-CAPACITIES = {'24 GB': 24, '40 GB': 40, '80 GB': 80, '141 GB': 141}
-
 def _capacity_lines(ax, top):
-    for name, gb in CAPACITIES.items():
+    "GPU sizes (`qvl.memory.GPU_SIZES`) as dotted lines, up to a little above `top` GB."
+    from qvl.memory import GB, GPU_SIZES
+    for name, size in GPU_SIZES.items():
+        gb = size / GB
         if gb <= top * 1.15:
             ax.axhline(gb, color='grey', lw=0.8, ls=':'); ax.text(ax.get_xlim()[0], gb, f' {name}', va='bottom', fontsize=7, color='grey')
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 from .core import QvlError
+from .model import base_model, decoder_layers
 
 # %% auto #0
 __all__ = ['GPU_ROUTES', 'ROUTES', 'PEAK_BF16', 'grouped_attention', 'labeled_loss', 'rms_norm', 'swiglu', 'device_routes',
@@ -202,12 +203,8 @@ def _quantized(modules) -> bool:
     "Whether any of `modules` holds a bitsandbytes 4-bit linear layer."
     return any(type(m).__name__ == 'Linear4bit' for layer in modules for m in layer.modules())
 
-def _decoder_layers(model) -> list:
-    return [m for n, m in model.named_modules() if type(m).__name__.endswith('DecoderLayer') and 'language_model' in n.split('.')]
 
 # %% ../nbs/08_fast.ipynb #040adcd0
-ROUTES = ('vision_attention', 'frozen_vision', 'labeled_loss', 'fused_kernels', 'aligned_matmuls', 'fused_lora', 'compiled_layers')
-
 @dataclass
 class FastPath:
     "Which routes of the fast step are on for a model, and why any is off."
@@ -220,11 +217,6 @@ class FastPath:
         lines += [f"  {r} off: {why}" for r, why in self.off.items()]
         return '\n'.join(lines)
 
-def _base(model):
-    "The transformers model under peft / DDP / FSDP wrappers."
-    m = model.module if hasattr(model, 'module') and not hasattr(model, 'lm_head') else model
-    if hasattr(m, 'get_base_model'): m = m.get_base_model()
-    return m
 
 def _vision_attentions(visual) -> list:
     return [m for m in visual.modules() if all(hasattr(m, a) for a in ('qkv', 'proj', 'num_heads'))
@@ -241,72 +233,77 @@ def _unpatch(module):
     for k in ('_qvl_compiled', '_qvl_fused', '_qvl_pad'): module.__dict__.pop(k, None)
     _COMPILED_LAYERS.discard(module)
 
+# Each route's installer: patches `base` and returns None when the route is on, else why it is off.
+def _install_vision_attention(base, visual, on_device, fp):
+    attn = _vision_attentions(visual) if visual is not None else []
+    impl = getattr(getattr(visual, 'config', None), '_attn_implementation', None)
+    if visual is None: return 'the model has no vision tower'
+    if impl and 'flash' in impl: return f'{impl} already attends all windows in one varlen call'
+    if not attn: return f'no known vision attention module in {type(visual).__name__}'
+    for m in attn: _patch(m, _vision_attention_forward)
+    fp.patched = len(attn)
+
+def _install_frozen_vision(base, visual, on_device, fp):
+    if visual is None: return 'the model has no vision tower'
+    _patch(visual, _frozen_visual_forward)      # it checks at each call: a tower that trains keeps its graph
+    if any(p.requires_grad for p in visual.parameters()): return 'part of the vision tower trains: it keeps its autograd graph'
+
+def _install_labeled_loss(base, visual, on_device, fp):
+    if not hasattr(base, 'lm_head') or not hasattr(base, 'model'): return f'{type(base).__name__} has no lm_head over an inner model'
+    _patch(base, _labeled_forward)
+
+def _install_fused_kernels(base, visual, on_device, fp):
+    if on_device['fused_kernels']: return on_device['fused_kernels']
+    norms, mlps = _fusable(base)
+    for m in norms: _patch(m, _rmsnorm_forward)
+    for m in mlps: m.__dict__['_qvl_fused'] = True; _patch(m, _mlp_forward)
+
+def _install_aligned_matmuls(base, visual, on_device, fp):
+    if on_device['aligned_matmuls']: return on_device['aligned_matmuls']
+    odd = [m for m in _fusable(base)[1] if _pad_width(m)]
+    if not odd: return 'every MLP width is already a multiple of 8'
+    for m in odd: m.__dict__['_qvl_pad'] = _pad_width(m); _patch(m, _mlp_forward)
+
+def _install_fused_lora(base, visual, on_device, fp):
+    loras = _lora_linears(base)
+    if not loras: return 'no peft LoRA linear layers'
+    for m in loras: _patch(m, _lora_forward)
+
+def _install_compiled_layers(base, visual, on_device, fp):
+    layers = decoder_layers(base)
+    if on_device['compiled_layers']: return on_device['compiled_layers']
+    if not layers: return 'no decoder layers found'
+    if _quantized(layers):   # measured: a 100 s first step for Qwen2.5-VL-3B QLoRA on an H200, against 30 s for LoRA
+        return '4-bit (bitsandbytes) layers make compiling them minutes of warm-up: eager decoder layers'
+    import torch
+    for m in layers:
+        _patch(m, _compiled_layer_forward)
+        m.__dict__['_qvl_compiled'] = torch.compile(m.__dict__['_qvl_plain_forward'], dynamic=True)
+        _COMPILED_LAYERS.add(m)
+
+_INSTALLERS = dict(vision_attention=_install_vision_attention, frozen_vision=_install_frozen_vision,
+                   labeled_loss=_install_labeled_loss, fused_kernels=_install_fused_kernels,
+                   aligned_matmuls=_install_aligned_matmuls, fused_lora=_install_fused_lora,
+                   compiled_layers=_install_compiled_layers)
+ROUTES = tuple(_INSTALLERS)
+
 def enable(model, routes=ROUTES, quiet: bool = True, device_type: str | None = None) -> FastPath:
     "Install the fast step's `routes` on `model` (a transformers Qwen-VL model, bare or under peft); see `FastPath`. `device_type`: where it will run (default: where its parameters are)."
     unknown = set(routes) - set(ROUTES)
     if unknown: raise QvlError(f"unknown fast-step route(s) {sorted(unknown)}: choose from {', '.join(ROUTES)}")
-    base, fp = _base(model), FastPath()
+    base, fp = base_model(model), FastPath()
     on_device = device_routes(device_type or _device_of(base), _has_triton())
     visual = getattr(getattr(base, 'model', base), 'visual', None) or getattr(base, 'visual', None)
-    if 'vision_attention' in routes:
-        attn = _vision_attentions(visual) if visual is not None else []
-        impl = getattr(getattr(visual, 'config', None), '_attn_implementation', None)
-        if visual is None: fp.off['vision_attention'] = 'the model has no vision tower'
-        elif impl and 'flash' in impl: fp.off['vision_attention'] = f'{impl} already attends all windows in one varlen call'
-        elif not attn: fp.off['vision_attention'] = f'no known vision attention module in {type(visual).__name__}'
-        else:
-            for m in attn: _patch(m, _vision_attention_forward)
-            fp.on.append('vision_attention'); fp.patched = len(attn)
-    if 'frozen_vision' in routes:
-        if visual is None: fp.off['frozen_vision'] = 'the model has no vision tower'
-        else:
-            _patch(visual, _frozen_visual_forward); fp.on.append('frozen_vision')
-            if any(p.requires_grad for p in visual.parameters()):
-                fp.off['frozen_vision'] = 'part of the vision tower trains: it keeps its autograd graph'; fp.on.remove('frozen_vision')
-    if 'labeled_loss' in routes:
-        if not hasattr(base, 'lm_head') or not hasattr(base, 'model'):
-            fp.off['labeled_loss'] = f'{type(base).__name__} has no lm_head over an inner model'
-        else: _patch(base, _labeled_forward); fp.on.append('labeled_loss')
-    if 'fused_kernels' in routes:
-        why = on_device['fused_kernels']
-        if why: fp.off['fused_kernels'] = why
-        else:
-            norms, mlps = _fusable(base)
-            for m in norms: _patch(m, _rmsnorm_forward)
-            for m in mlps: m.__dict__['_qvl_fused'] = True; _patch(m, _mlp_forward)
-            fp.on.append('fused_kernels')
-    if 'aligned_matmuls' in routes:
-        odd = [m for m in _fusable(base)[1] if _pad_width(m)]
-        if on_device['aligned_matmuls']: fp.off['aligned_matmuls'] = on_device['aligned_matmuls']
-        elif not odd: fp.off['aligned_matmuls'] = 'every MLP width is already a multiple of 8'
-        else:
-            for m in odd: m.__dict__['_qvl_pad'] = _pad_width(m); _patch(m, _mlp_forward)
-            fp.on.append('aligned_matmuls')
-    if 'fused_lora' in routes:
-        loras = _lora_linears(base)
-        if not loras: fp.off['fused_lora'] = 'no peft LoRA linear layers'
-        else:
-            for m in loras: _patch(m, _lora_forward)
-            fp.on.append('fused_lora')
-    if 'compiled_layers' in routes:
-        why, layers = on_device['compiled_layers'], _decoder_layers(base)
-        if why: fp.off['compiled_layers'] = why
-        elif not layers: fp.off['compiled_layers'] = 'no decoder layers found'
-        elif _quantized(layers):   # measured: a 100 s first step for Qwen2.5-VL-3B QLoRA on an H200, against 30 s for LoRA
-            fp.off['compiled_layers'] = '4-bit (bitsandbytes) layers make compiling them minutes of warm-up: eager decoder layers'
-        else:
-            import torch
-            for m in layers:
-                _patch(m, _compiled_layer_forward)
-                m.__dict__['_qvl_compiled'] = torch.compile(m.__dict__['_qvl_plain_forward'], dynamic=True)
-                _COMPILED_LAYERS.add(m)
-            fp.on.append('compiled_layers')
+    for route in (r for r in ROUTES if r in routes):
+        why = _INSTALLERS[route](base, visual, on_device, fp)
+        if why: fp.off[route] = why
+        else: fp.on.append(route)
     if not quiet: print(fp)
     return fp
 
 def disable(model):
     "Remove every route of the fast step from `model`: it computes with transformers' own code again."
-    base = _base(model)
+    base = base_model(model)
     for m in base.modules(): _unpatch(m)
 
 # %% ../nbs/08_fast.ipynb #e754ec37
@@ -341,7 +338,7 @@ def batch_flops(shape, rows, method: str = 'lora', lora_rank: int = 8, freeze_vi
 def step_flops(model: str, image_size=(1344, 1344), batch_size: int = 1, method: str = 'lora', prompt_tokens: int = 64,
                answer_tokens: int = 128, lora_rank: int = 8, freeze_vision: bool = True) -> dict:
     "FLOPs one training step needs (see above), by part, for `batch_size` samples of one image each."
-    from qvl.memory import model_shape
+    from qvl.model import model_shape
     from qvl.resize import Budget
     s = model_shape(model)
     img = Budget(factor=s.factor).tokens(*image_size)

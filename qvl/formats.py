@@ -6,7 +6,6 @@
 from __future__ import annotations
 import dataclasses, json, re
 from functools import lru_cache
-
 from dataclasses import dataclass, field
 from pathlib import Path
 from .core import QvlError, atomic_file

@@ -6,98 +6,54 @@
 from __future__ import annotations
 import dataclasses, gc, json, math
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
-from .core import QvlError, load_config
+from .config import ATTENTIONS, METHODS, PRECISIONS, SHARDINGS as RUN_SHARDINGS, TrainConfig, config_from_dict, resolve_precision, \
+    sharding_mode
+from .core import ImageSize, QvlError, load_config
+from .model import ModelShape, build_model, model_shape
 
 # %% auto #0
-__all__ = ['OPTIMIZERS', 'STATE_BYTES', 'METHODS', 'PRECISIONS', 'SHARDINGS', 'COEFFICIENTS', 'GB', 'GPU_SIZES', 'ModelShape',
-           'model_shape', 'Setup', 'features', 'Estimate', 'estimate', 'largest', 'what_fits', 'advise',
-           'article_table', 'build_model', 'synthetic_batch', 'SyntheticData', 'profile_config', 'estimate_run',
-           'profile_trainer', 'profile', 'fit_coefficients', 'accuracy']
-
-# %% ../nbs/10_memory.ipynb #b8f8ccc6
-@dataclass(frozen=True)
-class ModelShape:
-    "Sizes of a Qwen-VL model that memory depends on."
-    name: str
-    vision: int                 # parameters of the vision tower without its merger
-    merger: int
-    llm: int                    # language model, embeddings included
-    lm_head: int                # 0 when tied to the embeddings
-    hidden: int
-    intermediate: int
-    layers: int
-    heads: int
-    kv_heads: int
-    vocab: int
-    vision_width: int
-    vision_depth: int
-    vision_mlp: int
-    factor: int                 # pixels per LLM token side (28 or 32)
-    linear_shapes: tuple        # (in, out) of each LLM linear layer
-    quantizable: int            # parameters in linear layers outside lm_head (what 4-bit quantizes)
-    vision_window: int = 0      # patches a windowed vision attention attends within (0: no windows, Qwen2-VL, Qwen3-VL)
-    vision_full_layers: int = 0 # vision blocks with full attention when there are windows
-
-    @property
-    def total(self) -> int: return self.vision + self.merger + self.llm + self.lm_head
-
-    def lora_params(self, rank: int) -> int:
-        return sum(rank * (i + o) for i, o in self.linear_shapes)
-
-@lru_cache(maxsize=32)
-def model_shape(model: str) -> ModelShape:
-    "The `ModelShape` of a known model name, hub id or checkpoint directory (no weights loaded)."
-    import torch
-    from transformers import AutoModelForImageTextToText
-    from qvl.core import image_factor
-    c = load_config(model)
-    with torch.device('meta'): m = AutoModelForImageTextToText.from_config(c)
-    parts = dict(vision=0, merger=0, llm=0, lm_head=0)
-    for n, p in m.named_parameters():
-        k = 'merger' if '.merger.' in n else 'vision' if 'visual.' in n else 'lm_head' if n.startswith('lm_head') else 'llm'
-        parts[k] += p.numel()
-    lin = [(mod.in_features, mod.out_features) for n, mod in m.named_modules()
-           if isinstance(mod, torch.nn.Linear) and 'language_model' in n.split('.') and not n.endswith('lm_head')]
-    quant = sum(mod.weight.numel() for n, mod in m.named_modules() if isinstance(mod, torch.nn.Linear) and not n.endswith('lm_head'))
-    t, v = c.text_config, c.vision_config
-    window = (getattr(v, 'window_size', 0) // getattr(v, 'patch_size', 14)) ** 2
-    return ModelShape(str(model), parts['vision'], parts['merger'], parts['llm'], parts['lm_head'], t.hidden_size,
-                      t.intermediate_size, t.num_hidden_layers, t.num_attention_heads, t.num_key_value_heads, t.vocab_size,
-                      getattr(v, 'hidden_size', getattr(v, 'embed_dim', 1280)), v.depth,
-                      getattr(v, 'intermediate_size', None) or int(getattr(v, 'mlp_ratio', 4) * getattr(v, 'embed_dim', 1280)),
-                      image_factor(c), tuple(lin), quant, window, len(getattr(v, 'fullatt_block_indexes', None) or range(v.depth)))
+__all__ = ['OPTIMIZERS', 'STATE_BYTES', 'SHARDINGS', 'RUN_KEYS', 'COEFFICIENTS', 'GB', 'GPU_SIZES', 'Setup', 'features',
+           'Estimate', 'estimate', 'estimate_setup', 'largest', 'what_fits', 'advise', 'article_table',
+           'synthetic_batch', 'SyntheticData', 'profile_config', 'estimate_run', 'profile_trainer', 'profile',
+           'profile_run', 'fit_coefficients', 'accuracy']
 
 # %% ../nbs/10_memory.ipynb #5e2f005b
 OPTIMIZERS = {'adamw': 2, 'adamw8bit': 2, 'sgd': 0, 'sgd-momentum': 1, 'adafactor': 0}   # states per trainable parameter
 STATE_BYTES = {'adamw8bit': 1}                       # 8-bit states; others take the parameter's (or fp32 master) width
-METHODS = ('full', 'lora', 'qlora')
-PRECISIONS = ('bf16', 'bf16-mixed', 'fp32')
-SHARDINGS = ('none', 'ddp', 'fsdp', 'zero2', 'zero3')
+SHARDINGS = ('none',) + RUN_SHARDINGS + ('zero2', 'zero3')     # a run's, and DeepSpeed's ZeRO stages
+_RUN = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+
+def _key(default, help: str, choices: tuple | None = None):
+    "A `Setup` field: its default, what it means and its choices (the `qvl estimate` / `qvl profile` flags are made from them)."
+    return field(default=default, metadata=dict(help=help, choices=choices))
 
 @dataclass(frozen=True)
 class Setup:
-    "A training step's settings, validated."
-    model: str = 'Qwen2.5-VL-7B'
-    method: str = 'lora'
-    image_size: tuple = (448, 448)              # (height, width) per image, after resizing
-    images_per_sample: int = 1
-    batch_size: int = 1
-    prompt_tokens: int = 64
-    answer_tokens: int = 128
-    lora_rank: int = 8
-    lora_adapter_dtype: str = 'bf16'            # 'fp32': peft's default autocast_adapter_dtype
-    freeze_vision: bool = True
-    freeze_projector: bool = True
-    freeze_llm: bool = False
-    optimizer: str = 'adamw'
-    precision: str = 'bf16'
-    gradient_checkpointing: bool = True
-    attention: str = 'sdpa'
-    gpus: int = 1
-    sharding: str = 'none'
-    fast: bool = True                           # qvl.fast's step, as `qvl train` takes by default; False: the plain step
+    """A training step's settings, validated. Keys a run config has are named, defaulted and checked as in `TrainConfig`
+    (`Setup.of` takes them from one); the rest describe the step's data (image size, text), the GPUs, and choices
+    `qvl train` does not offer but the estimate covers (other optimizers, DeepSpeed ZeRO, peft's fp32 adapters)."""
+    model: str = _key('Qwen2.5-VL-7B', 'known name, hub id or checkpoint directory (no weights needed)')
+    method: str = _key(_RUN['method'], 'lora, full or qlora', METHODS)
+    image_size: ImageSize = _key(ImageSize(448, 448), 'each image after resizing, WIDTHxHEIGHT (one number: a square)')
+    images_per_sample: int = _key(1, 'images in each sample')
+    batch_size: int = _key(_RUN['batch_size'], 'samples per GPU and micro-step')
+    prompt_tokens: int = _key(64, 'text tokens of each prompt')
+    answer_tokens: int = _key(128, 'labelled answer tokens of each sample')
+    lora_rank: int = _key(_RUN['lora_rank'], 'LoRA rank')
+    lora_adapter_dtype: str | None = _key(None, "LoRA adapters' dtype: by default as `qvl train` makes them "
+                                          "(bf16 under pure bf16, else fp32); fp32 is peft's own default", ('bf16', 'fp32'))
+    freeze_vision: bool = _key(_RUN['freeze_vision'], 'full fine-tuning: keep the vision tower frozen')
+    freeze_projector: bool = _key(_RUN['freeze_projector'], 'full fine-tuning: keep the merger (projector) frozen')
+    freeze_llm: bool = _key(_RUN['freeze_llm'], 'full fine-tuning: keep the language model frozen')
+    optimizer: str = _key('adamw', 'the optimizer (`qvl train` uses adamw)', tuple(OPTIMIZERS))
+    precision: str = _key(_RUN['precision'], "as the run config's: auto is bf16 on a GPU; fp16-mixed has bf16-mixed's widths",
+                          PRECISIONS)
+    gradient_checkpointing: bool = _key(_RUN['gradient_checkpointing'], 'recompute activations in backward')
+    attn_implementation: str = _key(_RUN['attn_implementation'], "the model's attention", ATTENTIONS)
+    gpus: int = _key(1, 'GPUs the run is spread over')
+    sharding: str = _key('none', 'how weights, gradients and states are spread over the GPUs (zero2/zero3: DeepSpeed)', SHARDINGS)
+    fast: bool = _key(_RUN['fast'], "qvl.fast's step, which `qvl train` takes by default; no: the plain step")
 
     def __post_init__(self):
         def bad(msg): raise QvlError(msg)
@@ -105,21 +61,37 @@ class Setup:
         if self.optimizer not in OPTIMIZERS: bad(f"unknown optimizer {self.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
         if self.precision not in PRECISIONS: bad(f"unknown precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
         if self.sharding not in SHARDINGS: bad(f"unknown sharding {self.sharding!r}: choose one of {', '.join(SHARDINGS)}")
-        if self.attention not in ('sdpa', 'flash_attention_2', 'eager'): bad(f"unknown attention backend {self.attention!r}")
+        if self.attn_implementation not in ATTENTIONS:
+            bad(f"unknown attn_implementation {self.attn_implementation!r}: choose one of {', '.join(ATTENTIONS)}")
+        if self.lora_adapter_dtype not in (None, 'bf16', 'fp32'): bad(f"lora_adapter_dtype is bf16, fp32 or None, got {self.lora_adapter_dtype!r}")
         for k in ('batch_size', 'gpus', 'lora_rank'):
             if getattr(self, k) < 1: bad(f"{k} must be at least 1, got {getattr(self, k)}")
         for k in ('prompt_tokens', 'answer_tokens', 'images_per_sample'):
             if getattr(self, k) < 0: bad(f"{k} must not be negative, got {getattr(self, k)}")
-        if len(self.image_size) != 2 or min(self.image_size) < 1:
-            bad(f"image size must be two positive sides (height, width), got {self.image_size}")
-        if self.gpus > 1 and self.sharding == 'none': object.__setattr__(self, 'sharding', 'ddp')
+        put = lambda k, v: object.__setattr__(self, k, v)
+        put('image_size', ImageSize.of(self.image_size))
+        precision = resolve_precision(self.precision, 'cuda')
+        put('precision', 'bf16-mixed' if precision == 'fp16-mixed' else precision)
+        if self.lora_adapter_dtype is None: put('lora_adapter_dtype', 'bf16' if self.precision == 'bf16' else 'fp32')
+        if self.gpus > 1 and self.sharding == 'none': put('sharding', 'ddp')
+
+    @classmethod
+    def of(cls, cfg: TrainConfig, image_size=ImageSize(448, 448), gpus: int = 1, **kw) -> 'Setup':
+        "The setup of a run config's step on `gpus` GPUs for samples of one image of `image_size`; `kw`: the other `Setup` keys."
+        shared = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cls) if f.name in _RUN and f.name != 'sharding'}
+        return cls(**{**shared, 'model': str(cfg.model), 'image_size': image_size, 'gpus': gpus,
+                      'sharding': sharding_mode(cfg, gpus) or 'none', **kw})
+
+RUN_KEYS = tuple(f.name for f in dataclasses.fields(Setup) if f.name in _RUN and f.name != 'sharding')   # what a run config sets
+# keys of a run config that do not change its step's memory or speed (profile_run leaves them out)
+_NOT_STEP = ('data', 'eval_data', 'dataset_name', 'out_dir', 'steps', 'log_every', 'eval_every', 'save_every', 'detail_budgets',
+             'cache_dir', 'lazy', 'strict', 'allow_outside')
 
 # %% ../nbs/10_memory.ipynb #36ff90e4
 def features(s: Setup, shape: ModelShape) -> dict:
     "Per-GPU shape features of a step: tokens, patches and their products with the model's widths."
     from qvl.resize import Budget
-    h, w = s.image_size
-    img_tokens = Budget(factor=shape.factor).tokens(h, w) if s.images_per_sample else 0
+    img_tokens = Budget(factor=shape.factor).tokens(s.image_size.height, s.image_size.width) if s.images_per_sample else 0
     # template overhead: system turn, role headers, vision start/end: about 20 tokens
     T = s.prompt_tokens + s.answer_tokens + s.images_per_sample * (img_tokens + 2) + 20
     per_gpu = s.batch_size
@@ -174,7 +146,7 @@ class Estimate:
 
     def __str__(self):
         s = self.setup
-        lines = [f"{s.model} {s.method}, image {s.image_size[1]}x{s.image_size[0]}, batch {s.batch_size}, "
+        lines = [f"{s.model} {s.method}, image {s.image_size}, batch {s.batch_size}, "
                  f"{'with' if s.gradient_checkpointing else 'no'} checkpointing, {s.precision}, {s.optimizer}, "
                  f"{s.gpus} GPU(s) {s.sharding}{', fast step' if s.fast else ''}"]
         lines += [f"  {k:>22}: {v / GB:8.2f} GB" for k, v in self.components.items()]
@@ -205,17 +177,20 @@ def _param_bytes(s: Setup, shape: ModelShape) -> dict:
     states = trainable * OPTIMIZERS[s.optimizer] * state_w
     return dict(trainable=trainable, weights=weights, grads=grads, states=states, state_one=trainable * state_w)
 
-def estimate(model: str = 'Qwen2.5-VL-7B', method: str = 'lora', image_size=(448, 448), batch_size: int = 1,
+def estimate(model: str = 'Qwen2.5-VL-7B', method: str = 'lora', image_size=448, batch_size: int = 1,
              coefficients: dict | None = None, **kw) -> Estimate:
-    "Predict the GPU memory of a steady-state training step (see `Setup` for every setting)."
-    if isinstance(image_size, int): image_size = (image_size, image_size)
-    s = Setup(model=model, method=method, image_size=tuple(image_size), batch_size=batch_size, **kw)
+    "Predict the GPU memory of a steady-state training step (see `Setup` for every setting; `image_size` as `ImageSize.of` reads it)."
+    return estimate_setup(Setup(model=model, method=method, image_size=image_size, batch_size=batch_size, **kw), coefficients)
+
+def estimate_setup(s: Setup, coefficients: dict | None = None) -> Estimate:
+    "The estimate of a `Setup`."
+    model = s.model
     c = coefficients or COEFFICIENTS
     shape = model_shape(model)
     f = features(s, shape)
     p = _param_bytes(s, shape)
     act_scale = {'bf16': 1.0, 'bf16-mixed': 1.5, 'fp32': 2.0}[s.precision]
-    if s.attention == 'eager':   # eager attention keeps the (heads x seq x seq) scores per layer
+    if s.attn_implementation == 'eager':   # eager attention keeps the (heads x seq x seq) scores per layer
         act_scale_att = shape.heads * f['seq_len'] * f['tokens'] * 2 * (1 if s.gradient_checkpointing else shape.layers)
     else: act_scale_att = 0
     mode = 'gc' if s.gradient_checkpointing else 'nogc'
@@ -326,21 +301,7 @@ def article_table():
                         estimated_reserved_gb=round(e.peak_reserved_bytes / GB, 1)))
     return pd.DataFrame(out)
 
-# %% ../nbs/10_memory.ipynb #e3a89e5b
-def build_model(model: str, device='cuda', attention: str = 'sdpa', dtype: str = 'bf16'):
-    "A real-size model with random weights made directly on `device` (or a checkpoint directory, loaded)."
-    import torch, transformers
-    from transformers import AutoModelForImageTextToText
-    transformers.logging.set_verbosity_error()
-    dt = dict(bf16=torch.bfloat16, fp32=torch.float32)[dtype]
-    if (Path(model) / 'model.safetensors').exists() or (Path(model) / 'model.safetensors.index.json').exists():
-        return AutoModelForImageTextToText.from_pretrained(model, dtype=dt, attn_implementation=attention).to(device)
-    c = load_config(model)
-    c._attn_implementation = attention
-    with torch.device(device):
-        m = AutoModelForImageTextToText.from_config(c, dtype=dt, attn_implementation=attention)
-    return m
-
+# %% ../nbs/10_memory.ipynb #c52236bc
 def _text_id_range(config) -> tuple[int, int]:
     "Token ids for random text: below every special token of `config` (the real checkpoints: 1000-100000)."
     special = [getattr(config, k) for k in ('image_token_id', 'video_token_id', 'vision_start_token_id', 'vision_end_token_id')
@@ -350,13 +311,14 @@ def _text_id_range(config) -> tuple[int, int]:
 
 def synthetic_batch(config, image_size, batch_size: int, prompt_tokens: int = 64, answer_tokens: int = 128, device='cuda',
                     images_per_sample: int = 1, seed: int = 0):
-    "A batch shaped as the processor would make it for one image per sample of `image_size` (h, w)."
+    "A batch shaped as the processor would make it for one image per sample of `image_size`."
     import torch
     from qvl.resize import Budget
     from qvl.core import image_factor
     f = image_factor(config)
     patch = f // 2
-    h, w = Budget(factor=f).fit(*image_size)
+    size = ImageSize.of(image_size)
+    h, w = Budget(factor=f).fit(size.height, size.width)
     n_img = (h // f) * (w // f)
     g = torch.Generator().manual_seed(seed)
     lo, hi = _text_id_range(config)
@@ -378,13 +340,13 @@ def synthetic_batch(config, image_size, batch_size: int, prompt_tokens: int = 64
     return batch
 
 class SyntheticData:
-    """`n` samples shaped as the processor makes them (one image of `image_size` (h, w) each, a prompt, a labelled
+    """`n` samples shaped as the processor makes them (one image of `image_size` each, a prompt, a labelled
     answer), as items of `qvl.data.VisionTextDataset`: the trainer collates and steps them as it does real data."""
     def __init__(self, config, image_size, n: int = 8, prompt_tokens: int = 64, answer_tokens: int = 128,
                  images_per_sample: int = 1, seed: int = 0):
         b = synthetic_batch(config, image_size, n, prompt_tokens, answer_tokens, 'cpu', images_per_sample, seed)
         self.examples = [dict(input_ids=b['input_ids'][i], labels=b['labels'][i]) for i in range(n)]
-        self.image_size, self.images = tuple(image_size), []
+        self.image_size, self.images = ImageSize.of(image_size), []
         if images_per_sample:
             grids = b['image_grid_thw'].reshape(n, images_per_sample, 3)
             px = b['pixel_values'].float().split(grids.prod(-1).sum(-1).tolist())    # fp32, as the image processor gives them
@@ -399,21 +361,12 @@ class SyntheticData:
 
 def profile_config(model: str, method: str = 'lora', gradient_checkpointing: bool = True, fast: bool = True, **kw):
     "The `TrainConfig` of a profiled run (synthetic data, nothing written): every other key as `qvl train` defaults it."
-    from qvl.train import config_from_dict
     return config_from_dict(dict(model=str(model), data='(synthetic)', method=method, gradient_checkpointing=gradient_checkpointing,
                                  fast=fast, steps=10 ** 9, **kw))
 
-def estimate_run(cfg, image_size, prompt_tokens: int = 64, answer_tokens: int = 128, gpus: int = 1, **kw) -> Estimate:
-    "The estimate of a `TrainConfig`'s step (on a GPU) for samples of one image of `image_size` (h, w) and the given text."
-    from qvl.train import resolve_precision, sharding_mode
-    precision = resolve_precision(cfg.precision, 'cuda')
-    if precision == 'fp16-mixed': precision = 'bf16-mixed'         # the same widths
-    sharding = sharding_mode(cfg, gpus) or 'none'
-    return estimate(cfg.model, cfg.method, tuple(image_size), cfg.batch_size, prompt_tokens=prompt_tokens,
-                    answer_tokens=answer_tokens, lora_rank=cfg.lora_rank, freeze_vision=cfg.freeze_vision,
-                    freeze_projector=cfg.freeze_projector, freeze_llm=cfg.freeze_llm, precision=precision,
-                    lora_adapter_dtype='bf16' if precision == 'bf16' else 'fp32', gradient_checkpointing=cfg.gradient_checkpointing,
-                    attention=cfg.attn_implementation, fast=cfg.fast, gpus=gpus, sharding=sharding, **kw)
+def estimate_run(cfg: TrainConfig, image_size, prompt_tokens: int = 64, answer_tokens: int = 128, gpus: int = 1, **kw) -> Estimate:
+    "The estimate of a `TrainConfig`'s step (on a GPU) for samples of one image of `image_size` and the given text."
+    return estimate_setup(Setup.of(cfg, image_size, gpus, prompt_tokens=prompt_tokens, answer_tokens=answer_tokens, **kw))
 
 def profile_trainer(cfg, image_size, batch_size: int, prompt_tokens: int = 64, answer_tokens: int = 128, device='cuda'):
     """A `qvl.train.Trainer` for `cfg` on synthetic data: the model prepared, the fast step installed and the optimizer
@@ -431,35 +384,53 @@ def profile_trainer(cfg, image_size, batch_size: int, prompt_tokens: int = 64, a
 def profile(model: str = 'Qwen2.5-VL-3B', method: str = 'lora', settings=((448, 448, 1, True),), fast: bool = True,
             prompt_tokens: int = 64, answer_tokens: int = 128, steps: int = 1, warmup: int = 1, snapshot: str | None = None,
             progress: bool = True, **kw):
-    """Measure `settings` ((height, width, batch, checkpointing) tuples) of `qvl train`'s step (`Trainer.measure`) for
+    """Measure `settings` ((image size, batch, checkpointing) tuples; the size as `ImageSize.of` reads it, width first)
+    of `qvl train`'s step (`Trainer.measure`) for
     one model and method: a DataFrame. `kw`: other `TrainConfig` keys (lora_rank, freeze_projector, precision, ...)."""
     import pandas as pd, torch
     from tqdm.auto import tqdm
     if not torch.cuda.is_available(): raise QvlError("profile needs a CUDA GPU; `estimate` runs anywhere")
     dev = torch.device('cuda')
     rows, by_gc = [], {}
-    for h, w, b, gc_on in settings: by_gc.setdefault(bool(gc_on), []).append((h, w, b))
+    for size, b, gc_on in settings: by_gc.setdefault(bool(gc_on), []).append((ImageSize.of(size), b))
     bar = tqdm(total=len(settings), desc=f'profile {model} {method}', disable=not progress)
     for gc_on, pts in by_gc.items():
         torch.cuda.reset_peak_memory_stats(dev)
         cfg = profile_config(model, method, gc_on, fast, **kw)
-        tr = profile_trainer(cfg, pts[0][:2], pts[0][2], prompt_tokens, answer_tokens, dev)
+        tr = profile_trainer(cfg, *pts[0], prompt_tokens, answer_tokens, dev)
         loaded = torch.cuda.memory_allocated(dev)
-        for h, w, b in pts:
-            tr.use_data(SyntheticData(tr.module.config, (h, w), b, prompt_tokens, answer_tokens), b)
+        for size, b in pts:
+            tr.use_data(SyntheticData(tr.module.config, size, b, prompt_tokens, answer_tokens), b)
             r = tr.measure(steps, warmup, snapshot)
-            rows.append(dict(model=model, method=method, image_h=h, image_w=w, batch_size=b, gradient_checkpointing=gc_on,
-                             fast=fast, after_load=loaded, gpu=torch.cuda.get_device_name(dev), **r))
+            rows.append(dict(model=model, method=method, image_h=size.height, image_w=size.width, batch_size=b, gradient_checkpointing=gc_on,
+                             fast=fast, freeze_projector=cfg.freeze_projector, after_load=loaded, gpu=torch.cuda.get_device_name(dev), **r))
             bar.update()
         del tr; gc.collect(); torch.cuda.empty_cache()
     bar.close()
     return pd.DataFrame(rows)
 
+def profile_run(cfg: TrainConfig, image_size=448, prompt_tokens: int = 64, answer_tokens: int = 128, steps: int = 2,
+                warmup: int = 1, snapshot: str | None = None) -> dict:
+    """Measure the step of a run config (`qvl profile RUN.yaml`) on synthetic samples of one image of `image_size`: the
+    profile's row, with the estimate of the same run beside it (`estimated_allocated`, `estimated_reserved`)."""
+    keys = {k: v for k, v in dataclasses.asdict(cfg).items()
+            if k not in _NOT_STEP + ('model', 'method', 'gradient_checkpointing', 'fast', 'batch_size')}
+    size = ImageSize.of(image_size)
+    r = profile(cfg.model, cfg.method, [(size, cfg.batch_size, cfg.gradient_checkpointing)], cfg.fast, prompt_tokens,
+                answer_tokens, steps, warmup, snapshot, progress=False, **keys).iloc[0].to_dict()
+    e = estimate_run(cfg, size, prompt_tokens, answer_tokens)
+    return dict(r, estimated_allocated=e.peak_allocated_bytes, estimated_reserved=e.peak_reserved_bytes)
+
 # %% ../nbs/10_memory.ipynb #6d3b45f0
+def _row_flag(r, key: str, missing: bool) -> bool:
+    v = r.get(key)
+    return missing if v is None or v != v else bool(v)     # a column absent, or NaN where rows of several sources meet
+
 def _row_setup(r) -> dict:
-    return dict(model=r['model'], method=r['method'], image_size=(int(r['image_h']), int(r['image_w'])),
+    "The `Setup` keys of a measured row (`profile`'s, or the plain-step harness's: no `fast`, the merger frozen)."
+    return dict(model=r['model'], method=r['method'], image_size=ImageSize(int(r['image_w']), int(r['image_h'])),
                 batch_size=int(r['batch_size']), gradient_checkpointing=bool(r['gradient_checkpointing']),
-                fast=bool(r.get('fast', False)) and r.get('fast') == r.get('fast'))   # missing or NaN: the plain step
+                fast=_row_flag(r, 'fast', False), freeze_projector=_row_flag(r, 'freeze_projector', True))
 
 def _nnls(A, y) -> list[float]:
     "Least squares with non-negative coefficients (active set: drop the most negative, refit)."

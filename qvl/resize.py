@@ -8,7 +8,7 @@ import csv, json, math, os, re
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from .core import QvlError, CHECKPOINT_MAX_PIXELS, CHECKPOINT_MIN_PIXELS, atomic_file, file_fingerprint
+from .core import QvlError, CHECKPOINT_MAX_PIXELS, CHECKPOINT_MIN_PIXELS, ImageSize, atomic_file, file_fingerprint
 from .formats import image_slots, load_dataset, write_records
 
 # %% auto #0
@@ -157,13 +157,13 @@ def _orientation(img) -> int:
 def _decode_error(path, e: OSError) -> ImageError:
     return ImageError(f"{path}: " + ('truncated image' if 'truncated' in str(e) else f'cannot decode ({e})'))
 
-def image_size(path, max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> tuple[int, int]:
-    "(width, height) as displayed (EXIF orientation applied), read from the header without decoding."
+def image_size(path, max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> ImageSize:
+    "The size as displayed (EXIF orientation applied), read from the header without decoding."
     img = _check_open(path, max_image_pixels)
     with img:
         w, h = img.size
         orientation = _orientation(img)
-    return (h, w) if orientation in _ROTATED else (w, h)
+    return ImageSize(h, w) if orientation in _ROTATED else ImageSize(w, h)
 
 # %% ../nbs/02_resize.ipynb #146aab73
 def to_rgb(img):
@@ -516,7 +516,6 @@ def resize_dataset(data, dst, budget: Budget = Budget(), filter: str = 'bicubic'
         if not isinstance(s, dict): continue
         sizes = []
         for container, key in image_slots(s, spec):
-
             r = by_path[_ref(container, key)]
             if r.status in ('ok', 'skipped'):
                 container[key] = r.output

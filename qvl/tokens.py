@@ -13,8 +13,8 @@ from .formats import DEFAULT_PLACEHOLDER, IMAGE_PAD, VIDEO_PAD, VISION_END, VISI
 from .resize import AspectRatioError, Budget, ImageError, ResizeJob, image_size, run_jobs
 
 # %% auto #0
-__all__ = ['TOKEN_ID_KEYS', 'REQUIRED_TOKENS', 'FIXES', 'DROP_CODES', 'finding', 'ModelInfo', 'inspect_model', 'SampleCheck',
-           'analyse', 'model_budget', 'Report', 'doctor', 'FixReport', 'fix_dataset', 'fix_model']
+__all__ = ['TOKEN_ID_KEYS', 'REQUIRED_TOKENS', 'FIXES', 'STRATEGIES', 'DROP_CODES', 'finding', 'ModelInfo', 'inspect_model',
+           'SampleCheck', 'analyse', 'model_budget', 'Report', 'doctor', 'FixReport', 'fix_dataset', 'fix_model']
 
 # %% ../nbs/04_tokens.ipynb #79e3fabc
 TOKEN_ID_KEYS = dict(image_token_id=IMAGE_PAD, video_token_id=VIDEO_PAD, vision_start_token_id=VISION_START,
@@ -323,6 +323,7 @@ def doctor(data, model, cutoff_len: int | None = None, budget: Budget | None = N
     return Report(info.findings, samples, summary)
 
 # %% ../nbs/04_tokens.ipynb #9ea32796
+STRATEGIES = ('shrink', 'drop')      # what fix_dataset does with a sample over cutoff_len
 DROP_CODES = {'missing_image', 'unreadable_image', 'image_outside_root', 'aspect_ratio_too_large',
               'sequence_too_long', 'unparseable_sample', 'placeholder_count_mismatch'}
 
@@ -376,7 +377,7 @@ def fix_dataset(data, out, model, cutoff_len: int, strategy: str = 'shrink', bud
                 floor_tokens: int = 64, name: str | None = None, placeholder: str = DEFAULT_PLACEHOLDER,
                 allow_outside: bool = False, workers: int | None = None, progress: bool = True) -> FixReport:
     "Write a copy of dataset `data` into the new directory `out` that trains on `model` at `cutoff_len`."
-    if strategy not in ('shrink', 'drop'): raise QvlError(f"unknown strategy {strategy!r}: choose shrink or drop")
+    if strategy not in STRATEGIES: raise QvlError(f"unknown strategy {strategy!r}: choose one of {', '.join(STRATEGIES)}")
     if cutoff_len < 1: raise QvlError(f"cutoff_len must be positive, got {cutoff_len}")
     if floor_tokens < 1: raise QvlError(f"floor_tokens must be positive, got {floor_tokens}")
     out = Path(out)
@@ -447,7 +448,6 @@ def fix_dataset(data, out, model, cutoff_len: int, strategy: str = 'shrink', bud
                     if rel not in linked: _link_or_copy(src, tmp / rel); linked.add(rel)
                     refs.append(ref if rel == lex else str(rel))
             if refs != c.sample.images: set_image_refs(r, refs, ds.spec)
-
             out_records.append(r)
         write_records(out_records, tmp / ds.path.name)
         info_src = ds.path.parent / 'dataset_info.json'

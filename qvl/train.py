@@ -4,134 +4,21 @@
 
 # %% ../nbs/09_train.ipynb #42575d83
 from __future__ import annotations
-import atexit, dataclasses, json, math, os, random, shutil, time, typing
-from dataclasses import dataclass
+import atexit, dataclasses, json, math, os, random, shutil, time
 from pathlib import Path
 from typing import TYPE_CHECKING
 if TYPE_CHECKING: import pandas as pd      # names in annotations only
+from .config import TrainConfig, config_from_dict, device_type, rank, resolve_precision, sharding_mode, world_size
 from .core import QvlError, atomic_dir, atomic_file, check_model_dir
+from .model import decoder_layers, model_shape, prepare_model, token_type_id
 from .resize import Budget
 
 # %% auto #0
-__all__ = ['METHODS', 'PRECISIONS', 'SCHEDULES', 'SHARDINGS', 'RESUMABLE_KEYS', 'TrainConfig', 'config_from_dict', 'load_config',
-           'world_size', 'rank', 'setup_device', 'end_process_group', 'all_reduce_sum', 'resolve_precision',
-           'sharding_mode', 'optimizer_options', 'make_optimizer', 'fsdp_units', 'llm_linear_names', 'prepare_model',
+__all__ = ['RESUMABLE_KEYS', 'setup_device', 'end_process_group', 'all_reduce_sum', 'optimizer_options', 'make_optimizer',
            'enable_fast', 'stream_indices', 'lr_lambda', 'latest_checkpoint', 'resume_conflicts', 'Trainer',
            'step_rates', 'run_summary', 'summary_line', 'export_merged', 'tiny_run_config']
 
-# %% ../nbs/09_train.ipynb #b4a75070
-METHODS, PRECISIONS, SCHEDULES, SHARDINGS = ('lora', 'full', 'qlora'), ('auto', 'bf16', 'bf16-mixed', 'fp16-mixed', 'fp32'), \
-    ('cosine', 'linear', 'constant'), ('ddp', 'fsdp')
-
-@dataclass
-class TrainConfig:
-    "Everything a training run depends on; saved beside its outputs as config.json."
-    model: str                                  # checkpoint directory
-    data: str                                   # dataset file, or a folder with dataset_info.json
-    eval_data: str | None = None
-    dataset_name: str | None = None             # entry of dataset_info.json
-    out_dir: str = 'runs/train'
-    method: str = 'lora'                        # lora | full | qlora
-    lora_rank: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.0
-    lora_targets: str | list[str] = 'all-linear'   # every linear layer of the LLM, or module-name suffixes
-    freeze_vision: bool = True                  # full: keep the vision tower frozen
-    freeze_projector: bool = False              # full: keep the vision merger (projector) frozen
-    freeze_llm: bool = False                    # full: keep the language model frozen
-    precision: str = 'auto'                     # bf16 (pure) | bf16-mixed | fp16-mixed | fp32; auto: bf16 on GPU, fp32 on CPU
-    gradient_checkpointing: bool = True
-    fast: bool = True                           # qvl.fast's step (same losses); false: transformers' plain forward
-    attn_implementation: str = 'sdpa'
-    learning_rate: float = 2e-4
-    weight_decay: float = 0.0
-    schedule: str = 'cosine'                    # cosine | linear | constant, after warmup
-    warmup_steps: int = 0
-    steps: int = 100                            # optimizer steps
-    batch_size: int = 1                         # per device and micro-step
-    grad_accum: int = 1
-    max_grad_norm: float | None = 1.0
-    cutoff_len: int = 2048
-    max_pixels: int | None = None               # resize budget (as `qvl resize`; the tightest cap wins)
-    min_pixels: int | None = None
-    max_side: int | None = None
-    max_tokens: int | None = None
-    target: list[int] | None = None             # [width, height]
-    placeholder: str = '<image>'
-    allow_outside: bool = False
-    strict: bool = False                        # stop on any sample that cannot be trained on
-    lazy: bool = False                          # encode samples when first used instead of up front
-    cache_dir: str | None = None                # tokenization cache (default: ~/.cache/qvl/cache/examples)
-    packing: bool = False                       # padding-free: each micro-batch packed into one row
-    log_every: int = 1
-    eval_every: int = 0                         # 0: only at the end (when eval_data is set)
-    save_every: int = 0                         # 0: only the final save
-    sharding: str = 'ddp'                       # ddp | fsdp (full fine-tuning on several GPUs)
-    detail_budgets: list[int] | None = None     # after training: answer accuracy on eval_data at these square sides
-    seed: int = 0
-
-    def budget(self) -> Budget:
-        return Budget(max_pixels=self.max_pixels, min_pixels=self.min_pixels, max_side=self.max_side,
-                      max_tokens=self.max_tokens, target=tuple(self.target) if self.target else None)
-
-    @property
-    def global_batch(self) -> int: return self.batch_size * self.grad_accum * world_size()
-
-# %% ../nbs/09_train.ipynb #65dbd086
-def _type_ok(v, hint) -> bool:
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if hint is type(None): return v is None
-    if origin in (typing.Union, getattr(__import__('types'), 'UnionType', None)): return any(_type_ok(v, a) for a in args)
-    if origin is list: return isinstance(v, list) and all(_type_ok(x, args[0]) for x in v)
-    if hint is float: return isinstance(v, (int, float)) and not isinstance(v, bool)
-    if hint is int: return isinstance(v, int) and not isinstance(v, bool)
-    return isinstance(v, hint)
-
-def config_from_dict(d: dict, **overrides) -> TrainConfig:
-    "A `TrainConfig` from a dict, refusing unknown keys, wrong types and unknown choices."
-    d = {**d, **overrides}
-    hints = typing.get_type_hints(TrainConfig)
-    unknown = sorted(set(d) - set(hints))
-    if unknown: raise QvlError(f"unknown config key(s) {', '.join(unknown)}; known: {', '.join(hints)}")
-    missing = [f.name for f in dataclasses.fields(TrainConfig) if f.default is dataclasses.MISSING and f.name not in d]
-    if missing: raise QvlError(f"config needs {', '.join(missing)}")
-    for k, v in d.items():
-        if not _type_ok(v, hints[k]):
-            want = hints[k].__name__ if isinstance(hints[k], type) else str(hints[k]).replace('typing.', '')
-            raise QvlError(f"config key {k!r} should be {want}, got {v!r}")
-    c = TrainConfig(**d)
-    for k, choices in dict(method=METHODS, precision=PRECISIONS, schedule=SCHEDULES, sharding=SHARDINGS).items():
-        if getattr(c, k) not in choices: raise QvlError(f"config {k}={getattr(c, k)!r}: choose one of {', '.join(choices)}")
-    for k in ('steps', 'batch_size', 'grad_accum', 'cutoff_len', 'log_every', 'lora_rank', 'lora_alpha'):
-        if getattr(c, k) < 1: raise QvlError(f"config {k} must be at least 1, got {getattr(c, k)}")
-    for k in ('warmup_steps', 'eval_every', 'save_every', 'weight_decay'):
-        if getattr(c, k) < 0: raise QvlError(f"config {k} must not be negative, got {getattr(c, k)} (0 turns it off)")
-    if not 0 <= c.lora_dropout < 1: raise QvlError(f"config lora_dropout must be in [0, 1), got {c.lora_dropout}")
-    if c.max_grad_norm is not None and c.max_grad_norm <= 0:
-        raise QvlError(f"config max_grad_norm must be positive or null (no clipping), got {c.max_grad_norm}")
-    if c.learning_rate <= 0: raise QvlError(f"config learning_rate must be positive, got {c.learning_rate}")
-    if c.target is not None and (len(c.target) != 2 or min(c.target) < 1):
-        raise QvlError(f"config target must be [width, height], got {c.target}")
-    return c
-
-def load_config(path, **overrides) -> TrainConfig:
-    "Read a `TrainConfig` from YAML or JSON; `overrides` replace file values."
-    p = Path(path)
-    if not p.is_file(): raise QvlError(f"{p}: config file not found")
-    text = p.read_text()
-    try:
-        if p.suffix in ('.yaml', '.yml'):
-            import yaml
-            d = yaml.safe_load(text)
-        else: d = json.loads(text)
-    except Exception as e: raise QvlError(f"{p}: cannot be parsed ({type(e).__name__}: {e})") from None
-    if not isinstance(d, dict): raise QvlError(f"{p}: expected a mapping of config keys")
-    return config_from_dict(d, **overrides)
-
-# %% ../nbs/09_train.ipynb #ce1efae8
-def world_size() -> int: return int(os.environ.get('WORLD_SIZE', 1))
-def rank() -> int: return int(os.environ.get('RANK', 0))
-
+# %% ../nbs/09_train.ipynb #97c3aa2e
 def setup_device():
     "The device of this process (initialising the process group under torchrun)."
     import torch
@@ -167,96 +54,22 @@ def all_reduce_sum(x: float, device) -> float:
     dist.all_reduce(t)
     return t.item()
 
-# %% ../nbs/09_train.ipynb #8faa80a3
-def _device_type(device) -> str: return device if isinstance(device, str) else device.type
-
-def resolve_precision(precision: str, device) -> str:
-    "The run's precision on `device` (a torch device or its type, 'cuda' / 'cpu'): auto is pure bf16 on a GPU, fp32 on a CPU."
-    kind = _device_type(device)
-    if precision == 'auto': return 'bf16' if kind == 'cuda' else 'fp32'
-    if precision == 'fp16-mixed' and kind != 'cuda': raise QvlError("fp16-mixed needs a CUDA GPU")
-    return precision
-
-def sharding_mode(cfg: TrainConfig, world: int) -> str | None:
-    "How the model is spread over `world` processes: None (one process), 'ddp' (replicated), or 'fsdp' (full fine-tuning sharded)."
-    if world <= 1: return None
-    return 'fsdp' if cfg.sharding == 'fsdp' and cfg.method == 'full' else 'ddp'
-
+# %% ../nbs/09_train.ipynb #cdf811ab
 def optimizer_options(cfg: TrainConfig, device, sharding: str | None) -> dict:
     "Keyword arguments of the run's AdamW: the fast step takes the fused (one-kernel) AdamW on a GPU, except over FSDP's sharded parameters."
-    return dict(fused=True) if cfg.fast and _device_type(device) == 'cuda' and sharding != 'fsdp' else {}
+    return dict(fused=True) if cfg.fast and device_type(device) == 'cuda' and sharding != 'fsdp' else {}
 
 def make_optimizer(params, cfg: TrainConfig, device, sharding: str | None = None):
     "The run's AdamW over `params`."
     import torch
     return torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, **optimizer_options(cfg, device, sharding))
 
-def fsdp_units(model) -> list:
-    "The modules FSDP shards one by one (each LLM and vision decoder block), before the root."
-    return [m for n, m in model.named_modules() if type(m).__name__.endswith('DecoderLayer')]
-
-def llm_linear_names(model) -> list[str]:
-    "Qualified names of the language model's linear layers (the default LoRA targets)."
-    import torch
-    return sorted(n for n, m in model.named_modules()
-                  if isinstance(m, torch.nn.Linear) and 'language_model' in n.split('.') and not n.endswith('lm_head'))
-
-def _parts(model):
-    "(vision tower without merger, merger, language model) parameter-name prefixes."
-    names = [n for n, _ in model.named_parameters()]
-    visual = next((n.split('visual.')[0] + 'visual.' for n in names if 'visual.' in n), None)
-    return visual, (visual + 'merger.') if visual else None
-
-def prepare_model(cfg: TrainConfig, device, precision: str, model=None):
-    "Load `cfg.model` (or take `model`, already loaded) and set what trains for `cfg.method`; returns the model on `device`."
-    import torch, transformers
-    transformers.logging.set_verbosity_error()
-    from transformers import AutoModelForImageTextToText
-    kw = dict(attn_implementation=cfg.attn_implementation)
-    dtype = torch.bfloat16 if precision == 'bf16' else torch.float32
-    if cfg.method == 'qlora':
-        if model is not None: raise QvlError("qlora quantizes while loading: give the checkpoint directory, not a loaded model")
-        if device.type != 'cuda': raise QvlError("qlora needs a CUDA GPU (bitsandbytes 4-bit)")
-        try: import bitsandbytes  # noqa: F401
-        except ImportError: raise QvlError("qlora needs bitsandbytes: pip install bitsandbytes") from None
-        kw['quantization_config'] = transformers.BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type='nf4',
-            bnb_4bit_compute_dtype=torch.bfloat16, bnb_4bit_use_double_quant=True)
-        kw['device_map'] = {'': device}
-        dtype = torch.bfloat16
-    if model is None: model = AutoModelForImageTextToText.from_pretrained(cfg.model, dtype=dtype, **kw)
-    else: model.to(dtype)
-    if cfg.method != 'qlora': model.to(device)
-    for c in (model.config, getattr(model.config, 'text_config', None)):
-        if c is not None: c.use_cache = False   # training needs no cache, and packed rows need none to stay apart
-    if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=dict(use_reentrant=False))
-        model.config.use_cache = False
-    if cfg.method in ('lora', 'qlora'):
-        from peft import LoraConfig, get_peft_model
-        if cfg.method == 'qlora':
-            from peft import prepare_model_for_kbit_training
-            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
-        targets = llm_linear_names(model) if cfg.lora_targets == 'all-linear' else cfg.lora_targets
-        if not targets: raise QvlError(f"no LoRA target modules found for {cfg.lora_targets!r}")
-        lc = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=targets,
-                        task_type='CAUSAL_LM')
-        # pure bf16 keeps the adapters in bf16 too: peft's fp32 adapters keep fp32 copies of every input
-        model = get_peft_model(model, lc, autocast_adapter_dtype=precision != 'bf16')
-    else:
-        visual, merger = _parts(model)
-        for n, p in model.named_parameters():
-            in_visual = visual is not None and n.startswith(visual)
-            frozen = (cfg.freeze_projector if merger and n.startswith(merger) else cfg.freeze_vision) if in_visual \
-                else cfg.freeze_llm
-            p.requires_grad_(not frozen)
-    if not any(p.requires_grad for p in model.parameters()): raise QvlError("nothing to train: every part is frozen")
-    return model
-
+# %% ../nbs/09_train.ipynb #49c485e6
 def enable_fast(cfg: TrainConfig, model, device):
     "The fast step's routes on a prepared model (before any DDP/FSDP wrap), or None when `cfg.fast` is off."
     if not cfg.fast: return None
     from qvl.fast import enable
-    return enable(model, device_type=_device_type(device))
+    return enable(model, device_type=device_type(device))
 
 # %% ../nbs/09_train.ipynb #9c3e0b2d
 def stream_indices(n: int, start: int, count: int, seed: int) -> list[int]:
@@ -344,7 +157,7 @@ class Trainer:
         import torch
         from qvl.core import seed_everything
         from qvl.tokens import load_dataset
-        from qvl.data import VisionTextDataset, cached_examples, lazy_examples, token_type_id
+        from qvl.data import VisionTextDataset, cached_examples, lazy_examples
         from transformers import AutoProcessor
         self.cfg, self.progress = cfg, progress and rank() == 0
         self.plot = _in_notebook() if plot is None else plot
@@ -388,7 +201,7 @@ class Trainer:
     def _wrap(self):
         if self.sharding == 'fsdp':
             from torch.distributed.fsdp import fully_shard
-            for unit in fsdp_units(self.model): fully_shard(unit)
+            for unit in decoder_layers(self.model): fully_shard(unit)
             fully_shard(self.model)
         else:
             from torch.nn.parallel import DistributedDataParallel as DDP
@@ -704,7 +517,6 @@ def summary_line(s: dict) -> str:
 class _FlopCounter:
     "Model FLOPs of a micro-batch from its items' real lengths, images and labels (`qvl.fast.batch_flops`)."
     def __init__(self, cfg: TrainConfig, model):
-        from qvl.memory import model_shape
         self.cfg, self.shape = cfg, model_shape(cfg.model)
         self.vision_trains = any(p.requires_grad for n, p in model.named_parameters() if 'visual.' in n)
 

@@ -56,7 +56,7 @@ def test_fast_step_on_cuda_bf16_matches_plain(tiny_model):
     from peft import LoraConfig, get_peft_model
     from qvl.core import load_tiny
     from qvl.fast import enable, disable, ROUTES
-    from qvl.train import llm_linear_names
+    from qvl.model import llm_linear_names
     from PIL import Image
     import numpy as np
     proc, m = load_tiny(tiny_model)

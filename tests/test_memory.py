@@ -25,7 +25,7 @@ def test_estimate_within_5_percent_of_measured_on_held_out_points():
     h = held_out(m[m.status == 'ok'])
     assert len(h) >= 80
     for r in h.itertuples():
-        e = estimate(r.model, r.method, (r.image_h, r.image_w), r.batch_size, gradient_checkpointing=r.gradient_checkpointing,
+        e = estimate(r.model, r.method, (r.image_w, r.image_h), r.batch_size, gradient_checkpointing=r.gradient_checkpointing,
                      fast=False)   # these steps are the plain step
         assert abs(e.peak_allocated_bytes / r.peak_allocated - 1) < 0.05, r
 
@@ -48,8 +48,8 @@ def test_sweep_of_the_trainers_step_against_its_estimate():
 
 
 def test_estimate_cli_json_and_components():
-    r = run_qvl('estimate', '--model', 'Qwen2.5-VL-3B', '--mode', 'full', '--image-size', '896x896', '--batch-size', '2',
-                '--text-tokens', '192', '--json')
+    r = run_qvl('estimate', '--model', 'Qwen2.5-VL-3B', '--method', 'full', '--image-size', '896x896', '--batch-size', '2',
+                '--prompt-tokens', '64', '--answer-tokens', '128', '--json')
     out = json.loads(r.stdout)
     assert {'peak_allocated_bytes', 'peak_reserved_bytes', 'components'} <= set(out)
     c = out['components']
@@ -68,8 +68,8 @@ def test_settings_change_the_estimate_the_right_way():
     assert estimate('Qwen2.5-VL-7B', 'full', 448, 1, gpus=4, sharding='zero3').peak_allocated_bytes < full.peak_allocated_bytes / 2
 
 
-@pytest.mark.parametrize('args,needle', [(['--batch-size', '0'], 'positive whole number'),
-                                         (['--image-size=-448x448'], 'HEIGHTxWIDTH'),
+@pytest.mark.parametrize('args,needle', [(['--batch-size', '0'], 'batch_size must be at least 1'),
+                                         (['--image-size=-448x448'], 'WIDTHxHEIGHT'),
                                          (['--optimizer', 'lion'], 'invalid choice'),
                                          (['--model', 'Qwen9-VL'], 'Qwen2.5-VL-7B')])
 def test_impossible_settings_are_clear_errors(args, needle):
@@ -78,7 +78,7 @@ def test_impossible_settings_are_clear_errors(args, needle):
 
 
 def test_a_setting_that_fits_no_gpu_says_what_would():
-    out = run_qvl('estimate', '--model', 'Qwen2.5-VL-7B', '--mode', 'full', '--image-size', '2016x2016', '--batch-size', '8',
+    out = run_qvl('estimate', '--model', 'Qwen2.5-VL-7B', '--method', 'full', '--image-size', '2016x2016', '--batch-size', '8',
                   '--no-gradient-checkpointing').stdout
     assert 'more than 141 GB' in out and ('images of at most' in out or 'batch size' in out)
 
@@ -90,12 +90,12 @@ def test_profile_measures_what_the_estimate_predicts(fast):
     the estimate of the same run config is within 5%. (Without it the estimate is 6% under for the fast step and 45%
     over for the plain one on an H200: its coefficients come from another harness, which the estimator work replaces.)"""
     from qvl.memory import estimate_run, profile, profile_config
-    df = profile('Qwen2.5-VL-3B', 'lora', settings=[(896, 896, 2, True), (1120, 1120, 1, False)], fast=fast, progress=False)
+    df = profile('Qwen2.5-VL-3B', 'lora', settings=[(896, 2, True), (1120, 1, False)], fast=fast, progress=False)
     assert (df.status == 'ok').all() and (df.fast == fast).all() and (df.step_s > 0).all()
     assert df.after_load.max() < 9e9          # each model is freed before the next is built
     for r in df[df.gradient_checkpointing].itertuples():
         e = estimate_run(profile_config('Qwen2.5-VL-3B', 'lora', r.gradient_checkpointing, fast, batch_size=r.batch_size),
-                         (r.image_h, r.image_w))
+                         (r.image_w, r.image_h))
         assert abs(e.peak_allocated_bytes / r.peak_allocated - 1) < 0.05, (r, e.peak_allocated_bytes)
 
 
@@ -105,10 +105,10 @@ def test_fast_step_estimate_within_5_percent_of_measured():
     ok = m[m.status == 'ok']
     assert len(ok) >= 36 and (ok.batch_size == 2).sum() >= 12
     for r in ok.itertuples():
-        e = estimate(r.model, 'lora', (r.image_h, r.image_w), r.batch_size, gradient_checkpointing=bool(r.gradient_checkpointing),
+        e = estimate(r.model, 'lora', (r.image_w, r.image_h), r.batch_size, gradient_checkpointing=bool(r.gradient_checkpointing),
                      fast=True)
         assert abs(e.peak_allocated_bytes / r.peak_allocated - 1) < 0.05, r
-        plain = estimate(r.model, 'lora', (r.image_h, r.image_w), r.batch_size, gradient_checkpointing=bool(r.gradient_checkpointing),
+        plain = estimate(r.model, 'lora', (r.image_w, r.image_h), r.batch_size, gradient_checkpointing=bool(r.gradient_checkpointing),
                          fast=False)
         assert e.peak_allocated_bytes < plain.peak_allocated_bytes
     # `qvl estimate` predicts the step `qvl train` takes by default, the fast one; --no-fast the plain one
@@ -124,11 +124,14 @@ def test_estimate_reads_a_run_config(tmp_path):
     cfg = tmp_path / 'run.yaml'
     cfg.write_text(yaml.safe_dump(dict(model='Qwen2.5-VL-7B', data='train.json', method='full', batch_size=2)))
     run = json.loads(run_qvl('estimate', cfg, '--image-size', '1344x1344', '--json').stdout)
-    flags = json.loads(run_qvl('estimate', '--model', 'Qwen2.5-VL-7B', '--mode', 'full', '--image-size', '1344x1344',
+    flags = json.loads(run_qvl('estimate', '--model', 'Qwen2.5-VL-7B', '--method', 'full', '--image-size', '1344x1344',
                                '--batch-size', '2', '--json').stdout)
     s = run['setup']
     assert s['fast'] and not s['freeze_projector'] and s['batch_size'] == 2     # the trainer's defaults: the merger trains
-    assert flags['setup']['freeze_projector'] and run['peak_allocated_bytes'] > flags['peak_allocated_bytes']
+    assert flags == run                 # the flags are the config's keys, with its defaults: the same run, the same estimate
+    bigger = json.loads(run_qvl('estimate', cfg, '--image-size', '1344x1344', '--batch-size', '4', '--json').stdout)
+    assert bigger['setup']['batch_size'] == 4     # a flag overrides the key
+    assert bigger['components']['llm_activations'] > run['components']['llm_activations']
     plain = json.loads(run_qvl('estimate', cfg, '--image-size', '1344x1344', '--set', 'fast=false', '--json').stdout)
     assert plain['setup']['fast'] is False and plain['peak_allocated_bytes'] != run['peak_allocated_bytes']
     bad = run_qvl('estimate', cfg, '--set', 'method=dora', check=False)

@@ -148,8 +148,9 @@ def test_cuda_decisions_are_made_by_functions_a_cpu_can_call(tiny_model):
     import torch
     from qvl.core import load_tiny
     from qvl.fast import device_routes, disable, enable
-    from qvl.train import (config_from_dict, fsdp_units, make_optimizer, optimizer_options, resolve_precision,
-                           sharding_mode)
+    from qvl.config import config_from_dict, resolve_precision, sharding_mode
+    from qvl.model import decoder_layers
+    from qvl.train import make_optimizer, optimizer_options
     lora = config_from_dict(dict(model=str(tiny_model), data='d.json'))
     full = config_from_dict(dict(model=str(tiny_model), data='d.json', method='full', sharding='fsdp'))
     assert resolve_precision('auto', 'cuda') == 'bf16' and resolve_precision('auto', torch.device('cpu')) == 'fp32'
@@ -160,7 +161,7 @@ def test_cuda_decisions_are_made_by_functions_a_cpu_can_call(tiny_model):
     _, m = load_tiny(tiny_model)
     opt = make_optimizer([p for p in m.parameters()], lora, 'cuda', None)     # the GPU's optimizer, built here
     assert isinstance(opt, torch.optim.AdamW) and opt.defaults['fused'] is True
-    assert len(fsdp_units(m)) == m.config.text_config.num_hidden_layers
+    assert len(decoder_layers(m)) == m.config.text_config.num_hidden_layers
     # the fast step's GPU routes: on for a CUDA device with triton, off with the reason otherwise
     assert device_routes('cuda', triton=True) == dict(fused_kernels=None, aligned_matmuls=None, compiled_layers=None)
     assert 'triton is not installed' in device_routes('cuda', triton=False)['compiled_layers']
