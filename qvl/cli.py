@@ -4,13 +4,14 @@
 
 # %% ../nbs/12_cli.ipynb #375fef41
 from __future__ import annotations
-import argparse, os, sys
+import argparse, os, sys, typing
+from dataclasses import dataclass, field
 from pathlib import Path
 
 # %% auto #0
 __all__ = ['cmd_tiny_model', 'cmd_sample_data', 'cmd_info', 'cmd_resize', 'cmd_doctor', 'cmd_fix', 'cmd_fix_model', 'cmd_convert',
-           'cmd_train', 'cmd_sweep', 'cmd_estimate', 'cmd_profile', 'cmd_export', 'cmd_demo', 'parser', 'main',
-           'error_line', 'console']
+           'cmd_train', 'cmd_sweep', 'cmd_estimate', 'cmd_profile', 'cmd_export', 'cmd_demo', 'Command', 'arg',
+           'commands', 'parser', 'main', 'error_line', 'console']
 
 # %% ../nbs/12_cli.ipynb #b800730f
 def _size(text: str):
@@ -307,182 +308,193 @@ def cmd_demo(a) -> int:
     return 0
 
 # %% ../nbs/12_cli.ipynb #55cbe0b1
-def parser() -> argparse.ArgumentParser:
-    "The `qvl` argument parser."
+@dataclass
+class Command:
+    "A `qvl` subcommand: its name, the function that runs it, its one-line help, its description and its arguments."
+    name: str
+    run: typing.Callable
+    help: str
+    description: str
+    args: list = field(default_factory=list)    # `arg(...)` each, or a function that adds a group of flags
+
+def arg(*flags, **kw) -> tuple: return flags, kw
+
+def _data_flags(s):
+    "The dataset and model flags of doctor and fix."
+    s.add_argument('--model', required=True, help='checkpoint directory, or a known name (no tokenizer checks)')
+    s.add_argument('--name', help="dataset entry of DATA's dataset_info.json")
+    s.add_argument('--placeholder', default='<image>', help="the dataset's image placeholder")
+    s.add_argument('--allow-outside', action='store_true', help="allow image paths outside the dataset's folder")
+
+def commands() -> list[Command]:
+    "Every `qvl` subcommand, in the order `qvl --help` lists them: the one table the parser is made from."
     from qvl.core import TINY_FAMILIES
     from qvl.formats import SPECS
     from qvl.memory import RUN_KEYS, Setup
     from qvl.resize import FILTERS, FORMATS
     from qvl.sample import FORMATS as SAMPLE_FORMATS, TASKS
     from qvl.tokens import STRATEGIES
+    return [
+        Command('demo', cmd_demo, help='run the built-in default job (no downloads)',
+                description='Build the tiny model and sample data, show visual tokens per budget, resize the data to a '
+                    '600x600 budget, check which answers survive, and run one training step.',
+                args=[
+            arg('--out', default='runs/demo', help='output directory'),
+            arg('--n', type=_positive, default=24, help='number of sample images'),
+            arg('--seed', type=int, default=0)]),
+        Command('info', cmd_info, help='show a model architecture (no download)',
+                description='Show the architecture, parameter count and token ids of a known model name, a hub id of one, or '
+                    'a local checkpoint directory. With no MODEL, list the known names.',
+                args=[
+            arg('model', metavar='MODEL', nargs='?', help='e.g. Qwen2.5-VL-7B, Qwen/Qwen2.5-VL-7B-Instruct or a directory')]),
+        Command('tiny-model', cmd_tiny_model, help='write a tiny random-weight Qwen-VL checkpoint',
+                description='Write a tiny random-weight Qwen-VL checkpoint (tokenizer trained offline with the real special '
+                    'tokens and chat template, processor, model) loadable with AutoProcessor and '
+                    'AutoModelForImageTextToText. Deterministic for a seed.',
+                args=[
+            arg('out_dir', metavar='OUT_DIR'),
+            arg('--family', choices=TINY_FAMILIES, default=TINY_FAMILIES[0]),
+            arg('--seed', type=int, default=0),
+            arg('--force', action='store_true', help='replace a non-empty OUT_DIR'),
+            arg('--like', metavar='MODEL', help="instead: MODEL's real architecture (e.g. Qwen2.5-VL-3B) with random "
+                    "bf16 weights and the offline tokenizer, for memory and speed runs"),
+            arg('--device', default='cuda', help='where --like builds the weights')]),
+        Command('sample-data', cmd_sample_data, help='generate a detail-dependent multimodal dataset',
+                description='Generate images up to 2000x2000 with small coloured marks, with questions whose answers need the '
+                    'marks (count the red ones, name the colour), split into train and test, in LLaMA-Factory '
+                    'sharegpt (train.json + dataset_info.json) or Qwen/OpenAI messages (train.jsonl) format.',
+                args=[
+            arg('out_dir', metavar='OUT_DIR', help='a new (or empty) directory'),
+            arg('--n', type=_positive, default=64, help='number of samples'),
+            arg('--format', choices=SAMPLE_FORMATS, default=SAMPLE_FORMATS[0]),
+            arg('--seed', type=int, default=0),
+            arg('--task', choices=('mixed',) + TASKS, default='mixed'),
+            arg('--min-side', type=_positive, default=448, help='smallest image side in pixels'),
+            arg('--max-side', type=_positive, default=2000, help='largest image side in pixels')]),
+        Command('resize', cmd_resize, help='resize a folder or a dataset to a pixel/token budget',
+                description='Mirror the images of SRC (a folder, or a dataset .json/.jsonl whose referenced images are '
+                    'resized and which is rewritten with the new paths) into DST at a budget, exactly the size the '
+                    'Qwen processor keeps. SRC is never modified; DST/manifest.csv lists every file with its status; '
+                    'a second run skips finished files. Exit status 1 when any file failed.',
+                args=[
+            arg('src', metavar='SRC'),
+            arg('dst', metavar='DST'),
+            lambda s: _budget_flags(s, factor=True),
+            arg('--filter', choices=FILTERS, default=FILTERS[0]),
+            arg('--format', choices=FORMATS, default=FORMATS[0], help='output format'),
+            arg('--quality', type=_positive, default=95, help='JPEG quality'),
+            arg('--workers', type=_positive, help='parallel processes (default: all cores)'),
+            arg('--max-image-pixels', type=_positive, default=200_000_000,
+                    help='refuse larger images (decompression bombs)'),
+            arg('--allow-outside', action='store_true', help="allow dataset images outside the dataset's folder"),
+            arg('--processor', metavar='MODEL_DIR',
+                    help="also write MODEL_DIR's processor with this budget's min/max pixels to DST/processor")]),
+        Command('doctor', cmd_doctor, help='find token, image and model problems before training',
+                description='Check a dataset (.json/.jsonl, or a folder with dataset_info.json) against a model: placeholders '
+                    'against images, missing/unreadable images, aspect ratios, visual tokens at the budget against '
+                    '--cutoff-len, and the model\'s token ids, special tokens, processor and chat template. '
+                    'Image sizes come from file headers. Exit status 1 when anything is found.',
+                args=[
+            arg('data', metavar='DATA'),
+            _data_flags,
+            arg('--cutoff-len', type=_positive, help='the training max length (cutoff_len / max_length)'),
+            arg('--json', action='store_true', help='print one JSON object: {"model": [...], "samples": [...], "summary": {...}}'),
+            lambda s: _budget_flags(s, factor=False)]),
+        Command('fix', cmd_fix, help='write a copy of a dataset that the doctor passes',
+                description='Write DATA, corrected, into the new directory OUT: placeholders added where a sample has images '
+                    'but none; samples that do not fit --cutoff-len get smaller images (shrink) down to '
+                    '--floor-tokens per image, or are dropped (drop); samples that cannot be used are dropped. '
+                    'OUT/dropped.csv lists every dropped sample with its reason; nothing is truncated; DATA is never '
+                    'modified.',
+                args=[
+            arg('data', metavar='DATA'),
+            arg('out', metavar='OUT'),
+            _data_flags,
+            arg('--cutoff-len', type=_positive, required=True, help='the training max length'),
+            arg('--strategy', choices=STRATEGIES, default=STRATEGIES[0]),
+            arg('--floor-tokens', type=_positive, default=64, help='fewest visual tokens per image when shrinking'),
+            arg('--workers', type=_positive, help='parallel resize processes (default: all cores)'),
+            lambda s: _budget_flags(s, factor=False)]),
+        Command('fix-model', cmd_fix_model, help="write a copy of a checkpoint with its token ids fixed",
+                description="Write a corrected copy of checkpoint MODEL into the new directory OUT: config.json token ids set "
+                    "to the tokenizer's, missing special tokens added, a chat template where there is none. Weights "
+                    "are linked or copied unchanged; MODEL is never modified.",
+                args=[
+            arg('model', metavar='MODEL'),
+            arg('out', metavar='OUT')]),
+        Command('convert', cmd_convert, help='convert a dataset between formats',
+                description='Convert SRC (any supported format; a folder with dataset_info.json) to DST (.json or .jsonl) in '
+                    'the format --to, keeping every field it does not understand. sharegpt and alpaca outputs get a '
+                    'dataset_info.json entry beside DST. Samples that cannot be converted are listed (exit status 1).',
+                args=[
+            arg('src', metavar='SRC'),
+            arg('dst', metavar='DST'),
+            arg('--to', choices=tuple(SPECS), default='messages'),
+            arg('--name', help="dataset entry of SRC's dataset_info.json"),
+            arg('--placeholder', default='<image>', help="the source's image placeholder")]),
+        Command('train', cmd_train, help='fine-tune (LoRA, full, QLoRA) from a YAML/JSON config',
+                description='Train from CONFIG (YAML or JSON keys of qvl.train.TrainConfig; unknown keys and wrong types are '
+                    'refused before any work). Without CONFIG, the built-in default: the offline tiny model on generated '
+                    'data, a few CPU minutes. Writes config.json, log.csv/log.jsonl, checkpoints/ and adapter/ or model/ '
+                    'to the run directory. Runs data-parallel under torchrun --nproc_per_node N.',
+                args=[
+            arg('config', metavar='CONFIG', nargs='?'),
+            arg('--steps', type=_positive, help='optimizer steps (overrides the config)'),
+            arg('--out', help='run directory (overrides out_dir)'),
+            arg('--resume', action='store_true', help='continue from the last complete checkpoint in the run directory'),
+            arg('--set', action='append', metavar='KEY=VALUE', help='override a config key (repeatable)')]),
+        Command('estimate', cmd_estimate, help='predict the GPU memory of a training step (no GPU needed)',
+                description='Predict max_memory_allocated and max_memory_reserved of a steady-state training step, with every '
+                    'component, from the model config alone; say whether it fits and what would.',
+                args=[
+            arg('config', metavar='RUN.yaml', nargs='?',
+                    help='a `qvl train` config: estimate that run (its model, method, batch, precision, checkpointing, step); '
+                         'flags of its keys override it, the others give the image size, text and GPUs'),
+            arg('--set', action='append', metavar='KEY=VALUE', help='override a key of RUN.yaml (repeatable)'),
+            arg('--gpu-memory', type=float, default=141, metavar='GB', help='GPU size to check against'),
+            arg('--fits', action='store_true', help='also the largest batch and image side per GPU size'),
+            arg('--json', action='store_true', help='print one JSON object'),
+            lambda s: _setup_flags(s, Setup.__dataclass_fields__)]),
+        Command('profile', cmd_profile, help='measure the GPU memory of real training steps (GPU)',
+                description='Build the model with random bf16 weights on the GPU (or load a checkpoint directory), prepare it '
+                    'with `qvl train`\'s own code (method, checkpointing, fast step, optimizer), run a warm-up step and two '
+                    'timed steps of the setting through the trainer and report time, tokens/s, MFU, both memory peaks and '
+                    'the estimate of the same run. An out-of-memory error is reported as a result (exit 1).',
+                args=[
+            arg('config', metavar='RUN.yaml', nargs='?', help='a `qvl train` config: measure that run\'s step'),
+            arg('--set', action='append', metavar='KEY=VALUE', help='override a key of RUN.yaml (repeatable)'),
+            arg('--snapshot', metavar='FILE.pickle', help="write PyTorch's memory snapshot of the measured step"),
+            arg('--json', action='store_true', help='print one JSON object'),
+            lambda s: _setup_flags(s, RUN_KEYS + ('image_size', 'prompt_tokens', 'answer_tokens'))]),
+        Command('sweep', cmd_sweep, help='run an experiment template (papermill), reproducibly',
+                description='Execute an experiment template from experiments/ (vram_sweep, resize_audit, token_audit, finetune, '
+                    'token_budget) or a .ipynb path with papermill into RUNS_DIR/<experiment>/<run-id>/: the executed '
+                    'notebook, params.yaml, env.json (GPUs, driver, versions, git commit, seed), results and figures. '
+                    'The same parameters reuse a finished run; an interrupted sweep keeps its finished points.',
+                args=[
+            arg('template', metavar='TEMPLATE', nargs='?', default='vram_sweep'),
+            arg('-p', '--param', nargs=2, action='append', metavar=('NAME', 'VALUE'), help='a template parameter (repeatable)'),
+            arg('-f', '--file', metavar='PARAMS.yaml', help='parameters from a YAML file (-p wins)'),
+            arg('--runs-dir', default='runs'),
+            arg('--force', action='store_true', help='run again even if a finished run has these parameters')]),
+        Command('export', cmd_export, help="merge a LoRA run's adapter into a full checkpoint",
+                description="Load RUN's base model, apply its adapter (peft format) and merge it; write the full checkpoint and "
+                    "processor to the new directory OUT.",
+                args=[
+            arg('run', metavar='RUN'),
+            arg('out', metavar='OUT')]),
+    ]
+
+def parser() -> argparse.ArgumentParser:
+    "The `qvl` argument parser, made from `commands()`."
     p = argparse.ArgumentParser(prog='qvl', description='qvl: a workbench for fine-tuning Qwen vision-language '
         'models: resize images to a token budget, find and fix image-token problems, build an offline tiny model '
         'and sample data.')
     sub = p.add_subparsers(dest='command', metavar='COMMAND')
-    fmt = argparse.ArgumentDefaultsHelpFormatter
-
-    s = sub.add_parser('demo', formatter_class=fmt, help='run the built-in default job (no downloads)',
-        description='Build the tiny model and sample data, show visual tokens per budget, resize the data to a '
-                    '600x600 budget, check which answers survive, and run one training step.')
-    s.add_argument('--out', default='runs/demo', help='output directory')
-    s.add_argument('--n', type=_positive, default=24, help='number of sample images')
-    s.add_argument('--seed', type=int, default=0)
-    s.set_defaults(func=cmd_demo)
-
-    s = sub.add_parser('info', formatter_class=fmt, help='show a model architecture (no download)',
-        description='Show the architecture, parameter count and token ids of a known model name, a hub id of one, or '
-                    'a local checkpoint directory. With no MODEL, list the known names.')
-    s.add_argument('model', metavar='MODEL', nargs='?', help='e.g. Qwen2.5-VL-7B, Qwen/Qwen2.5-VL-7B-Instruct or a directory')
-    s.set_defaults(func=cmd_info)
-
-    s = sub.add_parser('tiny-model', formatter_class=fmt, help='write a tiny random-weight Qwen-VL checkpoint',
-        description='Write a tiny random-weight Qwen-VL checkpoint (tokenizer trained offline with the real special '
-                    'tokens and chat template, processor, model) loadable with AutoProcessor and '
-                    'AutoModelForImageTextToText. Deterministic for a seed.')
-    s.add_argument('out_dir', metavar='OUT_DIR')
-    s.add_argument('--family', choices=TINY_FAMILIES, default=TINY_FAMILIES[0])
-    s.add_argument('--seed', type=int, default=0)
-    s.add_argument('--force', action='store_true', help='replace a non-empty OUT_DIR')
-    s.add_argument('--like', metavar='MODEL', help="instead: MODEL's real architecture (e.g. Qwen2.5-VL-3B) with random "
-                   "bf16 weights and the offline tokenizer, for memory and speed runs")
-    s.add_argument('--device', default='cuda', help='where --like builds the weights')
-    s.set_defaults(func=cmd_tiny_model)
-
-    s = sub.add_parser('sample-data', formatter_class=fmt, help='generate a detail-dependent multimodal dataset',
-        description='Generate images up to 2000x2000 with small coloured marks, with questions whose answers need the '
-                    'marks (count the red ones, name the colour), split into train and test, in LLaMA-Factory '
-                    'sharegpt (train.json + dataset_info.json) or Qwen/OpenAI messages (train.jsonl) format.')
-    s.add_argument('out_dir', metavar='OUT_DIR', help='a new (or empty) directory')
-    s.add_argument('--n', type=_positive, default=64, help='number of samples')
-    s.add_argument('--format', choices=SAMPLE_FORMATS, default=SAMPLE_FORMATS[0])
-    s.add_argument('--seed', type=int, default=0)
-    s.add_argument('--task', choices=('mixed',) + TASKS, default='mixed')
-    s.add_argument('--min-side', type=_positive, default=448, help='smallest image side in pixels')
-    s.add_argument('--max-side', type=_positive, default=2000, help='largest image side in pixels')
-    s.set_defaults(func=cmd_sample_data)
-
-    s = sub.add_parser('resize', formatter_class=fmt, help='resize a folder or a dataset to a pixel/token budget',
-        description='Mirror the images of SRC (a folder, or a dataset .json/.jsonl whose referenced images are '
-                    'resized and which is rewritten with the new paths) into DST at a budget, exactly the size the '
-                    'Qwen processor keeps. SRC is never modified; DST/manifest.csv lists every file with its status; '
-                    'a second run skips finished files. Exit status 1 when any file failed.')
-    s.add_argument('src', metavar='SRC'); s.add_argument('dst', metavar='DST')
-    _budget_flags(s, factor=True)
-    s.add_argument('--filter', choices=FILTERS, default=FILTERS[0])
-    s.add_argument('--format', choices=FORMATS, default=FORMATS[0], help='output format')
-    s.add_argument('--quality', type=_positive, default=95, help='JPEG quality')
-    s.add_argument('--workers', type=_positive, help='parallel processes (default: all cores)')
-    s.add_argument('--max-image-pixels', type=_positive, default=200_000_000,
-                   help='refuse larger images (decompression bombs)')
-    s.add_argument('--allow-outside', action='store_true', help="allow dataset images outside the dataset's folder")
-    s.add_argument('--processor', metavar='MODEL_DIR',
-                   help="also write MODEL_DIR's processor with this budget's min/max pixels to DST/processor")
-    s.set_defaults(func=cmd_resize)
-
-    def data_flags(s):
-        s.add_argument('--model', required=True, help='checkpoint directory, or a known name (no tokenizer checks)')
-        s.add_argument('--name', help="dataset entry of DATA's dataset_info.json")
-        s.add_argument('--placeholder', default='<image>', help="the dataset's image placeholder")
-        s.add_argument('--allow-outside', action='store_true', help="allow image paths outside the dataset's folder")
-
-    s = sub.add_parser('doctor', formatter_class=fmt, help='find token, image and model problems before training',
-        description='Check a dataset (.json/.jsonl, or a folder with dataset_info.json) against a model: placeholders '
-                    'against images, missing/unreadable images, aspect ratios, visual tokens at the budget against '
-                    '--cutoff-len, and the model\'s token ids, special tokens, processor and chat template. '
-                    'Image sizes come from file headers. Exit status 1 when anything is found.')
-    s.add_argument('data', metavar='DATA')
-    data_flags(s)
-    s.add_argument('--cutoff-len', type=_positive, help='the training max length (cutoff_len / max_length)')
-    s.add_argument('--json', action='store_true', help='print one JSON object: {"model": [...], "samples": [...], "summary": {...}}')
-    _budget_flags(s, factor=False)
-    s.set_defaults(func=cmd_doctor)
-
-    s = sub.add_parser('fix', formatter_class=fmt, help='write a copy of a dataset that the doctor passes',
-        description='Write DATA, corrected, into the new directory OUT: placeholders added where a sample has images '
-                    'but none; samples that do not fit --cutoff-len get smaller images (shrink) down to '
-                    '--floor-tokens per image, or are dropped (drop); samples that cannot be used are dropped. '
-                    'OUT/dropped.csv lists every dropped sample with its reason; nothing is truncated; DATA is never '
-                    'modified.')
-    s.add_argument('data', metavar='DATA'); s.add_argument('out', metavar='OUT')
-    data_flags(s)
-    s.add_argument('--cutoff-len', type=_positive, required=True, help='the training max length')
-    s.add_argument('--strategy', choices=STRATEGIES, default=STRATEGIES[0])
-    s.add_argument('--floor-tokens', type=_positive, default=64, help='fewest visual tokens per image when shrinking')
-    s.add_argument('--workers', type=_positive, help='parallel resize processes (default: all cores)')
-    _budget_flags(s, factor=False)
-    s.set_defaults(func=cmd_fix)
-
-    s = sub.add_parser('fix-model', formatter_class=fmt, help="write a copy of a checkpoint with its token ids fixed",
-        description="Write a corrected copy of checkpoint MODEL into the new directory OUT: config.json token ids set "
-                    "to the tokenizer's, missing special tokens added, a chat template where there is none. Weights "
-                    "are linked or copied unchanged; MODEL is never modified.")
-    s.add_argument('model', metavar='MODEL'); s.add_argument('out', metavar='OUT')
-    s.set_defaults(func=cmd_fix_model)
-
-    s = sub.add_parser('convert', formatter_class=fmt, help='convert a dataset between formats',
-        description='Convert SRC (any supported format; a folder with dataset_info.json) to DST (.json or .jsonl) in '
-                    'the format --to, keeping every field it does not understand. sharegpt and alpaca outputs get a '
-                    'dataset_info.json entry beside DST. Samples that cannot be converted are listed (exit status 1).')
-    s.add_argument('src', metavar='SRC'); s.add_argument('dst', metavar='DST')
-    s.add_argument('--to', choices=tuple(SPECS), default='messages')
-    s.add_argument('--name', help="dataset entry of SRC's dataset_info.json")
-    s.add_argument('--placeholder', default='<image>', help="the source's image placeholder")
-    s.set_defaults(func=cmd_convert)
-
-    s = sub.add_parser('train', formatter_class=fmt, help='fine-tune (LoRA, full, QLoRA) from a YAML/JSON config',
-        description='Train from CONFIG (YAML or JSON keys of qvl.train.TrainConfig; unknown keys and wrong types are '
-                    'refused before any work). Without CONFIG, the built-in default: the offline tiny model on generated '
-                    'data, a few CPU minutes. Writes config.json, log.csv/log.jsonl, checkpoints/ and adapter/ or model/ '
-                    'to the run directory. Runs data-parallel under torchrun --nproc_per_node N.')
-    s.add_argument('config', metavar='CONFIG', nargs='?')
-    s.add_argument('--steps', type=_positive, help='optimizer steps (overrides the config)')
-    s.add_argument('--out', help='run directory (overrides out_dir)')
-    s.add_argument('--resume', action='store_true', help='continue from the last complete checkpoint in the run directory')
-    s.add_argument('--set', action='append', metavar='KEY=VALUE', help='override a config key (repeatable)')
-    s.set_defaults(func=cmd_train)
-
-    s = sub.add_parser('estimate', formatter_class=fmt, help='predict the GPU memory of a training step (no GPU needed)',
-        description='Predict max_memory_allocated and max_memory_reserved of a steady-state training step, with every '
-                    'component, from the model config alone; say whether it fits and what would.')
-    s.add_argument('config', metavar='RUN.yaml', nargs='?',
-                   help='a `qvl train` config: estimate that run (its model, method, batch, precision, checkpointing, step); '
-                        'flags of its keys override it, the others give the image size, text and GPUs')
-    s.add_argument('--set', action='append', metavar='KEY=VALUE', help='override a key of RUN.yaml (repeatable)')
-    s.add_argument('--gpu-memory', type=float, default=141, metavar='GB', help='GPU size to check against')
-    s.add_argument('--fits', action='store_true', help='also the largest batch and image side per GPU size')
-    s.add_argument('--json', action='store_true', help='print one JSON object')
-    _setup_flags(s, Setup.__dataclass_fields__)
-    s.set_defaults(func=cmd_estimate)
-
-    s = sub.add_parser('profile', formatter_class=fmt, help='measure the GPU memory of real training steps (GPU)',
-        description='Build the model with random bf16 weights on the GPU (or load a checkpoint directory), prepare it '
-                    'with `qvl train`\'s own code (method, checkpointing, fast step, optimizer), run a warm-up step and two '
-                    'timed steps of the setting through the trainer and report time, tokens/s, MFU, both memory peaks and '
-                    'the estimate of the same run. An out-of-memory error is reported as a result (exit 1).')
-    s.add_argument('config', metavar='RUN.yaml', nargs='?', help='a `qvl train` config: measure that run\'s step')
-    s.add_argument('--set', action='append', metavar='KEY=VALUE', help='override a key of RUN.yaml (repeatable)')
-    s.add_argument('--snapshot', metavar='FILE.pickle', help="write PyTorch's memory snapshot of the measured step")
-    s.add_argument('--json', action='store_true', help='print one JSON object')
-    _setup_flags(s, RUN_KEYS + ('image_size', 'prompt_tokens', 'answer_tokens'))
-    s.set_defaults(func=cmd_profile)
-
-    s = sub.add_parser('sweep', formatter_class=fmt, help='run an experiment template (papermill), reproducibly',
-        description='Execute an experiment template from experiments/ (vram_sweep, resize_audit, token_audit, finetune, '
-                    'token_budget) or a .ipynb path with papermill into RUNS_DIR/<experiment>/<run-id>/: the executed '
-                    'notebook, params.yaml, env.json (GPUs, driver, versions, git commit, seed), results and figures. '
-                    'The same parameters reuse a finished run; an interrupted sweep keeps its finished points.')
-    s.add_argument('template', metavar='TEMPLATE', nargs='?', default='vram_sweep')
-    s.add_argument('-p', '--param', nargs=2, action='append', metavar=('NAME', 'VALUE'), help='a template parameter (repeatable)')
-    s.add_argument('-f', '--file', metavar='PARAMS.yaml', help='parameters from a YAML file (-p wins)')
-    s.add_argument('--runs-dir', default='runs')
-    s.add_argument('--force', action='store_true', help='run again even if a finished run has these parameters')
-    s.set_defaults(func=cmd_sweep)
-
-    s = sub.add_parser('export', formatter_class=fmt, help="merge a LoRA run's adapter into a full checkpoint",
-        description="Load RUN's base model, apply its adapter (peft format) and merge it; write the full checkpoint and "
-                    "processor to the new directory OUT.")
-    s.add_argument('run', metavar='RUN'); s.add_argument('out', metavar='OUT')
-    s.set_defaults(func=cmd_export)
+    for c in commands():
+        s = sub.add_parser(c.name, formatter_class=argparse.ArgumentDefaultsHelpFormatter, help=c.help, description=c.description)
+        for a in c.args: a(s) if callable(a) else s.add_argument(*a[0], **a[1])
+        s.set_defaults(func=c.run)
     return p
 
 # %% ../nbs/12_cli.ipynb #eaa4cc8a

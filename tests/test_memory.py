@@ -136,3 +136,15 @@ def test_estimate_reads_a_run_config(tmp_path):
     assert plain['setup']['fast'] is False and plain['peak_allocated_bytes'] != run['peak_allocated_bytes']
     bad = run_qvl('estimate', cfg, '--set', 'method=dora', check=False)
     assert bad.returncode == 2 and 'choose one of lora, full, qlora' in bad.stderr
+
+
+@pytest.mark.gpu
+def test_profile_reads_a_run_config(tmp_path):
+    "`qvl profile RUN.yaml` measures that run's step (its batch, LoRA rank, fast step), the estimate of the same run beside it."
+    cfg = tmp_path / 'run.yaml'
+    cfg.write_text(yaml.safe_dump(dict(model='Qwen2.5-VL-3B', data='train.json', method='lora', batch_size=2, lora_rank=16)))
+    r = json.loads(run_qvl('profile', cfg, '--image-size', '896', '--json', timeout=900).stdout)
+    assert r['status'] == 'ok' and r['batch_size'] == 2 and r['fast'] is True and r['image_w'] == 896
+    assert abs(r['estimated_allocated'] / r['peak_allocated'] - 1) < 0.05, r
+    flags = json.loads(run_qvl('profile', cfg, '--image-size', '896', '--batch-size', '1', '--json', timeout=900).stdout)
+    assert flags['batch_size'] == 1 and flags['peak_allocated'] < r['peak_allocated']     # a flag overrides the key
