@@ -373,6 +373,75 @@ def _link_or_copy(src: Path, dst: Path):
     try: os.link(src, dst)
     except OSError: shutil.copy2(src, dst)
 
+def _add_missing_placeholders(records: list, spec: Spec, placeholder: str) -> list[dict]:
+    "Step 1 of a fix: placeholders where a sample has images but none (in place); what was added."
+    added = []
+    for i, r in enumerate(records):
+        try: s = parse_sample(r, spec, placeholder)
+        except QvlError: continue
+        if s.images and s.image_parts == 0 and _add_placeholders(r, spec, len(s.images), placeholder):
+            added.append(dict(index=i, id=r.get('id'), images=len(s.images)))
+    return added
+
+def _dropped(c: SampleCheck, reason: str, codes: list) -> dict: return dict(index=c.index, id=c.id, codes=codes, reason=reason)
+def _reasons(findings: list) -> str: return '; '.join(f"{f['code']}: {f['message']}" for f in findings)
+
+def _shrink(c: SampleCheck, nb: Budget, root: Path, allow_outside: bool, jobs: dict) -> list[str]:
+    "The resized copies a shrunk sample will name (their resize jobs added to `jobs`)."
+    refs = []
+    for ref in c.sample.images:
+        src = _resolve(root, ref, allow_outside)
+        h, w = nb.fit(*reversed(c.sizes[len(refs)]))
+        p = Path(ref)
+        rel = str(Path('resized') / (p.parent if not p.is_absolute() and src.is_relative_to(root) else 'outside')
+                  / f"{p.stem}.{w}x{h}{p.suffix}")
+        jobs.setdefault(rel, ResizeJob(str(src), '', rel, nb))
+        refs.append(rel)
+    return refs
+
+def _decide(checks: list, b: Budget, cutoff_len: int, strategy: str, floor_tokens: int, root: Path, allow_outside: bool):
+    "Step 2: keep, shrink or drop each sample: (kept checks, shrunk, dropped, resize jobs)."
+    keep, shrunk, dropped, jobs = [], [], [], {}
+    for c in checks:
+        codes = [f['code'] for f in c.findings]
+        hard = [f for f in c.findings if f['code'] in DROP_CODES]
+        if hard: dropped.append(_dropped(c, _reasons(hard), sorted(set(codes)))); continue
+        if codes and strategy == 'drop': dropped.append(_dropped(c, _reasons(c.findings), codes)); continue
+        if codes:
+            nb = _largest_fit(c, b, cutoff_len, floor_tokens)
+            if nb is None:
+                dropped.append(_dropped(c, f"does not fit cutoff_len {cutoff_len} even at {floor_tokens} visual tokens "
+                                           f"per image ({c.findings[0]['message']})", codes))
+                continue
+            shrunk.append(dict(index=c.index, id=c.id, tokens_before=sum(c.tokens),
+                               tokens_after=sum(nb.tokens(h, w) for w, h in c.sizes), images=_shrink(c, nb, root, allow_outside, jobs)))
+        keep.append(c)
+    return keep, shrunk, dropped, jobs
+
+def _copy_images(c: SampleCheck, root: Path, allow_outside: bool, tmp: Path, linked: set) -> list[str]:
+    "A kept sample's images linked or copied into the new dataset; the references that name them there."
+    refs = []
+    for ref in c.sample.images:
+        src = _resolve(root, ref, allow_outside)
+        if root not in src.parents: refs.append(str(src)); continue   # allowed outside: absolute
+        # the file goes where the sample names it (a symlink's own path, not its target's), so the
+        # copy's reference names a file the copy holds
+        lex = Path(os.path.normpath(ref))
+        rel = lex if not lex.is_absolute() and lex.parts[:1] != ('..',) else src.relative_to(root)
+        if rel not in linked: _link_or_copy(src, tmp / rel); linked.add(rel)
+        refs.append(ref if rel == lex else str(rel))
+    return refs
+
+def _write_info(ds: Dataset, tmp: Path):
+    "The dataset_info.json entries that describe the fixed file (LLaMA-Factory reads sharegpt and alpaca through one)."
+    info_src = ds.path.parent / 'dataset_info.json'
+    if info_src.exists():              # keep the entries that describe this file
+        entries = {k: v for k, v in json.loads(info_src.read_text()).items()
+                   if k == ds.name or (isinstance(v, dict) and v.get('file_name') == ds.path.name)}
+        if entries: (tmp / 'dataset_info.json').write_text(json.dumps(entries, indent=1))
+    elif ds.spec.format != 'messages':
+        (tmp / 'dataset_info.json').write_text(json.dumps({ds.path.stem: info_entry(ds.spec, ds.path.name)}, indent=1))
+
 def fix_dataset(data, out, model, cutoff_len: int, strategy: str = 'shrink', budget: Budget | None = None,
                 floor_tokens: int = 64, name: str | None = None, placeholder: str = DEFAULT_PLACEHOLDER,
                 allow_outside: bool = False, workers: int | None = None, progress: bool = True) -> FixReport:
@@ -389,43 +458,10 @@ def fix_dataset(data, out, model, cutoff_len: int, strategy: str = 'shrink', bud
         raise QvlError(f"{out} is inside the dataset's folder {ds.root}: choose a directory outside it")
     b = model_budget(info, budget)
     records = json.loads(json.dumps(ds.records))       # a deep copy: the source records stay as read
-    added = []
-    for i, r in enumerate(records):                    # 1. placeholders where a sample has images but none
-        try: s = parse_sample(r, ds.spec, placeholder)
-        except QvlError: continue
-        if s.images and s.image_parts == 0 and _add_placeholders(r, ds.spec, len(s.images), placeholder):
-            added.append(dict(index=i, id=r.get('id'), images=len(s.images)))
-    fixed = Dataset(ds.path, records, ds.spec, ds.name)
-    checks = analyse(fixed, info, b, cutoff_len, placeholder, allow_outside, progress)
-    keep, shrunk, dropped, jobs = [], [], [], {}
-    for c in checks:                                   # 2. decide each sample
-        codes = [f['code'] for f in c.findings]
-        hard = [f for f in c.findings if f['code'] in DROP_CODES]
-        if hard:
-            dropped.append(dict(index=c.index, id=c.id, codes=sorted(set(codes)), reason='; '.join(f"{f['code']}: {f['message']}" for f in hard)))
-            continue
-        if codes and strategy == 'drop':
-            dropped.append(dict(index=c.index, id=c.id, codes=codes, reason='; '.join(f"{f['code']}: {f['message']}" for f in c.findings)))
-            continue
-        if codes:
-            nb = _largest_fit(c, b, cutoff_len, floor_tokens)
-            if nb is None:
-                dropped.append(dict(index=c.index, id=c.id, codes=codes, reason=f"does not fit cutoff_len {cutoff_len} "
-                                    f"even at {floor_tokens} visual tokens per image ({c.findings[0]['message']})"))
-                continue
-            refs = []
-            for ref in c.sample.images:
-                src = _resolve(ds.root, ref, allow_outside)
-                h, w = nb.fit(*reversed(c.sizes[len(refs)]))
-                p = Path(ref)
-                rel = str(Path('resized') / (p.parent if not p.is_absolute() and src.is_relative_to(ds.root) else 'outside')
-                          / f"{p.stem}.{w}x{h}{p.suffix}")
-                jobs.setdefault(rel, ResizeJob(str(src), '', rel, nb))
-                refs.append(rel)
-            shrunk.append(dict(index=c.index, id=c.id, tokens_before=sum(c.tokens),
-                               tokens_after=sum(nb.tokens(h, w) for w, h in c.sizes), images=refs))
-        keep.append(c)
-    by_index = {s['index']: s for s in shrunk}
+    added = _add_missing_placeholders(records, ds.spec, placeholder)
+    checks = analyse(Dataset(ds.path, records, ds.spec, ds.name), info, b, cutoff_len, placeholder, allow_outside, progress)
+    keep, shrunk, dropped, jobs = _decide(checks, b, cutoff_len, strategy, floor_tokens, ds.root, allow_outside)
+    by_index = {s['index']: s['images'] for s in shrunk}
     def build(tmp: Path):                             # 3. write images, data and reports into a new directory
         todo = [dataclasses.replace(j, dst=str(tmp / j.rel)) for j in jobs.values()]
         manifest = run_jobs(todo, tmp, workers, progress) if todo else None
@@ -435,37 +471,21 @@ def fix_dataset(data, out, model, cutoff_len: int, strategy: str = 'shrink', bud
         linked, out_records = set(), []
         for c in keep:
             r = records[c.index]
-            if c.index in by_index: refs = by_index[c.index]['images']
-            else:
-                refs = []
-                for ref in c.sample.images:
-                    src = _resolve(ds.root, ref, allow_outside)
-                    if ds.root not in src.parents: refs.append(str(src)); continue   # allowed outside: absolute
-                    # the file goes where the sample names it (a symlink's own path, not its target's), so the
-                    # copy's reference names a file the copy holds
-                    lex = Path(os.path.normpath(ref))
-                    rel = lex if not lex.is_absolute() and lex.parts[:1] != ('..',) else src.relative_to(ds.root)
-                    if rel not in linked: _link_or_copy(src, tmp / rel); linked.add(rel)
-                    refs.append(ref if rel == lex else str(rel))
+            refs = by_index[c.index] if c.index in by_index else _copy_images(c, ds.root, allow_outside, tmp, linked)
             if refs != c.sample.images: set_image_refs(r, refs, ds.spec)
             out_records.append(r)
         write_records(out_records, tmp / ds.path.name)
-        info_src = ds.path.parent / 'dataset_info.json'
-        if info_src.exists():              # keep the entries that describe this file
-            entries = {k: v for k, v in json.loads(info_src.read_text()).items()
-                       if k == ds.name or (isinstance(v, dict) and v.get('file_name') == ds.path.name)}
-            if entries: (tmp / 'dataset_info.json').write_text(json.dumps(entries, indent=1))
-        elif ds.spec.format != 'messages':  # LLaMA-Factory reads the result through a dataset_info.json
-            (tmp / 'dataset_info.json').write_text(json.dumps({ds.path.stem: info_entry(ds.spec, ds.path.name)}, indent=1))
+        _write_info(ds, tmp)
         import csv
         with open(tmp / 'dropped.csv', 'w', newline='') as f:
             w = csv.DictWriter(f, ['index', 'id', 'codes', 'reason']); w.writeheader()
-            for d in dropped: w.writerow(dict(d, codes=' '.join(d['codes'])))
+            for row in dropped: w.writerow(dict(row, codes=' '.join(row['codes'])))
         (tmp / 'fix_report.json').write_text(json.dumps(dict(source=str(ds.path), model=info.name, cutoff_len=cutoff_len,
             strategy=strategy, floor_tokens=floor_tokens, kept=len(keep), placeholders_added=added, shrunk=shrunk,
             dropped=dropped), indent=1, default=str))
     atomic_dir(out, build)
     return FixReport(out, len(keep), added, shrunk, dropped, info.findings)
+
 
 # %% ../nbs/04_tokens.ipynb #30464296
 def fix_model(model, out) -> list[str]:

@@ -10,13 +10,13 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING: import pandas as pd      # names in annotations only
 from .config import TrainConfig, config_from_dict, device_type, rank, resolve_precision, sharding_mode, world_size
 from .core import QvlError, atomic_dir, atomic_file, check_model_dir
-from .model import decoder_layers, model_shape, prepare_model, token_type_id
+from .model import decoder_layers, model_shape, param_part, prepare_model, token_type_id
 from .resize import Budget
 
 # %% auto #0
 __all__ = ['RESUMABLE_KEYS', 'setup_device', 'end_process_group', 'all_reduce_sum', 'optimizer_options', 'make_optimizer',
-           'enable_fast', 'stream_indices', 'lr_lambda', 'latest_checkpoint', 'resume_conflicts', 'Trainer',
-           'step_rates', 'run_summary', 'summary_line', 'export_merged', 'tiny_run_config']
+           'enable_fast', 'stream_indices', 'lr_lambda', 'latest_checkpoint', 'resume_conflicts', 'step_rates',
+           'run_summary', 'summary_line', 'Trainer', 'export_merged', 'tiny_run_config']
 
 # %% ../nbs/09_train.ipynb #97c3aa2e
 def setup_device():
@@ -146,8 +146,209 @@ def resume_conflicts(saved: dict, cfg: TrainConfig) -> list[str]:
     return [f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in now
             if k not in RESUMABLE_KEYS and k in saved and json.loads(json.dumps(saved[k], default=str)) != json.loads(json.dumps(now[k], default=str))]
 
-# %% ../nbs/09_train.ipynb #831f2df8
-class Trainer:
+# %% ../nbs/09_train.ipynb #c5698c56
+def step_rates(steps: list[dict], peak_flops: float | None = None) -> dict:
+    """Throughput of the logged `steps` (train_step results): tokens/s, TFLOP/s and MFU over the steady steps; the
+    warm-up step (compilation, autotuning, allocator growth) is reported apart as `warmup_s` and counts only when
+    the window holds nothing else."""
+    warm = [r for r in steps if r.get('warmup')]
+    use = [r for r in steps if not r.get('warmup')] or warm
+    sec = max(sum(r['seconds'] for r in use), 1e-9)
+    out = dict(tokens_per_s=round(sum(r['tokens'] for r in use) / sec, 1),
+               tflops=round(sum(r.get('flops', 0) for r in use) / sec / 1e12, 3))
+    if peak_flops: out['mfu'] = round(sum(r.get('flops', 0) for r in use) / sec / peak_flops, 4)
+    if warm: out['warmup_s'] = round(sum(r['seconds'] for r in warm), 3)
+    return out
+
+def run_summary(history: list[dict], steady: list[dict], peak_flops: float | None, first: int) -> dict:
+    "Warm-up apart from the steady state of this process's steps, and the memory peaks of the whole run."
+    if not steady and not history: return {}
+    r = dict(first_step=first, steady_steps=len(steady))
+    warm = [h['warmup_s'] for h in history if 'warmup_s' in h and h['step'] >= first]
+    if warm: r['warmup_s'] = warm[0]
+    if steady:
+        r['steady_s_per_step'] = round(sum(x['seconds'] for x in steady) / len(steady), 4)
+        r.update({k: v for k, v in step_rates(steady, peak_flops).items() if k != 'warmup_s'})
+    for k in ('max_allocated_gb', 'max_reserved_gb'):
+        v = [h[k] for h in history if k in h and h['step'] >= first]
+        if v: r[k] = round(max(v), 3)
+    return r
+
+def summary_line(s: dict) -> str:
+    "One line for the end of a run: warm-up, then the steady state."
+    parts = [f"warm-up {s['warmup_s']:.1f} s (step {s['first_step']})"] if 'warmup_s' in s else []
+    if 'steady_s_per_step' in s:
+        parts.append(f"steady state {s['steady_s_per_step']:.3f} s/step, {s['tokens_per_s']:,.0f} tokens/s, "
+                     f"{s['tflops']:.1f} TFLOP/s" + (f", MFU {s['mfu']:.1%}" if 'mfu' in s else ''))
+    if 'max_allocated_gb' in s: parts.append(f"peak {s['max_allocated_gb']:.2f} GiB allocated, {s['max_reserved_gb']:.2f} GiB reserved")
+    return '; '.join(parts)
+
+class _FlopCounter:
+    "Model FLOPs of a micro-batch from its items' real lengths, images and labels (`qvl.fast.batch_flops`)."
+    def __init__(self, cfg: TrainConfig, model):
+        self.cfg, self.shape = cfg, model_shape(cfg.model)
+        self.vision_trains = any(p.requires_grad for n, p in model.named_parameters() if param_part(n) in ('vision', 'merger'))
+
+    def __call__(self, items) -> float:
+        from qvl.fast import batch_flops
+        rows = [(len(it['input_ids']), [int(g.prod()) for g in it['image_grid_thw']] if 'image_grid_thw' in it else [],
+                 int((it['labels'][1:] != -100).sum())) for it in items]
+        return batch_flops(self.shape, rows, self.cfg.method, self.cfg.lora_rank, not self.vision_trains)['total']
+
+def _device_peak_flops(device) -> float | None:
+    if device.type != 'cuda': return None
+    import torch
+    from qvl.fast import peak_flops
+    return peak_flops(torch.cuda.get_device_name(device))
+
+# %% ../nbs/09_train.ipynb #98cef509
+def _in_notebook() -> bool:
+    try:
+        from IPython import get_ipython
+        return get_ipython() is not None and 'IPKernelApp' in get_ipython().config
+    except Exception: return False
+
+_PLOT = {}
+def _live_plot(history: list[dict]):
+    "Redraw the loss curve in place in a notebook."
+    import matplotlib.pyplot as plt
+    from IPython.display import display
+    fig, ax = plt.subplots(figsize=(6, 3))
+    steps = [h['step'] for h in history]
+    ax.plot(steps, [h['loss'] for h in history], label='train loss')
+    ev = [(h['step'], h['eval_loss']) for h in history if 'eval_loss' in h]
+    if ev: ax.plot(*zip(*ev), 'o-', label='eval loss')
+    ax.set_xlabel('step'); ax.set_ylabel('loss'); ax.legend(); fig.tight_layout()
+    if 'handle' not in _PLOT: _PLOT['handle'] = display(fig, display_id=True)
+    else: _PLOT['handle'].update(fig)
+    plt.close(fig)
+
+# %% ../nbs/09_train.ipynb #2f4248ad
+class _Evaluation:
+    "The held-out half of `Trainer`: loss on eval data, exact answers, and the detail check across resize budgets."
+    def evaluate(self, limit: int | None = None) -> float:
+        "Token-weighted loss on the held-out examples."
+        import torch
+        if self.eval_set is None: raise QvlError("no eval_data in the config")
+        self.model.eval()
+        n = len(self.eval_set) if limit is None else min(limit, len(self.eval_set))
+        mine = list(range(rank(), n, world_size()))
+        total, count = 0.0, 0
+        with torch.no_grad(), self._autocast():
+            for s in range(0, len(mine), self.cfg.batch_size):
+                idx = mine[s:s + self.cfg.batch_size]
+                k = self._label_tokens(self.eval_examples, idx)
+                out = self.model(**self._batch(self.eval_set, idx), num_items_in_batch=max(1, k), use_cache=False)
+                total += out.loss.item() * k; count += k
+        return all_reduce_sum(total, self.device) / max(1, all_reduce_sum(count, self.device))
+
+    def answers_correct(self, examples) -> list[bool]:
+        "Per example: does greedy decoding give exactly its answer? (Teacher-forced argmax over the answer tokens: when every one matches, greedy decoding produces the same tokens.)"
+        import torch
+        from qvl.data import VisionTextDataset
+        ds, out = VisionTextDataset(examples, self.processor), []
+        self.model.eval()
+        with torch.no_grad(), self._autocast():
+            for s in range(0, len(ds), self.cfg.batch_size):
+                idx = list(range(s, min(s + self.cfg.batch_size, len(ds))))
+                b = self._batch(ds, idx)
+                pred = self.module(**{k: v for k, v in b.items() if k != 'labels'}, use_cache=False).logits.argmax(-1)
+                lab = b['labels']
+                hit = (pred[:, :-1] == lab[:, 1:]) | (lab[:, 1:] == -100)
+                out += hit.all(1).tolist()
+        return out
+
+    def detail_check(self, data=None, sides=None, limit: int | None = None):
+        "Answer accuracy on held-out samples at several square resize budgets: does downsampling lose what the task needs?"
+        import pandas as pd
+        from qvl.formats import load_dataset
+        from qvl.data import build_examples
+        data = data or self.cfg.eval_data
+        sides = sides or self.cfg.detail_budgets
+        if not data or not sides: raise QvlError("detail_check needs eval data and budgets (detail_budgets in the config)")
+        ds = load_dataset(data)
+        if limit: ds.records = ds.records[:limit]
+        rows = []
+        for side in sides:
+            ex = build_examples(ds, self.cfg.model, Budget(target=(side, side)), self.cfg.cutoff_len, self.cfg.placeholder,
+                                self.cfg.allow_outside, progress=False)
+            correct = self.answers_correct(ex)
+            tasks = [ds.records[i].get('task', 'all') if isinstance(ds.records[i], dict) else 'all' for i in ex.index]
+            f = self._flops.shape.factor            # the model's own image factor (28, or 32 for Qwen3-VL)
+            tokens = [sum((h // f) * (w // f) for _, h, w in im) for im in ex.images]
+            for t, c, k in zip(tasks, correct, tokens): rows.append(dict(budget=f'{side}x{side}', side=side, task=t, correct=c, visual_tokens=k))
+        df = pd.DataFrame(rows)
+        return df.groupby(['budget', 'side', 'task'], sort=False).agg(accuracy=('correct', 'mean'), samples=('correct', 'size'),
+                                                                     visual_tokens=('visual_tokens', 'mean')).reset_index()
+
+# %% ../nbs/09_train.ipynb #7b11b068
+class _Checkpoints:
+    "The persistent half of `Trainer`: checkpoints that resume exactly, the log, and the final adapter or model."
+    def _trainable_state(self) -> dict:
+        return {n: p.detach().contiguous().cpu() for n, p in self.module.named_parameters() if p.requires_grad}
+
+    def save_checkpoint(self) -> Path | None:
+        "Write a complete checkpoint of this step (rank 0), atomically."
+        from safetensors.torch import save_file
+        from qvl.core import write_checksums
+        if self.sharding == 'fsdp': raise QvlError("resumable checkpoints of FSDP-sharded runs are not supported yet: use save_every 0")
+        if rank() != 0: return None
+        opt_t, opt_m = _optimizer_state(self.optimizer)
+        rng_t, rng_m = _rng_state()
+        def build(tmp: Path):
+            save_file(self._trainable_state(), tmp / 'trainable.safetensors')
+            save_file(opt_t, tmp / 'optimizer.safetensors')
+            save_file(rng_t, tmp / 'rng.safetensors')
+            if self.cfg.method != 'full': self.module.save_pretrained(tmp / 'adapter')
+            (tmp / 'trainer.json').write_text(json.dumps(dict(step=self.step, position=self.position,
+                scheduler=self.scheduler.state_dict()['last_epoch'], optimizer=opt_m, rng=rng_m,
+                config=dataclasses.asdict(self.cfg)), default=str))
+            write_checksums(tmp)
+        return atomic_dir(self.out / 'checkpoints' / f'step-{self.step:07d}', build)
+
+    def load_checkpoint(self, path: Path):
+        "Restore weights, optimizer, scheduler, random states and data position from `path`."
+        import torch
+        from safetensors.torch import load_file
+        meta = json.loads((path / 'trainer.json').read_text())
+        params = dict(self.module.named_parameters())
+        for n, t in load_file(path / 'trainable.safetensors').items():
+            if n not in params: raise QvlError(f"{path}: parameter {n} is not in this model: was it another config?")
+            with torch.no_grad(): params[n].copy_(t.to(params[n].device))
+        _load_optimizer_state(self.optimizer, load_file(path / 'optimizer.safetensors', device=str(self.device)), meta['optimizer'])
+        self.scheduler.last_epoch = meta['scheduler']
+        self.scheduler._last_lr = [g['lr'] for g in self.optimizer.param_groups]
+        _set_rng_state(load_file(path / 'rng.safetensors'), meta['rng'])
+        self.step, self.position = meta['step'], meta['position']
+
+    def _log(self, rec: dict):
+        if rank() != 0: return
+        self.history.append(rec)
+        with open(self.out / 'log.jsonl', 'a') as f: f.write(json.dumps(rec) + '\n')
+        import pandas as pd
+        atomic_file(self.out / 'log.csv', lambda tmp: pd.DataFrame(self.history).to_csv(tmp, index=False))
+
+    def _restore_log(self):
+        p = self.out / 'log.jsonl'
+        rows = [json.loads(l) for l in p.read_text().splitlines() if l.strip()] if p.exists() else []
+        self.history = [r for r in rows if r['step'] <= self.step]
+        if rank() == 0: atomic_file(p, lambda tmp: Path(tmp).write_text(''.join(json.dumps(r) + '\n' for r in self.history)))
+
+    def save_final(self) -> Path | None:
+        "The adapter (peft format) or the full model, with the processor, under the run directory."
+        state = None
+        if self.sharding == 'fsdp':   # every rank takes part in gathering the full weights; rank 0 writes them
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+            state = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if rank() != 0: return None
+        dst = self.out / ('model' if self.cfg.method == 'full' else 'adapter')
+        def build(tmp: Path):
+            self.module.save_pretrained(tmp, state_dict=state)
+            if self.cfg.method == 'full' and self.processor: self.processor.save_pretrained(tmp)
+        return atomic_dir(dst, build)
+
+# %% ../nbs/09_train.ipynb #f3b9eccd
+class Trainer(_Checkpoints, _Evaluation):
     """A training run: `fit()` trains, logs and checkpoints; `evaluate()` gives the held-out loss.
 
     `model`: an already loaded model instead of loading `cfg.model` (the method, checkpointing and the fast step are
@@ -300,113 +501,6 @@ class Trainer:
             import gc; gc.collect(); torch.cuda.empty_cache()
         return row
 
-    def evaluate(self, limit: int | None = None) -> float:
-        "Token-weighted loss on the held-out examples."
-        import torch
-        if self.eval_set is None: raise QvlError("no eval_data in the config")
-        self.model.eval()
-        n = len(self.eval_set) if limit is None else min(limit, len(self.eval_set))
-        mine = list(range(rank(), n, world_size()))
-        total, count = 0.0, 0
-        with torch.no_grad(), self._autocast():
-            for s in range(0, len(mine), self.cfg.batch_size):
-                idx = mine[s:s + self.cfg.batch_size]
-                k = self._label_tokens(self.eval_examples, idx)
-                out = self.model(**self._batch(self.eval_set, idx), num_items_in_batch=max(1, k), use_cache=False)
-                total += out.loss.item() * k; count += k
-        return all_reduce_sum(total, self.device) / max(1, all_reduce_sum(count, self.device))
-
-    def answers_correct(self, examples) -> list[bool]:
-        "Per example: does greedy decoding give exactly its answer? (Teacher-forced argmax over the answer tokens: when every one matches, greedy decoding produces the same tokens.)"
-        import torch
-        from qvl.data import VisionTextDataset
-        ds, out = VisionTextDataset(examples, self.processor), []
-        self.model.eval()
-        with torch.no_grad(), self._autocast():
-            for s in range(0, len(ds), self.cfg.batch_size):
-                idx = list(range(s, min(s + self.cfg.batch_size, len(ds))))
-                b = self._batch(ds, idx)
-                pred = self.module(**{k: v for k, v in b.items() if k != 'labels'}, use_cache=False).logits.argmax(-1)
-                lab = b['labels']
-                hit = (pred[:, :-1] == lab[:, 1:]) | (lab[:, 1:] == -100)
-                out += hit.all(1).tolist()
-        return out
-
-    def detail_check(self, data=None, sides=None, limit: int | None = None):
-        "Answer accuracy on held-out samples at several square resize budgets: does downsampling lose what the task needs?"
-        import pandas as pd
-        from qvl.tokens import load_dataset
-        from qvl.data import build_examples
-        data = data or self.cfg.eval_data
-        sides = sides or self.cfg.detail_budgets
-        if not data or not sides: raise QvlError("detail_check needs eval data and budgets (detail_budgets in the config)")
-        ds = load_dataset(data)
-        if limit: ds.records = ds.records[:limit]
-        rows = []
-        for side in sides:
-            ex = build_examples(ds, self.cfg.model, Budget(target=(side, side)), self.cfg.cutoff_len, self.cfg.placeholder,
-                                self.cfg.allow_outside, progress=False)
-            correct = self.answers_correct(ex)
-            tasks = [ds.records[i].get('task', 'all') if isinstance(ds.records[i], dict) else 'all' for i in ex.index]
-            f = self._flops.shape.factor            # the model's own image factor (28, or 32 for Qwen3-VL)
-            tokens = [sum((h // f) * (w // f) for _, h, w in im) for im in ex.images]
-            for t, c, k in zip(tasks, correct, tokens): rows.append(dict(budget=f'{side}x{side}', side=side, task=t, correct=c, visual_tokens=k))
-        df = pd.DataFrame(rows)
-        return df.groupby(['budget', 'side', 'task'], sort=False).agg(accuracy=('correct', 'mean'), samples=('correct', 'size'),
-                                                                     visual_tokens=('visual_tokens', 'mean')).reset_index()
-
-    # -- checkpoints --------------------------------------------------------------------------------
-    def _trainable_state(self) -> dict:
-        return {n: p.detach().contiguous().cpu() for n, p in self.module.named_parameters() if p.requires_grad}
-
-    def save_checkpoint(self) -> Path | None:
-        "Write a complete checkpoint of this step (rank 0), atomically."
-        from safetensors.torch import save_file
-        from qvl.core import write_checksums
-        if self.sharding == 'fsdp': raise QvlError("resumable checkpoints of FSDP-sharded runs are not supported yet: use save_every 0")
-        if rank() != 0: return None
-        opt_t, opt_m = _optimizer_state(self.optimizer)
-        rng_t, rng_m = _rng_state()
-        def build(tmp: Path):
-            save_file(self._trainable_state(), tmp / 'trainable.safetensors')
-            save_file(opt_t, tmp / 'optimizer.safetensors')
-            save_file(rng_t, tmp / 'rng.safetensors')
-            if self.cfg.method != 'full': self.module.save_pretrained(tmp / 'adapter')
-            (tmp / 'trainer.json').write_text(json.dumps(dict(step=self.step, position=self.position,
-                scheduler=self.scheduler.state_dict()['last_epoch'], optimizer=opt_m, rng=rng_m,
-                config=dataclasses.asdict(self.cfg)), default=str))
-            write_checksums(tmp)
-        return atomic_dir(self.out / 'checkpoints' / f'step-{self.step:07d}', build)
-
-    def load_checkpoint(self, path: Path):
-        "Restore weights, optimizer, scheduler, random states and data position from `path`."
-        import torch
-        from safetensors.torch import load_file
-        meta = json.loads((path / 'trainer.json').read_text())
-        params = dict(self.module.named_parameters())
-        for n, t in load_file(path / 'trainable.safetensors').items():
-            if n not in params: raise QvlError(f"{path}: parameter {n} is not in this model: was it another config?")
-            with torch.no_grad(): params[n].copy_(t.to(params[n].device))
-        _load_optimizer_state(self.optimizer, load_file(path / 'optimizer.safetensors', device=str(self.device)), meta['optimizer'])
-        self.scheduler.last_epoch = meta['scheduler']
-        self.scheduler._last_lr = [g['lr'] for g in self.optimizer.param_groups]
-        _set_rng_state(load_file(path / 'rng.safetensors'), meta['rng'])
-        self.step, self.position = meta['step'], meta['position']
-
-    # -- the loop -----------------------------------------------------------------------------------
-    def _log(self, rec: dict):
-        if rank() != 0: return
-        self.history.append(rec)
-        with open(self.out / 'log.jsonl', 'a') as f: f.write(json.dumps(rec) + '\n')
-        import pandas as pd
-        atomic_file(self.out / 'log.csv', lambda tmp: pd.DataFrame(self.history).to_csv(tmp, index=False))
-
-    def _restore_log(self):
-        p = self.out / 'log.jsonl'
-        rows = [json.loads(l) for l in p.read_text().splitlines() if l.strip()] if p.exists() else []
-        self.history = [r for r in rows if r['step'] <= self.step]
-        if rank() == 0: atomic_file(p, lambda tmp: Path(tmp).write_text(''.join(json.dumps(r) + '\n' for r in self.history)))
-
     def fit(self, steps: int | None = None, resume: bool = False) -> 'pd.DataFrame':
         "Train to `steps` (default: the config's) optimizer steps; with `resume`, from the last checkpoint."
         import torch, pandas as pd
@@ -464,94 +558,6 @@ class Trainer:
             atomic_file(self.out / 'detail_check.csv', lambda tmp: dc.to_csv(tmp, index=False))
         if world_size() > 1: _barrier()    # every rank leaves once rank 0 has written the results
         return pd.DataFrame(self.history)
-
-    def save_final(self) -> Path | None:
-        "The adapter (peft format) or the full model, with the processor, under the run directory."
-        state = None
-        if self.sharding == 'fsdp':   # every rank takes part in gathering the full weights; rank 0 writes them
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-            state = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        if rank() != 0: return None
-        dst = self.out / ('model' if self.cfg.method == 'full' else 'adapter')
-        def build(tmp: Path):
-            self.module.save_pretrained(tmp, state_dict=state)
-            if self.cfg.method == 'full' and self.processor: self.processor.save_pretrained(tmp)
-        return atomic_dir(dst, build)
-
-def step_rates(steps: list[dict], peak_flops: float | None = None) -> dict:
-    """Throughput of the logged `steps` (train_step results): tokens/s, TFLOP/s and MFU over the steady steps; the
-    warm-up step (compilation, autotuning, allocator growth) is reported apart as `warmup_s` and counts only when
-    the window holds nothing else."""
-    warm = [r for r in steps if r.get('warmup')]
-    use = [r for r in steps if not r.get('warmup')] or warm
-    sec = max(sum(r['seconds'] for r in use), 1e-9)
-    out = dict(tokens_per_s=round(sum(r['tokens'] for r in use) / sec, 1),
-               tflops=round(sum(r.get('flops', 0) for r in use) / sec / 1e12, 3))
-    if peak_flops: out['mfu'] = round(sum(r.get('flops', 0) for r in use) / sec / peak_flops, 4)
-    if warm: out['warmup_s'] = round(sum(r['seconds'] for r in warm), 3)
-    return out
-
-def run_summary(history: list[dict], steady: list[dict], peak_flops: float | None, first: int) -> dict:
-    "Warm-up apart from the steady state of this process's steps, and the memory peaks of the whole run."
-    if not steady and not history: return {}
-    r = dict(first_step=first, steady_steps=len(steady))
-    warm = [h['warmup_s'] for h in history if 'warmup_s' in h and h['step'] >= first]
-    if warm: r['warmup_s'] = warm[0]
-    if steady:
-        r['steady_s_per_step'] = round(sum(x['seconds'] for x in steady) / len(steady), 4)
-        r.update({k: v for k, v in step_rates(steady, peak_flops).items() if k != 'warmup_s'})
-    for k in ('max_allocated_gb', 'max_reserved_gb'):
-        v = [h[k] for h in history if k in h and h['step'] >= first]
-        if v: r[k] = round(max(v), 3)
-    return r
-
-def summary_line(s: dict) -> str:
-    "One line for the end of a run: warm-up, then the steady state."
-    parts = [f"warm-up {s['warmup_s']:.1f} s (step {s['first_step']})"] if 'warmup_s' in s else []
-    if 'steady_s_per_step' in s:
-        parts.append(f"steady state {s['steady_s_per_step']:.3f} s/step, {s['tokens_per_s']:,.0f} tokens/s, "
-                     f"{s['tflops']:.1f} TFLOP/s" + (f", MFU {s['mfu']:.1%}" if 'mfu' in s else ''))
-    if 'max_allocated_gb' in s: parts.append(f"peak {s['max_allocated_gb']:.2f} GiB allocated, {s['max_reserved_gb']:.2f} GiB reserved")
-    return '; '.join(parts)
-
-class _FlopCounter:
-    "Model FLOPs of a micro-batch from its items' real lengths, images and labels (`qvl.fast.batch_flops`)."
-    def __init__(self, cfg: TrainConfig, model):
-        self.cfg, self.shape = cfg, model_shape(cfg.model)
-        self.vision_trains = any(p.requires_grad for n, p in model.named_parameters() if 'visual.' in n)
-
-    def __call__(self, items) -> float:
-        from qvl.fast import batch_flops
-        rows = [(len(it['input_ids']), [int(g.prod()) for g in it['image_grid_thw']] if 'image_grid_thw' in it else [],
-                 int((it['labels'][1:] != -100).sum())) for it in items]
-        return batch_flops(self.shape, rows, self.cfg.method, self.cfg.lora_rank, not self.vision_trains)['total']
-
-def _device_peak_flops(device) -> float | None:
-    if device.type != 'cuda': return None
-    import torch
-    from qvl.fast import peak_flops
-    return peak_flops(torch.cuda.get_device_name(device))
-
-def _in_notebook() -> bool:
-    try:
-        from IPython import get_ipython
-        return get_ipython() is not None and 'IPKernelApp' in get_ipython().config
-    except Exception: return False
-
-_PLOT = {}
-def _live_plot(history: list[dict]):
-    "Redraw the loss curve in place in a notebook."
-    import matplotlib.pyplot as plt
-    from IPython.display import display
-    fig, ax = plt.subplots(figsize=(6, 3))
-    steps = [h['step'] for h in history]
-    ax.plot(steps, [h['loss'] for h in history], label='train loss')
-    ev = [(h['step'], h['eval_loss']) for h in history if 'eval_loss' in h]
-    if ev: ax.plot(*zip(*ev), 'o-', label='eval loss')
-    ax.set_xlabel('step'); ax.set_ylabel('loss'); ax.legend(); fig.tight_layout()
-    if 'handle' not in _PLOT: _PLOT['handle'] = display(fig, display_id=True)
-    else: _PLOT['handle'].update(fig)
-    plt.close(fig)
 
 # %% ../nbs/09_train.ipynb #afce2b9b
 def export_merged(run_dir, out) -> Path:
