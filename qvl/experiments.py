@@ -337,7 +337,7 @@ def _capacity_lines(ax, top):
 
 def plot_vram(res, out_dir=None) -> dict:
     "The sweep's four figures (matplotlib), saved as PNG in `out_dir` when given."
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt, pandas as pd
     figs = {}
     res = res.copy()
     has_meas = 'measured_allocated_gb' in res and res['measured_allocated_gb'].notna().any()
@@ -373,14 +373,21 @@ def plot_vram(res, out_dir=None) -> dict:
     ax.set_title(f'full fine-tuning against LoRA, batch {res.batch_size.min()}', fontsize=10); fig.tight_layout()
     figs['full_vs_lora'] = fig
     fig, ax = plt.subplots(figsize=(4.6, 4.2))
-    if has_meas:
-        ok = res[res.status == 'ok']
+    # like with like: a GPU estimate against GPU peaks only. The tiny model's CPU steps (live tensor storage, no CUDA
+    # context or kernels' workspace) measure another quantity: they are kept in results.csv, not drawn against it.
+    on_cpu = res.get('measured_on', pd.Series('', index=res.index)).fillna('').astype(str).str.startswith('cpu')
+    ok = res[(res.status == 'ok') & ~on_cpu] if has_meas else res.iloc[:0]
+    if len(ok):
         for (model, method), g in ok.groupby(['model', 'method']):
             ax.scatter(g.measured_allocated_gb, g.predicted_allocated_gb, s=12, label=f'{Path(str(model)).name} {method}')
         lim = max(ok.measured_allocated_gb.max(), ok.predicted_allocated_gb.max()) * 1.05
         ax.plot([0, lim], [0, lim], 'k:', lw=0.8); ax.legend(fontsize=7)
         err = (ok.predicted_allocated_gb / ok.measured_allocated_gb - 1).abs()
         ax.set_title(f'measured vs predicted: median error {err.median():.1%}, worst {err.max():.1%}', fontsize=9)
+    elif has_meas:
+        ax.set_title('measured on the CPU only: not compared with the GPU estimate', fontsize=9)
+        ax.text(0.5, 0.5, 'CPU steps of the tiny model (live tensors)\nare not GPU peaks: see results.csv.\n'
+                'Run the sweep on a GPU to compare.', ha='center', va='center', fontsize=8, transform=ax.transAxes)
     else: ax.set_title('nothing measured', fontsize=9)
     ax.set_xlabel('measured peak allocated (GB)'); ax.set_ylabel('predicted (GB)'); fig.tight_layout()
     figs['measured_vs_predicted'] = fig
