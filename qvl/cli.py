@@ -229,13 +229,26 @@ def _setup(a):
     cfg = load_config(a.config, **{**_overrides(a.set), **{k: v for k, v in given.items() if k in RUN_KEYS}})
     return Setup.of(cfg, **{k: v for k, v in given.items() if k not in RUN_KEYS}), cfg
 
+_NOMINAL = ('image_size', 'images_per_sample', 'prompt_tokens', 'answer_tokens')    # a made-up sample instead of the data
+
 def cmd_estimate(a) -> int:
     import dataclasses, json
-    from qvl.memory import GB, advise, estimate_setup, what_fits
-    s, _ = _setup(a)
-    e = estimate_setup(s)
+    from qvl.memory import GB, advise, estimate_data, estimate_setup, what_fits
+    s, cfg = _setup(a)
+    where = None
+    if cfg is not None and not any(hasattr(a, k) for k in _NOMINAL):
+        if Path(cfg.data).exists(): e, where = estimate_data(cfg, s, progress=not a.json)
+        else:
+            print(f"{cfg.data} not found: the estimate of a nominal sample ({s.image_size} image, {s.prompt_tokens} + "
+                  f"{s.answer_tokens} text tokens)", file=sys.stderr)
+            e = estimate_setup(s)
+    else: e = estimate_setup(s)
     if a.json:
-        print(json.dumps(e.to_json(), indent=1)); return 0
+        print(json.dumps(dict(e.to_json(), largest_batch=where), indent=1, default=str)); return 0
+    if where:
+        print(f"the largest micro-batch of {where['examples']} training examples over the run's {cfg.steps} steps "
+              f"({where['distinct_batches']} distinct shapes): step {where['step']}, GPU {where['gpu']}, samples "
+              + ', '.join(f"#{i}" + (f" (id {n})" if n is not None else '') for i, n in zip(where['samples'], where['ids'])))
     print(e)
     print(advise(e, a.gpu_memory * GB))
     if a.fits:
@@ -448,8 +461,10 @@ def commands() -> list[Command]:
                     'component, from the model config alone; say whether it fits and what would.',
                 args=[
             arg('config', metavar='RUN.yaml', nargs='?',
-                    help='a `qvl train` config: estimate that run (its model, method, batch, precision, checkpointing, step); '
-                         'flags of its keys override it, the others give the image size, text and GPUs'),
+                    help='a `qvl train` config: estimate that run (its model, method, batch, precision, checkpointing, step) on '
+                         'its own data: every sample tokenized and resized as training does, the largest micro-batch the run '
+                         'will see (and which samples make it). Flags of its keys override it; --image-size and the text '
+                         'flags estimate a nominal sample instead'),
             arg('--set', action='append', metavar='KEY=VALUE', help='override a key of RUN.yaml (repeatable)'),
             arg('--gpu-memory', type=float, default=141, metavar='GB', help='GPU size to check against'),
             arg('--fits', action='store_true', help='also the largest batch and image side per GPU size'),

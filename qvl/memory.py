@@ -13,10 +13,10 @@ from .core import ImageSize, QvlError, load_config
 from .model import ModelShape, build_model, model_shape
 
 # %% auto #0
-__all__ = ['OPTIMIZERS', 'STATE_BYTES', 'SHARDINGS', 'RUN_KEYS', 'COEFFICIENTS', 'GB', 'GPU_SIZES', 'Setup', 'features',
-           'Estimate', 'estimate', 'estimate_setup', 'largest', 'what_fits', 'advise', 'article_table',
-           'synthetic_batch', 'SyntheticData', 'profile_config', 'estimate_run', 'profile_trainer', 'profile',
-           'profile_run', 'fit_coefficients', 'accuracy']
+__all__ = ['OPTIMIZERS', 'STATE_BYTES', 'SHARDINGS', 'RUN_KEYS', 'COEFFICIENTS', 'GB', 'GPU_SIZES', 'Setup', 'Batch',
+           'nominal_batch', 'features', 'Estimate', 'estimate', 'estimate_setup', 'largest', 'what_fits', 'advise',
+           'article_table', 'synthetic_batch', 'SyntheticData', 'profile_config', 'estimate_run', 'estimate_data',
+           'profile_trainer', 'profile', 'profile_run', 'fit_coefficients', 'accuracy']
 
 # %% ../nbs/10_memory.ipynb #5e2f005b
 OPTIMIZERS = {'adamw': 2, 'adamw8bit': 2, 'sgd': 0, 'sgd-momentum': 1, 'adafactor': 0}   # states per trainable parameter
@@ -88,21 +88,35 @@ _NOT_STEP = ('data', 'eval_data', 'dataset_name', 'out_dir', 'steps', 'log_every
              'cache_dir', 'lazy', 'strict', 'allow_outside')
 
 # %% ../nbs/10_memory.ipynb #36ff90e4
-def features(s: Setup, shape: ModelShape) -> dict:
-    "Per-GPU shape features of a step: tokens, patches and their products with the model's widths."
+@dataclass(frozen=True)
+class Batch:
+    "The shape of one micro-batch on one GPU: rows, their (padded) length, and its images' visual tokens and labelled tokens."
+    rows: int
+    seq_len: int
+    image_tokens: int          # LLM tokens of all its images (each is 4 vision patches)
+    labeled: int               # tokens the loss counts
+    images: int = 0
+
+def nominal_batch(s: Setup, shape: ModelShape) -> Batch:
+    "The micro-batch of `s`: `batch_size` samples of `images_per_sample` images of `image_size`, the prompt and the answer."
     from qvl.resize import Budget
     img_tokens = Budget(factor=shape.factor).tokens(s.image_size.height, s.image_size.width) if s.images_per_sample else 0
     # template overhead: system turn, role headers, vision start/end: about 20 tokens
     T = s.prompt_tokens + s.answer_tokens + s.images_per_sample * (img_tokens + 2) + 20
-    per_gpu = s.batch_size
-    N = per_gpu * T
-    P = per_gpu * s.images_per_sample * img_tokens * 4          # vision patches (2x2 merge)
-    return dict(tokens=N, seq_len=T, image_tokens=img_tokens, patches=P,
+    n_img = s.batch_size * s.images_per_sample
+    return Batch(s.batch_size, T, n_img * img_tokens, s.batch_size * s.answer_tokens, n_img)
+
+def features(s: Setup, shape: ModelShape, batch: Batch | None = None) -> dict:
+    "Per-GPU shape features of a step (of `batch`, default `s`'s nominal one): tokens, patches and their products with the model's widths."
+    b = batch or nominal_batch(s, shape)
+    N = b.rows * b.seq_len
+    P = b.image_tokens * 4                                    # vision patches (2x2 merge)
+    return dict(tokens=N, seq_len=b.seq_len, image_tokens=b.image_tokens // max(1, b.images), patches=P,
                 hidden=N * shape.hidden * shape.layers,           # one hidden state per layer and token
                 layer=N * (shape.hidden + shape.intermediate),    # one layer's working set
                 layer_all=N * (shape.hidden + shape.intermediate) * shape.layers,
                 logits=N * shape.vocab,
-                labeled=per_gpu * s.answer_tokens * shape.vocab,     # the fast step's logits: labelled tokens only
+                labeled=b.labeled * shape.vocab,                  # the fast step's logits: labelled tokens only
                 vision=P * shape.vision_width,
                 vision_mlp=P * shape.vision_mlp)
 
@@ -136,17 +150,22 @@ class Estimate:
     peak_reserved_bytes: int
     peak_phase: str
     features: dict = field(default_factory=dict)
+    batch: Batch | None = None         # a real micro-batch's shape (`estimate_data`), instead of the setup's nominal one
 
     def to_json(self) -> dict:
         return dict(setup=dataclasses.asdict(self.setup), components={k: int(v) for k, v in self.components.items()},
                     peak_allocated_bytes=int(self.peak_allocated_bytes), peak_reserved_bytes=int(self.peak_reserved_bytes),
-                    peak_phase=self.peak_phase, features=self.features)
+                    peak_phase=self.peak_phase, features=self.features,
+                    batch=dataclasses.asdict(self.batch) if self.batch else None)
 
     def fits(self, gpu_bytes: float) -> bool: return self.peak_reserved_bytes + 0.6e9 <= gpu_bytes   # + CUDA context
 
     def __str__(self):
         s = self.setup
-        lines = [f"{s.model} {s.method}, image {s.image_size}, batch {s.batch_size}, "
+        b = self.batch
+        shape = (f"image {s.image_size}, batch {s.batch_size}" if b is None else
+                 f"a micro-batch of {b.rows} x {b.seq_len} tokens, {b.images} images ({b.image_tokens} visual tokens), {b.labeled} labelled")
+        lines = [f"{s.model} {s.method}, {shape}, "
                  f"{'with' if s.gradient_checkpointing else 'no'} checkpointing, {s.precision}, {s.optimizer}, "
                  f"{s.gpus} GPU(s) {s.sharding}{', fast step' if s.fast else ''}"]
         lines += [f"  {k:>22}: {v / GB:8.2f} GB" for k, v in self.components.items()]
@@ -182,12 +201,12 @@ def estimate(model: str = 'Qwen2.5-VL-7B', method: str = 'lora', image_size=448,
     "Predict the GPU memory of a steady-state training step (see `Setup` for every setting; `image_size` as `ImageSize.of` reads it)."
     return estimate_setup(Setup(model=model, method=method, image_size=image_size, batch_size=batch_size, **kw), coefficients)
 
-def estimate_setup(s: Setup, coefficients: dict | None = None) -> Estimate:
-    "The estimate of a `Setup`."
+def estimate_setup(s: Setup, coefficients: dict | None = None, batch: Batch | None = None) -> Estimate:
+    "The estimate of a `Setup` (of a real micro-batch's shape when `batch` is given)."
     model = s.model
     c = coefficients or COEFFICIENTS
     shape = model_shape(model)
-    f = features(s, shape)
+    f = features(s, shape, batch)
     p = _param_bytes(s, shape)
     act_scale = {'bf16': 1.0, 'bf16-mixed': 1.5, 'fp32': 2.0}[s.precision]
     if s.attn_implementation == 'eager':   # eager attention keeps the (heads x seq x seq) scores per layer
@@ -222,7 +241,7 @@ def estimate_setup(s: Setup, coefficients: dict | None = None) -> Estimate:
     comps = dict(weights=weights, gradients=grads, optimizer_states=states, llm_activations=llm_act,
                  vision_activations=vision_act, logits_and_loss=logits, optimizer_temporaries=opt_temp,
                  ddp_buckets_and_gathers=ddp_buckets + gather, fixed_overhead=const, allocator_overhead=reserved - peak)
-    return Estimate(s, comps, int(peak), int(reserved), phase, f)
+    return Estimate(s, comps, int(peak), int(reserved), phase, f, batch)
 
 # %% ../nbs/10_memory.ipynb #3b4b9c84
 def largest(gpu_bytes: float, what: str = 'batch_size', limit: int = 4096, **kw) -> int:
@@ -367,6 +386,36 @@ def profile_config(model: str, method: str = 'lora', gradient_checkpointing: boo
 def estimate_run(cfg: TrainConfig, image_size, prompt_tokens: int = 64, answer_tokens: int = 128, gpus: int = 1, **kw) -> Estimate:
     "The estimate of a `TrainConfig`'s step (on a GPU) for samples of one image of `image_size` and the given text."
     return estimate_setup(Setup.of(cfg, image_size, gpus, prompt_tokens=prompt_tokens, answer_tokens=answer_tokens, **kw))
+
+def estimate_data(cfg: TrainConfig, setup: Setup | None = None, steps: int | None = None, progress: bool = True) -> tuple[Estimate, dict]:
+    """The estimate of the largest micro-batch a run trains on: its dataset tokenized as `qvl train` does (the resize
+    budget on every image, the real text; the tokenization cache is shared with training), walked in the run's order
+    for `steps` (default: the run's) on each of `setup.gpus` GPUs. `setup`: `Setup.of(cfg)` with any other keys.
+    Returns the estimate, and where that micro-batch is: its step, GPU, samples (positions in the data file) and ids."""
+    from qvl.data import cached_examples
+    from qvl.formats import load_dataset
+    from qvl.train import micro_batches
+    s = setup or Setup.of(cfg)
+    ds = load_dataset(cfg.data, cfg.dataset_name)
+    ex, _ = cached_examples(ds, cfg.model, cfg.budget(), cfg.cutoff_len, cfg.placeholder, cfg.allow_outside,
+                            cache_dir=cfg.cache_dir, progress=progress)
+    if not len(ex): raise QvlError(f"{cfg.data}: no sample can be trained on ({len(ex.skipped)} skipped: `qvl doctor` says why)")
+    f = model_shape(s.model).factor
+    length = [ex.offsets[i + 1] - ex.offsets[i] for i in range(len(ex))]
+    labeled = [int((ex[i]['labels'][1:] != -100).sum()) for i in range(len(ex))]
+    visual = [sum((h // f) * (w // f) for _, h, w in im) for im in ex.images]
+    peaks, best = {}, None
+    for step in range(steps or cfg.steps):
+        for gpu in range(s.gpus):
+            for mb in micro_batches(cfg, len(ex), step * cfg.batch_size * cfg.grad_accum * s.gpus, s.gpus, gpu)[1]:
+                seq = sum(length[i] for i in mb) if cfg.packing else -(-max(length[i] for i in mb) // 8) * 8   # as collate pads
+                b = Batch(1 if cfg.packing else len(mb), seq, sum(visual[i] for i in mb), sum(labeled[i] for i in mb),
+                          sum(len(ex.images[i]) for i in mb))
+                if b not in peaks: peaks[b] = estimate_setup(s, batch=b).peak_allocated_bytes
+                if best is None or peaks[b] > peaks[best[0]]: best = (b, step + 1, gpu, mb)
+    b, step, gpu, mb = best
+    return estimate_setup(s, batch=b), dict(step=step, gpu=gpu, samples=[ex.index[i] for i in mb], ids=[ex.ids[i] for i in mb],
+                                            distinct_batches=len(peaks), examples=len(ex), skipped=len(ex.skipped))
 
 def profile_trainer(cfg, image_size, batch_size: int, prompt_tokens: int = 64, answer_tokens: int = 128, device='cuda'):
     """A `qvl.train.Trainer` for `cfg` on synthetic data: the model prepared, the fast step installed and the optimizer

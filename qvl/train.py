@@ -15,8 +15,8 @@ from .resize import Budget
 
 # %% auto #0
 __all__ = ['RESUMABLE_KEYS', 'setup_device', 'end_process_group', 'all_reduce_sum', 'optimizer_options', 'make_optimizer',
-           'enable_fast', 'stream_indices', 'lr_lambda', 'latest_checkpoint', 'resume_conflicts', 'step_rates',
-           'run_summary', 'summary_line', 'Trainer', 'export_merged', 'tiny_run_config']
+           'enable_fast', 'stream_indices', 'micro_batches', 'lr_lambda', 'latest_checkpoint', 'resume_conflicts',
+           'step_rates', 'run_summary', 'summary_line', 'Trainer', 'export_merged', 'tiny_run_config']
 
 # %% ../nbs/09_train.ipynb #97c3aa2e
 def setup_device():
@@ -81,6 +81,12 @@ def stream_indices(n: int, start: int, count: int, seed: int) -> list[int]:
         if e not in perms: perms[e] = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100003 + e)).tolist()
         out.append(perms[e][p % n])
     return out
+
+def micro_batches(cfg: TrainConfig, n: int, position: int, world: int = 1, rank: int = 0) -> tuple[list, list]:
+    """One optimizer step from stream `position` over `n` examples: the global batch's indices, and the micro-batches
+    process `rank` of `world` trains on (what `Trainer.train_step` takes, and what the estimate of a run's data walks)."""
+    idx = stream_indices(n, position, cfg.batch_size * cfg.grad_accum * world, cfg.seed)
+    return idx, [idx[(m * world + rank) * cfg.batch_size:][:cfg.batch_size] for m in range(cfg.grad_accum)]
 
 def lr_lambda(cfg: TrainConfig):
     "The learning-rate multiplier at each optimizer step: linear warmup, then the schedule to zero."
@@ -441,13 +447,11 @@ class Trainer(_Checkpoints, _Evaluation):
         import torch
         cfg, W, R = self.cfg, world_size(), rank()
         t0 = time.perf_counter()
-        idx = stream_indices(len(self.train_set), self.position, cfg.global_batch, cfg.seed)
+        idx, mbs = micro_batches(cfg, len(self.train_set), self.position, W, R)
         n_items = max(1, self._label_tokens(self.train_examples, idx))
         self.model.train()
         loss_sum, tokens, flops = 0.0, 0, []
-        for m in range(cfg.grad_accum):
-            start = (m * W + R) * cfg.batch_size
-            mb = idx[start:start + cfg.batch_size]
+        for m, mb in enumerate(mbs):
             batch = self._batch(self.train_set, mb, flops)
             tokens += int(batch['attention_mask'].sum()) if 'attention_mask' in batch else batch['input_ids'].numel()
             sync = m == cfg.grad_accum - 1 or W == 1 or not hasattr(self.model, 'no_sync')

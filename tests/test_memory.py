@@ -148,3 +148,35 @@ def test_profile_reads_a_run_config(tmp_path):
     assert abs(r['estimated_allocated'] / r['peak_allocated'] - 1) < 0.05, r
     flags = json.loads(run_qvl('profile', cfg, '--image-size', '896', '--batch-size', '1', '--json', timeout=900).stdout)
     assert flags['batch_size'] == 1 and flags['peak_allocated'] < r['peak_allocated']     # a flag overrides the key
+
+
+def test_estimate_of_a_run_walks_its_own_data(tiny_model, tmp_path):
+    """`qvl estimate run.yaml` tokenizes and resizes the run's data as training does, walks the run's micro-batches and
+    estimates the largest one; it names the samples that make it. --image-size estimates a nominal sample instead."""
+    from qvl.config import load_config
+    from qvl.data import build_examples
+    from qvl.formats import load_dataset
+    from qvl.memory import estimate_data
+    from qvl.sample import write_sample_data
+    from qvl.train import micro_batches
+    data = write_sample_data(tmp_path / 'data', n=16, seed=1, min_side=300, max_side=1500, progress=False)
+    path = tmp_path / 'run.yaml'
+    path.write_text(yaml.safe_dump(dict(model=str(tiny_model), data=str(data / 'train.json'), batch_size=2, steps=6,
+                                        max_pixels=1_000_000, cache_dir=str(tmp_path / 'cache'))))
+    out = json.loads(run_qvl('estimate', path, '--json').stdout)
+    where, b = out['largest_batch'], out['batch']
+    cfg = load_config(path)
+    ex = build_examples(load_dataset(cfg.data), cfg.model, cfg.budget(), cfg.cutoff_len, progress=False)
+    pos = {p: i for i, p in enumerate(ex.index)}
+    mb = [pos[p] for p in where['samples']]
+    assert mb in micro_batches(cfg, len(ex), (where['step'] - 1) * cfg.batch_size, 1, 0)[1]     # a micro-batch of that step
+    assert b['rows'] == 2 and b['seq_len'] == -(-max(len(ex[i]['input_ids']) for i in mb) // 8) * 8   # padded as collate pads
+    assert b['images'] == sum(len(ex.images[i]) for i in mb) and b['image_tokens'] > 0
+    # the estimate of every other micro-batch of the run is not larger (one more step could only add candidates)
+    e, _ = estimate_data(cfg, progress=False)
+    assert e.peak_allocated_bytes == out['peak_allocated_bytes']
+    assert estimate_data(cfg, steps=12, progress=False)[0].peak_allocated_bytes >= e.peak_allocated_bytes
+    text = run_qvl('estimate', path).stdout
+    assert 'the largest micro-batch of' in text and f"#{where['samples'][0]}" in text
+    nominal = json.loads(run_qvl('estimate', path, '--image-size', '448', '--json').stdout)
+    assert nominal['largest_batch'] is None and nominal['batch'] is None
