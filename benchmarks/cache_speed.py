@@ -14,7 +14,7 @@ from qvl.core import default_tiny_model
 from qvl.data import cached_examples
 from qvl.resize import Budget
 from qvl.sample import write_sample_data
-from qvl.tokens import load_dataset
+from qvl.formats import load_dataset
 
 
 def main():

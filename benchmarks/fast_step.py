@@ -57,7 +57,7 @@ def worker(a):
     import torch
     from qvl.train import Trainer, config_from_dict
     from qvl.data import VisionTextDataset, cached_examples
-    from qvl.tokens import load_dataset
+    from qvl.formats import load_dataset
     model = a.models[0]
     out, work = Path(a.out), Path(a.work)
     p = prepare(work, model, a.sides)

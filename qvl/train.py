@@ -363,7 +363,7 @@ class Trainer(_Checkpoints, _Evaluation):
     def __init__(self, cfg: TrainConfig, progress: bool = True, plot: bool | None = None, model=None, train_set=None):
         import torch
         from qvl.core import seed_everything
-        from qvl.tokens import load_dataset
+        from qvl.formats import load_dataset
         from qvl.data import VisionTextDataset, cached_examples, lazy_examples
         from transformers import AutoProcessor
         self.cfg, self.progress = cfg, progress and rank() == 0

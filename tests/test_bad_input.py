@@ -114,7 +114,7 @@ def test_resize_rerun_redoes_what_changed(tmp_path):
 def test_tokenization_cache_sees_a_replaced_image_and_a_damaged_cache(tmp_path, tiny_model, sample_data):
     import shutil
     from qvl.data import cache_key, cached_examples
-    from qvl.tokens import load_dataset
+    from qvl.formats import load_dataset
     data = tmp_path / 'd'; shutil.copytree(sample_data, data)
     ds = load_dataset(data / 'train.json')
     key = cache_key(ds, tiny_model, None, 2048, '<image>')
