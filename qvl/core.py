@@ -320,7 +320,7 @@ def build_tiny_tokenizer(seed: int = 0, vocab_size: int = 512):
                                                     vision_end_token='<|vision_end|>'))
 
 # %% ../nbs/00_core.ipynb #7d54b684
-TINY_FAMILIES = ('qwen2_5_vl', 'qwen2_vl')
+TINY_FAMILIES = ('qwen2_5_vl', 'qwen2_vl', 'qwen3_vl')
 
 def tiny_config(family: str, tokenizer):
     "A tiny config of `family` whose vocabulary and token ids match `tokenizer`."
@@ -336,7 +336,13 @@ def tiny_config(family: str, tokenizer):
                 bos_token_id=tokenizer.convert_tokens_to_ids('<|endoftext|>'),
                 eos_token_id=tokenizer.convert_tokens_to_ids('<|im_end|>'),
                 pad_token_id=tokenizer.convert_tokens_to_ids('<|endoftext|>'))
-    if family == 'qwen2_vl':
+    if family == 'qwen3_vl':   # 16-pixel patches (an image factor of 32), no vision windows, DeepStack into the LLM
+        text.update(head_dim=16, rope_parameters=dict(rope_type='default', rope_theta=5e6, mrope_section=[2, 3, 3],
+                                                      mrope_interleaved=True))
+        del text['rope_theta'], text['rope_scaling']
+        vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, patch_size=16,
+                      spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=64, deepstack_visual_indexes=[0])
+    elif family == 'qwen2_vl':
         vision = dict(depth=2, embed_dim=32, mlp_ratio=2, num_heads=2, hidden_size=64, patch_size=14,
                       spatial_merge_size=2, temporal_patch_size=2)
     else:
@@ -353,8 +359,12 @@ def build_processor(family: str, tokenizer, min_pixels: int = CHECKPOINT_MIN_PIX
     import transformers
     from transformers import Qwen2VLImageProcessor
     from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
-    cls = dict(qwen2_vl=transformers.Qwen2VLProcessor, qwen2_5_vl=transformers.Qwen2_5_VLProcessor)[family]
     size = dict(shortest_edge=min_pixels, longest_edge=max_pixels)
+    if family == 'qwen3_vl':
+        from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
+        return transformers.Qwen3VLProcessor(image_processor=Qwen2VLImageProcessor(size=size, patch_size=16, merge_size=2),
+                                             tokenizer=tokenizer, video_processor=Qwen3VLVideoProcessor(), chat_template=CHAT_TEMPLATE)
+    cls = dict(qwen2_vl=transformers.Qwen2VLProcessor, qwen2_5_vl=transformers.Qwen2_5_VLProcessor)[family]
     return cls(image_processor=Qwen2VLImageProcessor(size=size), tokenizer=tokenizer,
                video_processor=Qwen2VLVideoProcessor(), chat_template=CHAT_TEMPLATE)
 

@@ -36,6 +36,13 @@ def tiny_model(tmp_path_factory):
 
 
 @pytest.fixture(scope='session')
+def tiny_qwen3(tmp_path_factory):
+    "The offline tiny Qwen3-VL: 16-pixel patches (an image factor of 32), no vision windows, DeepStack."
+    from qvl.core import build_tiny_model
+    return build_tiny_model(tmp_path_factory.mktemp('models') / 'tiny3', family='qwen3_vl')
+
+
+@pytest.fixture(scope='session')
 def sample_data(tmp_path_factory):
     from qvl.sample import write_sample_data
     return write_sample_data(tmp_path_factory.mktemp('data') / 'sample', n=12, seed=3, progress=False)
