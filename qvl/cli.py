@@ -72,7 +72,8 @@ def _budget_flags(s, factor: bool):
     g.add_argument('--max-tokens', type=_positive, help='cap on visual tokens per image')
     if factor:
         g.add_argument('--model', metavar='MODEL', help="the model the images are for (known name or checkpoint directory): "
-                       "its image factor (28 for Qwen2/2.5-VL, 32 for Qwen3-VL); without one, --processor's, else 28")
+                       "its image factor (28 for Qwen2/2.5-VL, 32 for Qwen3-VL) and its box convention (absolute boxes "
+                       "are rescaled with their image, relative ones stay); without one, --processor's, else Qwen2.5-VL's")
         g.add_argument('--factor', type=_positive, help="pixels per side of one image token: overrides the model's")
 
 def _budget(a):
@@ -96,7 +97,8 @@ def cmd_resize(a) -> int:
     src = Path(a.src)
     kw = dict(budget=_budget(a), filter=a.filter, format=a.format, quality=a.quality, workers=a.workers,
               max_image_pixels=a.max_image_pixels)
-    if src.is_file(): manifest = resize_dataset(src, a.dst, allow_outside=a.allow_outside, **kw)
+    if src.is_file():       # boxes follow the images in the convention of the model they are for
+        manifest = resize_dataset(src, a.dst, allow_outside=a.allow_outside, boxes=a.model or a.processor or 'qwen2_5_vl', **kw)
     else: manifest = resize_folder(src, a.dst, **kw)
     print(summarize(manifest))
     print(f"manifest: {Path(a.dst) / 'manifest.csv'}")
@@ -135,9 +137,15 @@ def cmd_fix_model(a) -> int:
     return 0
 
 def cmd_convert(a) -> int:
-    from qvl.formats import convert
-    skipped = convert(a.src, a.dst, a.to, a.name, a.placeholder)
-    print(f"{a.dst} written ({a.to})" + (f"; {len(skipped)} sample(s) left out:" if skipped else ''))
+    from qvl.formats import convert, load_dataset
+    transform = None
+    if a.boxes:         # grounding boxes rewritten in the target family's convention
+        from qvl.resize import box_style, convert_record_boxes
+        root, src, dst = load_dataset(a.src, a.name).root, box_style(a.boxes_from), box_style(a.boxes)
+        transform = lambda r: convert_record_boxes(r, root, src, dst)
+    skipped = convert(a.src, a.dst, a.to, a.name, a.placeholder, transform)
+    print(f"{a.dst} written ({a.to}" + (f", boxes as {a.boxes} writes them" if a.boxes else '') + ")"
+          + (f"; {len(skipped)} sample(s) left out:" if skipped else ''))
     for sk in skipped: print(f"  #{sk['index']}" + (f" (id {sk['id']})" if sk['id'] is not None else '') + f": {sk['reason']}")
     return 1 if skipped else 0
 
@@ -444,7 +452,11 @@ def commands() -> list[Command]:
             arg('dst', metavar='DST'),
             arg('--to', choices=tuple(SPECS), default='messages'),
             arg('--name', help="dataset entry of SRC's dataset_info.json"),
-            arg('--placeholder', default='<image>', help="the source's image placeholder")]),
+            arg('--placeholder', default='<image>', help="the source's image placeholder"),
+            arg('--boxes', metavar='FAMILY', help="rewrite grounding boxes in FAMILY's convention (a family such as qwen3_vl, "
+                "or a model): Qwen2-VL <|box_start|> tokens on a 0-1000 grid, Qwen2.5-VL JSON bbox_2d in pixels of the "
+                "resized image, Qwen3-VL / Qwen3.5 JSON bbox_2d on a 0-1000 grid"),
+            arg('--boxes-from', metavar='FAMILY', default='qwen2_5_vl', help="the convention SRC's boxes are in")]),
         Command('train', cmd_train, help='fine-tune (LoRA, full, QLoRA) from a YAML/JSON config',
                 description='Train from CONFIG (YAML or JSON keys of qvl.train.TrainConfig; unknown keys and wrong types are '
                     'refused before any work). Without CONFIG, the built-in default: the offline tiny model on generated '

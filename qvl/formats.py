@@ -15,7 +15,8 @@ __all__ = ['IMAGE_PART_KEYS', 'VISION_START', 'VISION_END', 'IMAGE_PAD', 'VIDEO_
            'SPECS', 'REPORT_FILES', 'read_records', 'write_records', 'image_part_slot', 'image_part',
            'placeholder_pattern', 'normalise_placeholders', 'expand_image_tokens', 'Spec', 'spec_from_info',
            'info_entry', 'detect_spec', 'Sample', 'split_images', 'join_images', 'parse_sample', 'format_sample',
-           'Dataset', 'load_dataset', 'convert', 'is_image_part', 'image_slots', 'image_refs', 'set_image_refs']
+           'Dataset', 'load_dataset', 'convert', 'is_image_part', 'image_slots', 'image_refs', 'set_image_refs',
+           'text_slots']
 
 # %% ../nbs/01_formats.ipynb #31c1b406
 def read_records(path) -> list:
@@ -305,8 +306,9 @@ def load_dataset(path, name: str | None = None) -> Dataset:
 
 # %% ../nbs/01_formats.ipynb #46995421
 def convert(src, dst, to: str = 'messages', name: str | None = None,
-            placeholder: str | None = DEFAULT_PLACEHOLDER) -> list[dict]:
-    "Convert dataset `src` into format `to` at `dst` (.json or .jsonl); returns the samples left out, with reasons."
+            placeholder: str | None = DEFAULT_PLACEHOLDER, transform=None) -> list[dict]:
+    """Convert dataset `src` into format `to` at `dst` (.json or .jsonl); returns the samples left out, with reasons.
+    `transform`: a function applied to each converted record (a `QvlError` from it leaves the sample out, listed)."""
     if to not in SPECS: raise QvlError(f"unknown format {to!r}: choose one of {', '.join(SPECS)}")
     ds = load_dataset(src, name)
     dst = Path(dst)
@@ -314,7 +316,9 @@ def convert(src, dst, to: str = 'messages', name: str | None = None,
     if dst.resolve() == ds.path.resolve(): raise QvlError(f"{dst} is the input file: write to a new file")
     spec, out, skipped = SPECS[to], [], []
     for i, r in enumerate(ds.records):
-        try: out.append(format_sample(parse_sample(r, ds.spec, placeholder), spec))
+        try:
+            rec = format_sample(parse_sample(r, ds.spec, placeholder), spec)
+            out.append(transform(rec) if transform else rec)
         except QvlError as e: skipped.append(dict(index=i, id=r.get('id') if isinstance(r, dict) else None, reason=str(e)))
     write_records(out, dst)
     if to != 'messages':
@@ -359,3 +363,16 @@ def set_image_refs(record: dict, refs: list[str], spec: Spec | None = None) -> d
     if len(slots) != len(refs): raise QvlError(f"{len(refs)} image paths for a record that names {len(slots)}")
     for (c, k), ref in zip(slots, refs): c[k] = ref
     return record
+
+def text_slots(sample: dict):
+    "Where a record keeps its texts: (container, key) pairs of every turn's text, in any format (grounding boxes live there)."
+    for key in ('messages', 'conversations'):
+        for m in sample.get(key) or []:
+            if not isinstance(m, dict): continue
+            for k in ('content', 'value'):
+                if isinstance(m.get(k), str): yield m, k
+                elif isinstance(m.get(k), list):
+                    for part in m[k]:
+                        if isinstance(part, dict) and isinstance(part.get('text'), str): yield part, 'text'
+    for k in ('instruction', 'input', 'output'):
+        if isinstance(sample.get(k), str): yield sample, k

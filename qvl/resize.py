@@ -9,13 +9,14 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from .core import QvlError, CHECKPOINT_MAX_PIXELS, CHECKPOINT_MIN_PIXELS, ImageSize, atomic_file, file_fingerprint
-from .formats import image_slots, load_dataset, write_records
+from .formats import image_refs, image_slots, load_dataset, text_slots, write_records
 
 # %% auto #0
-__all__ = ['PROCESSOR_MIN_PIXELS', 'PROCESSOR_MAX_PIXELS', 'COMMON_BUDGETS', 'DEFAULT_MAX_IMAGE_PIXELS', 'FILTERS', 'IMAGE_EXTS',
-           'FORMATS', 'MANIFEST_COLUMNS', 'AspectRatioError', 'smart_resize', 'image_tokens', 'vision_patches',
-           'Budget', 'token_table', 'plot_tokens', 'ImageError', 'image_size', 'to_rgb', 'open_image', 'resize_image',
-           'load_resized', 'scale_boxes', 'rescale_grounding_text', 'save_processor', 'ResizeJob', 'output_name',
+__all__ = ['PROCESSOR_MIN_PIXELS', 'PROCESSOR_MAX_PIXELS', 'COMMON_BUDGETS', 'DEFAULT_MAX_IMAGE_PIXELS', 'FILTERS', 'BOX_STYLES',
+           'IMAGE_EXTS', 'FORMATS', 'MANIFEST_COLUMNS', 'AspectRatioError', 'smart_resize', 'image_tokens',
+           'vision_patches', 'Budget', 'token_table', 'plot_tokens', 'ImageError', 'image_size', 'to_rgb', 'open_image',
+           'resize_image', 'load_resized', 'scale_boxes', 'rescale_grounding_text', 'BoxStyle', 'box_style',
+           'find_boxes', 'convert_grounding_text', 'convert_record_boxes', 'save_processor', 'ResizeJob', 'output_name',
            'plan_outputs', 'jpeg_subsampling', 'run_job', 'run_jobs', 'resize_folder', 'resize_dataset', 'summarize']
 
 # %% ../nbs/02_resize.ipynb #6bbce161
@@ -256,12 +257,77 @@ def scale_boxes(boxes, orig_size: tuple[int, int], new_size: tuple[int, int], nd
 
 _GROUNDING = re.compile(r'("(?:bbox_2d|point_2d)"\s*:\s*\[)([^\]]*)(\])')
 
-def rescale_grounding_text(text: str, orig_size: tuple[int, int], new_size: tuple[int, int]) -> str:
-    "Rescale every `\"bbox_2d\"` / `\"point_2d\"` coordinate list in `text`."
+def rescale_grounding_text(text: str, orig_size: tuple[int, int], new_size: tuple[int, int], style: BoxStyle | None = None) -> str:
+    """Rescale every `\\"bbox_2d\\"` / `\\"point_2d\\"` coordinate list in `text` (absolute pixels, Qwen2.5-VL's convention);
+    with a `style` on the 0-1000 grid (Qwen2-VL, Qwen3-VL) the boxes do not move with the image and `text` stays."""
+    if style is not None and style.scale != 'pixels': return text
     def sub(m):
         nums = [float(v) for v in m.group(2).split(',') if v.strip()]
         return m.group(1) + ', '.join(str(v) for v in scale_boxes([nums], orig_size, new_size)[0]) + m.group(3)
     return _GROUNDING.sub(sub, text)
+
+# %% ../nbs/02_resize.ipynb #e9dd8919
+@dataclass(frozen=True)
+class BoxStyle:
+    "How a model family writes a box in text: its syntax and its coordinate scale."
+    syntax: str          # 'json': "bbox_2d": [x1, y1, x2, y2] / "point_2d": [x, y]; 'tokens': <|box_start|>(x1,y1),(x2,y2)<|box_end|>
+    scale: str           # 'pixels': absolute, in the image as the model sees it; 'grid1000': relative, 0-1000 on each axis
+
+BOX_STYLES = dict(qwen2_vl=BoxStyle('tokens', 'grid1000'), qwen2_5_vl=BoxStyle('json', 'pixels'),
+                  qwen3_vl=BoxStyle('json', 'grid1000'), qwen3_5=BoxStyle('json', 'grid1000'))
+
+def box_style(family_or_model) -> BoxStyle:
+    "The `BoxStyle` of a family name (`qwen2_5_vl`, ...) or of a model (known name, hub id or checkpoint directory)."
+    key = str(family_or_model)
+    if key not in BOX_STYLES:
+        from qvl.core import load_config
+        key = load_config(key).model_type
+    if key not in BOX_STYLES: raise QvlError(f"no box convention known for {family_or_model!r}: choose one of {', '.join(BOX_STYLES)}")
+    return BOX_STYLES[key]
+
+_BOX_TOKENS = re.compile(r'<\|box_start\|>\s*\(\s*(-?[\d.]+)\s*,\s*(-?[\d.]+)\s*\)\s*,\s*\(\s*(-?[\d.]+)\s*,\s*(-?[\d.]+)\s*\)\s*<\|box_end\|>')
+_BOX_JSON = re.compile(r'"(bbox_2d|point_2d)"\s*:\s*\[([^\]]*)\]')
+
+def find_boxes(text: str) -> list[tuple]:
+    "Every box and point in `text`: (syntax, kind 'bbox' or 'point', coordinates, (start, end) in `text`)."
+    out = [('tokens', 'bbox', [float(v) for v in m.groups()], m.span()) for m in _BOX_TOKENS.finditer(text)]
+    for m in _BOX_JSON.finditer(text):
+        try: nums = [float(v) for v in m.group(2).split(',') if v.strip()]
+        except ValueError: continue
+        if len(nums) == (4 if m.group(1) == 'bbox_2d' else 2): out.append(('json', m.group(1)[:-3], nums, m.span()))
+    return sorted(out, key=lambda b: b[3])
+
+def _num(v: float) -> str: return str(int(round(v)))
+
+def convert_grounding_text(text: str, size, src: BoxStyle, dst: BoxStyle) -> str:
+    """`text` with every box written in `src`'s convention rewritten in `dst`'s, for an image of `size` (width, height)
+    as the model sees it. Boxes in another syntax are left as they are."""
+    size = ImageSize.of(size)
+    out, pos = [], 0
+    for syntax, kind, xy, (a, b) in find_boxes(text):
+        if syntax != src.syntax: continue
+        sides = [size.width if k % 2 == 0 else size.height for k in range(len(xy))]
+        px = [v * s / 1000 for v, s in zip(xy, sides)] if src.scale == 'grid1000' else xy
+        v = [p * 1000 / s for p, s in zip(px, sides)] if dst.scale == 'grid1000' else px
+        if dst.syntax == 'tokens':
+            if kind == 'point': raise QvlError("Qwen2-VL's box tokens hold boxes, not points: a point cannot be written in them")
+            new = f'<|box_start|>({_num(v[0])},{_num(v[1])}),({_num(v[2])},{_num(v[3])})<|box_end|>'
+        else: new = f'"{kind}_2d": [' + ', '.join(_num(x) for x in v) + ']'
+        out += [text[pos:a], new]; pos = b
+    return ''.join(out) + text[pos:]
+
+def convert_record_boxes(record: dict, root, src: BoxStyle, dst: BoxStyle, spec=None) -> dict:
+    """`record` with the boxes in its texts rewritten from `src`'s convention to `dst`'s. Absolute boxes are in the image
+    as the processor resizes it (Qwen2.5-VL's rule), so its file's size decides; a record with boxes and several images
+    is refused (which image a box is on would be a guess)."""
+    texts = list(text_slots(record))
+    if not any(find_boxes(c[k]) for c, k in texts): return record
+    refs = image_refs(record, spec)
+    if len(refs) != 1: raise QvlError(f"boxes with {len(refs)} images: which image a box is on would be a guess")
+    w, h = image_size(Path(root) / refs[0])
+    seen = ImageSize(*reversed(Budget().fit(h, w)))
+    for c, k in texts: c[k] = convert_grounding_text(c[k], seen, src, dst)
+    return record
 
 # %% ../nbs/02_resize.ipynb #14774223
 def save_processor(processor_or_dir, out_dir, budget: Budget) -> Path:
@@ -466,23 +532,12 @@ def resize_folder(src, dst, budget: Budget = Budget(), filter: str = 'bicubic', 
 # %% ../nbs/02_resize.ipynb #7d7bf04b
 def _ref(container, key) -> str: return container[key].removeprefix('file://')
 
-def _texts(sample: dict):
-    "(container, key) pairs of every text in a sample, for grounding rescaling."
-    for key in ('messages', 'conversations'):
-        for m in sample.get(key) or []:
-            if not isinstance(m, dict): continue
-            for k in ('content', 'value'):
-                if isinstance(m.get(k), str): yield m, k
-                elif isinstance(m.get(k), list):
-                    for part in m[k]:
-                        if isinstance(part, dict) and isinstance(part.get('text'), str): yield part, 'text'
-    for k in ('instruction', 'input', 'output'):
-        if isinstance(sample.get(k), str): yield sample, k
-
 def resize_dataset(data, dst, budget: Budget = Budget(), filter: str = 'bicubic', format: str = 'keep',
                    quality: int = 95, workers: int | None = None, progress: bool = True, allow_outside: bool = False,
-                   max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS):
-    "Resize the images a dataset JSON/JSONL references into `dst` and write the updated dataset there."
+                   max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS, boxes: str = 'qwen2_5_vl'):
+    """Resize the images a dataset JSON/JSONL references into `dst` and write the updated dataset there; grounding boxes
+    follow the images where `boxes` (a family or a model, whose convention the data is in) writes them in pixels."""
+    style = box_style(boxes)
     data, dst = Path(data), Path(dst)
     if not data.is_file(): raise QvlError(f"{data}: dataset file not found")
     root = data.parent.resolve()
@@ -521,7 +576,7 @@ def resize_dataset(data, dst, budget: Budget = Budget(), filter: str = 'bicubic'
                 container[key] = r.output
                 sizes.append(((int(r.orig_width), int(r.orig_height)), (int(r.width), int(r.height))))
         if len(sizes) == 1:   # grounding coordinates are unambiguous only with one image per sample
-            for c, k in _texts(s): c[k] = rescale_grounding_text(c[k], *sizes[0])
+            for c, k in text_slots(s): c[k] = rescale_grounding_text(c[k], *sizes[0], style)
     write_records(samples, dst / data.name)
     if ds.name:     # the dataset_info.json entry that says how to read it travels with it
         entry = {ds.name: json.loads((data.parent / 'dataset_info.json').read_text())[ds.name]}

@@ -9,12 +9,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from .core import QvlError, CHECKPOINT_MAX_PIXELS, CHECKPOINT_MIN_PIXELS, QWEN_TOKEN_IDS, atomic_dir
 from .formats import DEFAULT_PLACEHOLDER, IMAGE_PAD, VIDEO_PAD, VISION_END, VISION_START, Dataset, Sample, Spec, \
-    info_entry, load_dataset, parse_sample, set_image_refs, write_records
-from .resize import AspectRatioError, Budget, ImageError, ResizeJob, image_size, run_jobs
+    info_entry, load_dataset, parse_sample, set_image_refs, text_slots, write_records
+from .resize import BOX_STYLES, AspectRatioError, BoxStyle, Budget, ImageError, ResizeJob, find_boxes, image_size, \
+    rescale_grounding_text, run_jobs
 
 # %% auto #0
-__all__ = ['TOKEN_ID_KEYS', 'REQUIRED_TOKENS', 'FIXES', 'STRATEGIES', 'DROP_CODES', 'finding', 'ModelInfo', 'inspect_model',
-           'SampleCheck', 'analyse', 'model_budget', 'Report', 'doctor', 'FixReport', 'fix_dataset', 'fix_model']
+__all__ = ['TOKEN_ID_KEYS', 'REQUIRED_TOKENS', 'FIXES', 'STRATEGIES', 'LENGTH_CODES', 'DROP_CODES', 'finding', 'ModelInfo',
+           'inspect_model', 'SampleCheck', 'analyse', 'model_budget', 'Report', 'doctor', 'FixReport', 'fix_dataset',
+           'fix_model']
 
 # %% ../nbs/04_tokens.ipynb #79e3fabc
 TOKEN_ID_KEYS = dict(image_token_id=IMAGE_PAD, video_token_id=VIDEO_PAD, vision_start_token_id=VISION_START,
@@ -37,6 +39,10 @@ FIXES = dict(
     special_token_missing="add the token to the tokenizer as a special token (`qvl fix-model`)",
     processor_image_token_mismatch="make the processor's image token <|image_pad|> with the config's id (`qvl fix-model`)",
     chat_template_missing="add the model family's chat template (`qvl fix-model`)",
+    box_convention_mismatch="write the boxes as this model family does (`qvl convert --boxes MODEL --boxes-from FAMILY`)",
+    box_outside_image="correct the box: its coordinates are past the image (its resized pixels, or 1000 on a 0-1000 grid)",
+    box_in_original_pixels="absolute boxes (Qwen2.5-VL) are in the image as the processor resizes it: `qvl resize --model "
+                           "MODEL` writes the images at that size and rescales the boxes with them",
     tokenizer_unloadable="the tokenizer files cannot be loaded: restore them from the original checkpoint",
     token_id_out_of_vocab="the token's id is past the embedding table: resize the embeddings or use the original tokenizer",
 )
@@ -57,6 +63,7 @@ class ModelInfo:
     tokenizer: object = None
     findings: list = field(default_factory=list)
     text_image_id: int | None = None      # the tokenizer's id of <|image_pad|>: what the chat template writes
+    family: str | None = None             # config.json model_type (qwen2_vl, qwen2_5_vl, qwen3_vl, ...)
 
     @property
     def pad_id(self) -> int:
@@ -100,13 +107,13 @@ def inspect_model(model) -> ModelInfo:
     if not (d / 'config.json').exists():
         c = load_config(str(model))      # a known name: the published config, nothing to disagree with
         return ModelInfo(str(model), dict(QWEN_TOKEN_IDS), CHECKPOINT_MIN_PIXELS, CHECKPOINT_MAX_PIXELS,
-                         image_factor(c), c.text_config.vocab_size)
+                         image_factor(c), c.text_config.vocab_size, family=c.model_type)
     try: raw = json.loads((d / 'config.json').read_text())
     except json.JSONDecodeError as e: raise QvlError(f"{d / 'config.json'}: not valid JSON ({e.msg})") from None
     vision = raw.get('vision_config') or {}
     factor = int(vision.get('patch_size', 14)) * int(vision.get('spatial_merge_size', 2))
     vocab = int(raw.get('vocab_size') or (raw.get('text_config') or {}).get('vocab_size') or 0)
-    info = ModelInfo(str(d), _config_ids(raw), *_pixel_limits(d), factor, vocab)
+    info = ModelInfo(str(d), _config_ids(raw), *_pixel_limits(d), factor, vocab, family=raw.get('model_type'))
     import transformers
     transformers.logging.set_verbosity_error()
     try: tok = transformers.AutoTokenizer.from_pretrained(d)
@@ -188,6 +195,32 @@ def _check_images(c: SampleCheck, root: Path, budget: Budget, allow_outside: boo
         except AspectRatioError as e:
             c.findings.append(finding('aspect_ratio_too_large', f"{ref}: {e}", index=c.index, id=c.id, image=ref))
 
+def _check_boxes(c: SampleCheck, budget: Budget, style: BoxStyle):
+    "Grounding boxes against the model's convention (syntax, scale) and against the one image they are on."
+    texts = [p['text'] for m in c.sample.messages for p in m['content'] if p.get('type') == 'text' and isinstance(p.get('text'), str)]
+    boxes = [b for t in texts for b in find_boxes(t)]
+    other = [b for b in boxes if b[0] != style.syntax]
+    names = dict(tokens='<|box_start|> tokens', json='JSON bbox_2d / point_2d')
+    if other:
+        c.findings.append(finding('box_convention_mismatch', f"{len(other)} box(es) written as {names[other[0][0]]}; this "
+                                  f"model writes {names[style.syntax]}", index=c.index, id=c.id))
+    mine = [b for b in boxes if b[0] == style.syntax]
+    if not mine or len(c.sizes) != 1: return            # which image a box is on is clear with one image only
+    w, h = c.sizes[0]
+    if style.scale == 'grid1000': lim = (1000, 1000)
+    else: rh, rw = budget.fit(h, w); lim = (rw, rh)
+    past = lambda b, wh: any(v < 0 or v > wh[k % 2] for k, v in enumerate(b[2]))
+    bad = [b for b in mine if past(b, lim)]
+    if not bad: return
+    if style.scale == 'pixels' and not any(past(b, (w, h)) for b in bad):
+        c.findings.append(finding('box_in_original_pixels', f"{len(bad)} box(es) past the {lim[0]}x{lim[1]} image the processor "
+                                  f"makes of {w}x{h}, inside the original: in its pixels, not the resized image's",
+                                  index=c.index, id=c.id))
+    else:
+        c.findings.append(finding('box_outside_image', f"{len(bad)} box(es) past the image ({lim[0]}x{lim[1]}"
+                                  + (' grid' if style.scale == 'grid1000' else ' pixels') + f"), e.g. {[round(v) for v in bad[0][2]]}",
+                                  index=c.index, id=c.id))
+
 def _template_parts(s: Sample) -> list[dict]:
     "Messages as the chat template expects them: image parts carry no path, text parts their text."
     return [dict(role=m['role'], content=[p if p.get('type') in ('text', 'image') else dict(type='text', text='')
@@ -250,7 +283,9 @@ def analyse(ds: Dataset, info: ModelInfo, budget: Budget, cutoff_len: int | None
         try: c.sample = parse_sample(r, ds.spec, placeholder)
         except QvlError as e:
             c.findings.append(finding('unparseable_sample', str(e), index=i, id=c.id))
-        else: _check_images(c, ds.root, budget, allow_outside, sizes)
+        else:
+            _check_images(c, ds.root, budget, allow_outside, sizes)
+            if info.family in BOX_STYLES: _check_boxes(c, budget, BOX_STYLES[info.family])
         checks.append(c)
     if info.tokenizer is not None:
         _check_lengths(checks, info.tokenizer, info.pad_id, cutoff_len, progress, keep_ids)
@@ -324,6 +359,7 @@ def doctor(data, model, cutoff_len: int | None = None, budget: Budget | None = N
 
 # %% ../nbs/04_tokens.ipynb #9ea32796
 STRATEGIES = ('shrink', 'drop')      # what fix_dataset does with a sample over cutoff_len
+LENGTH_CODES = {'image_tokens_truncated', 'text_truncated'}    # what a smaller image fixes
 DROP_CODES = {'missing_image', 'unreadable_image', 'image_outside_root', 'aspect_ratio_too_large',
               'sequence_too_long', 'unparseable_sample', 'placeholder_count_mismatch'}
 
@@ -406,15 +442,17 @@ def _decide(checks: list, b: Budget, cutoff_len: int, strategy: str, floor_token
         codes = [f['code'] for f in c.findings]
         hard = [f for f in c.findings if f['code'] in DROP_CODES]
         if hard: dropped.append(_dropped(c, _reasons(hard), sorted(set(codes)))); continue
-        if codes and strategy == 'drop': dropped.append(_dropped(c, _reasons(c.findings), codes)); continue
-        if codes:
+        long = [f for f in c.findings if f['code'] in LENGTH_CODES]    # box findings stay as they are: the doctor lists them
+        if long and strategy == 'drop': dropped.append(_dropped(c, _reasons(long), [f['code'] for f in long])); continue
+        if long:
             nb = _largest_fit(c, b, cutoff_len, floor_tokens)
             if nb is None:
                 dropped.append(_dropped(c, f"does not fit cutoff_len {cutoff_len} even at {floor_tokens} visual tokens "
-                                           f"per image ({c.findings[0]['message']})", codes))
+                                           f"per image ({long[0]['message']})", [f['code'] for f in long]))
                 continue
             shrunk.append(dict(index=c.index, id=c.id, tokens_before=sum(c.tokens),
-                               tokens_after=sum(nb.tokens(h, w) for w, h in c.sizes), images=_shrink(c, nb, root, allow_outside, jobs)))
+                               tokens_after=sum(nb.tokens(h, w) for w, h in c.sizes), images=_shrink(c, nb, root, allow_outside, jobs),
+                               sizes=[list(nb.fit(h, w)[::-1]) for w, h in c.sizes]))
         keep.append(c)
     return keep, shrunk, dropped, jobs
 
@@ -461,7 +499,8 @@ def fix_dataset(data, out, model, cutoff_len: int, strategy: str = 'shrink', bud
     added = _add_missing_placeholders(records, ds.spec, placeholder)
     checks = analyse(Dataset(ds.path, records, ds.spec, ds.name), info, b, cutoff_len, placeholder, allow_outside, progress)
     keep, shrunk, dropped, jobs = _decide(checks, b, cutoff_len, strategy, floor_tokens, ds.root, allow_outside)
-    by_index = {s['index']: s['images'] for s in shrunk}
+    by_index = {s['index']: s for s in shrunk}
+    style = BOX_STYLES.get(info.family, BOX_STYLES['qwen2_5_vl'])
     def build(tmp: Path):                             # 3. write images, data and reports into a new directory
         todo = [dataclasses.replace(j, dst=str(tmp / j.rel)) for j in jobs.values()]
         manifest = run_jobs(todo, tmp, workers, progress) if todo else None
@@ -471,8 +510,11 @@ def fix_dataset(data, out, model, cutoff_len: int, strategy: str = 'shrink', bud
         linked, out_records = set(), []
         for c in keep:
             r = records[c.index]
-            refs = by_index[c.index] if c.index in by_index else _copy_images(c, ds.root, allow_outside, tmp, linked)
+            s = by_index.get(c.index)
+            refs = s['images'] if s else _copy_images(c, ds.root, allow_outside, tmp, linked)
             if refs != c.sample.images: set_image_refs(r, refs, ds.spec)
+            if s and len(c.sizes) == 1:     # absolute boxes follow their (one) image to its new size
+                for box, key in text_slots(r): box[key] = rescale_grounding_text(box[key], c.sizes[0], s['sizes'][0], style)
             out_records.append(r)
         write_records(out_records, tmp / ds.path.name)
         _write_info(ds, tmp)
