@@ -167,10 +167,15 @@ def _overrides(pairs) -> dict:
 
 def cmd_train(a) -> int:
     from qvl.config import load_config, rank
+    from qvl.core import QvlError
     from qvl.train import Trainer, tiny_run_config
     over = _overrides(a.set)
     if a.steps: over['steps'] = a.steps
     if a.out: over['out_dir'] = a.out
+    if a.family and a.config: raise QvlError("--family picks the built-in default run's tiny model: give it without CONFIG")
+    if a.family:
+        from qvl.core import default_tiny_model
+        over.setdefault('model', str(default_tiny_model(a.family)))
     cfg = load_config(a.config, **over) if a.config else tiny_run_config(**over)
     tr = Trainer(cfg)
     if rank() == 0:
@@ -467,7 +472,8 @@ def commands() -> list[Command]:
             arg('--steps', type=_positive, help='optimizer steps (overrides the config)'),
             arg('--out', help='run directory (overrides out_dir)'),
             arg('--resume', action='store_true', help='continue from the last complete checkpoint in the run directory'),
-            arg('--set', action='append', metavar='KEY=VALUE', help='override a config key (repeatable)')]),
+            arg('--set', action='append', metavar='KEY=VALUE', help='override a config key (repeatable)'),
+            arg('--family', choices=TINY_FAMILIES, help="the built-in default run (no CONFIG) on this family's tiny model")]),
         Command('estimate', cmd_estimate, help='predict the GPU memory of a training step (no GPU needed)',
                 description='Predict max_memory_allocated and max_memory_reserved of a steady-state training step, with every '
                     'component, from the model config alone; say whether it fits and what would.',

@@ -1,8 +1,9 @@
 """Training end to end on the tiny model: learning, exact resume after SIGKILL, peft adapters, DDP, bad input."""
-import json, os, signal, subprocess, sys, time
+import json, math, os, signal, subprocess, sys, time
 from pathlib import Path
 
 import pytest
+import pandas as pd
 import yaml
 
 from conftest import run_qvl
@@ -188,3 +189,24 @@ def test_log_keeps_warmup_apart_and_reports_speed_and_mfu(tiny_model, colour_dat
     s = json.loads((tmp_path / 'run' / 'summary.json').read_text())
     assert s['steady_steps'] == 3 and s['warmup_s'] > 0 and s['steady_s_per_step'] > 0 and 'mfu' not in s   # no GPU peak on a CPU
     assert 'warm-up' in out and 'steady state' in out
+
+
+@pytest.mark.parametrize('family', ['qwen2_vl', 'qwen2_5_vl', 'qwen3_vl'])
+def test_the_default_run_trains_each_family_and_checks_detail(family, tmp_path):
+    "`qvl train --family F`: the built-in default run on each family's tiny model; the detail check counts visual tokens with its factor."
+    out = tmp_path / family
+    r = run_qvl('train', '--family', family, '--steps', '4', '--out', out, '--set', 'batch_size=4', '--set', 'log_every=1',
+                '--set', 'eval_every=0', '--set', 'save_every=0', '--set', 'warmup_steps=0', '--set', 'detail_budgets=[100]')
+    cfg = json.loads((out / 'config.json').read_text())
+    assert family in Path(cfg['model']).name and 'detail check' in r.stdout
+    assert len(losses(out)) == 4 and all(math.isfinite(l) for _, l in losses(out))
+    dc = pd.read_csv(out / 'detail_check.csv')
+    # the visual tokens of each held-out image at a 100x100 pixel budget, in the family's own tokens (28 or 32 pixels)
+    from qvl.core import image_factor, load_config
+    from qvl.formats import image_refs, load_dataset
+    from qvl.resize import Budget, image_size
+    f = image_factor(load_config(cfg['model']))
+    assert f == (32 if family == 'qwen3_vl' else 28)
+    ds = load_dataset(cfg['eval_data'])
+    want = [Budget(target=(100, 100), factor=f).tokens(*reversed(image_size(ds.root / image_refs(r, ds.spec)[0]))) for r in ds.records]
+    assert abs(dc.visual_tokens.iloc[0] - sum(want) / len(want)) < 1e-6 and dc.samples.iloc[0] == len(want), dc
