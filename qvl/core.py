@@ -107,7 +107,7 @@ def _vision_config(a: Arch) -> dict:
 
 def _config_class(family: str):
     import transformers
-    classes = dict(qwen2_vl='Qwen2VLConfig', qwen2_5_vl='Qwen2_5_VLConfig', qwen3_vl='Qwen3VLConfig')
+    classes = dict(qwen2_vl='Qwen2VLConfig', qwen2_5_vl='Qwen2_5_VLConfig', qwen3_vl='Qwen3VLConfig', qwen3_5='Qwen3_5Config')
     cls = getattr(transformers, classes[family], None)
     if cls is None:
         raise QvlError(f"transformers {transformers.__version__} has no {classes[family]}: "
@@ -121,7 +121,7 @@ def arch_config(a: Arch):
                                    **QWEN_TOKEN_IDS)
 
 _ARCH_CLASS = dict(qwen2_vl='Qwen2VLForConditionalGeneration', qwen2_5_vl='Qwen2_5_VLForConditionalGeneration',
-                   qwen3_vl='Qwen3VLForConditionalGeneration')
+                   qwen3_vl='Qwen3VLForConditionalGeneration', qwen3_5='Qwen3_5ForConditionalGeneration')
 
 # %% ../nbs/00_core.ipynb #abd0fc24
 def load_config(name_or_dir: str | os.PathLike):
@@ -320,7 +320,7 @@ def build_tiny_tokenizer(seed: int = 0, vocab_size: int = 512):
                                                     vision_end_token='<|vision_end|>'))
 
 # %% ../nbs/00_core.ipynb #7d54b684
-TINY_FAMILIES = ('qwen2_5_vl', 'qwen2_vl', 'qwen3_vl')
+TINY_FAMILIES = ('qwen2_5_vl', 'qwen2_vl', 'qwen3_vl', 'qwen3_5')
 
 def tiny_config(family: str, tokenizer):
     "A tiny config of `family` whose vocabulary and token ids match `tokenizer`."
@@ -336,12 +336,16 @@ def tiny_config(family: str, tokenizer):
                 bos_token_id=tokenizer.convert_tokens_to_ids('<|endoftext|>'),
                 eos_token_id=tokenizer.convert_tokens_to_ids('<|im_end|>'),
                 pad_token_id=tokenizer.convert_tokens_to_ids('<|endoftext|>'))
-    if family == 'qwen3_vl':   # 16-pixel patches (an image factor of 32), no vision windows, DeepStack into the LLM
+    if family in ('qwen3_vl', 'qwen3_5'):   # 16-pixel patches (an image factor of 32), no vision windows
         text.update(head_dim=16, rope_parameters=dict(rope_type='default', rope_theta=5e6, mrope_section=[2, 3, 3],
                                                       mrope_interleaved=True))
         del text['rope_theta'], text['rope_scaling']
         vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, patch_size=16,
-                      spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=64, deepstack_visual_indexes=[0])
+                      spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=64)
+        if family == 'qwen3_vl': vision['deepstack_visual_indexes'] = [0]      # DeepStack: vision features into the LLM
+        else:        # Qwen3.5: three linear-attention (Gated DeltaNet) layers to one full-attention layer
+            text.update(num_hidden_layers=4, linear_conv_kernel_dim=4, linear_key_head_dim=16, linear_value_head_dim=16,
+                        linear_num_key_heads=2, linear_num_value_heads=4)
     elif family == 'qwen2_vl':
         vision = dict(depth=2, embed_dim=32, mlp_ratio=2, num_heads=2, hidden_size=64, patch_size=14,
                       spatial_merge_size=2, temporal_patch_size=2)
@@ -360,7 +364,7 @@ def build_processor(family: str, tokenizer, min_pixels: int = CHECKPOINT_MIN_PIX
     from transformers import Qwen2VLImageProcessor
     from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
     size = dict(shortest_edge=min_pixels, longest_edge=max_pixels)
-    if family == 'qwen3_vl':
+    if family in ('qwen3_vl', 'qwen3_5'):       # Qwen3.5 reads images as Qwen3-VL does
         from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
         return transformers.Qwen3VLProcessor(image_processor=Qwen2VLImageProcessor(size=size, patch_size=16, merge_size=2),
                                              tokenizer=tokenizer, video_processor=Qwen3VLVideoProcessor(), chat_template=CHAT_TEMPLATE)

@@ -40,12 +40,15 @@ def test_fast_step_trains_like_the_plain_step(tiny_model, data, tmp_path, method
     assert ev_fast and abs(ev_fast[-1] - ev_plain[-1]) <= 1e-4 * ev_plain[-1]
 
 
-def test_qwen3_vl_fast_step_trains_like_the_plain_step(tiny_qwen3, data, tmp_path):
-    "Qwen3-VL (16-pixel patches, one attention over each image, DeepStack): the fast step's losses are the plain step's."
-    from qvl.core import image_factor, load_config
-    assert image_factor(load_config(tiny_qwen3)) == 32
-    r_fast, fast, ev_fast = train(tiny_qwen3, data, tmp_path / 'fast')
-    r_plain, plain, ev_plain = train(tiny_qwen3, data, tmp_path / 'plain', fast=False)
+@pytest.mark.parametrize('family', ['qwen3_vl', 'qwen3_5'])
+def test_qwen3_families_fast_step_trains_like_the_plain_step(family, tiny_qwen3, data, tmp_path):
+    """Qwen3-VL (16-pixel patches, one attention over each image, DeepStack) and Qwen3.5 (linear-attention layers
+    among full ones): the fast step's losses are the plain step's."""
+    from qvl.core import build_tiny_model, image_factor, load_config
+    model = tiny_qwen3 if family == 'qwen3_vl' else build_tiny_model(tmp_path / 'tiny35', family='qwen3_5')
+    assert image_factor(load_config(model)) == 32
+    r_fast, fast, ev_fast = train(model, data, tmp_path / 'fast')
+    r_plain, plain, ev_plain = train(model, data, tmp_path / 'plain', fast=False)
     assert 'fast step: vision_attention' in r_fast.stdout and len(fast) == len(plain) == 6
     for f, p in zip(fast, plain): assert abs(f - p) <= 1e-4 * abs(p), (fast, plain)
     assert fast[-1] < fast[0] and abs(ev_fast[-1] - ev_plain[-1]) <= 1e-4 * ev_plain[-1]

@@ -191,7 +191,7 @@ def test_log_keeps_warmup_apart_and_reports_speed_and_mfu(tiny_model, colour_dat
     assert 'warm-up' in out and 'steady state' in out
 
 
-@pytest.mark.parametrize('family', ['qwen2_vl', 'qwen2_5_vl', 'qwen3_vl'])
+@pytest.mark.parametrize('family', ['qwen2_vl', 'qwen2_5_vl', 'qwen3_vl', 'qwen3_5'])
 def test_the_default_run_trains_each_family_and_checks_detail(family, tmp_path):
     "`qvl train --family F`: the built-in default run on each family's tiny model; the detail check counts visual tokens with its factor."
     out = tmp_path / family
@@ -206,7 +206,7 @@ def test_the_default_run_trains_each_family_and_checks_detail(family, tmp_path):
     from qvl.formats import image_refs, load_dataset
     from qvl.resize import Budget, image_size
     f = image_factor(load_config(cfg['model']))
-    assert f == (32 if family == 'qwen3_vl' else 28)
+    assert f == (32 if family.startswith('qwen3') else 28)
     ds = load_dataset(cfg['eval_data'])
     want = [Budget(target=(100, 100), factor=f).tokens(*reversed(image_size(ds.root / image_refs(r, ds.spec)[0]))) for r in ds.records]
     assert abs(dc.visual_tokens.iloc[0] - sum(want) / len(want)) < 1e-6 and dc.samples.iloc[0] == len(want), dc
