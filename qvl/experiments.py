@@ -388,6 +388,7 @@ def plot_vram(res, out_dir=None) -> dict:
         ax.set_title('measured on the CPU only: not compared with the GPU estimate', fontsize=9)
         ax.text(0.5, 0.5, 'CPU steps of the tiny model (live tensors)\nare not GPU peaks: see results.csv.\n'
                 'Run the sweep on a GPU to compare.', ha='center', va='center', fontsize=8, transform=ax.transAxes)
+        ax.set_xticks([]); ax.set_yticks([])
     else: ax.set_title('nothing measured', fontsize=9)
     ax.set_xlabel('measured peak allocated (GB)'); ax.set_ylabel('predicted (GB)'); fig.tight_layout()
     figs['measured_vs_predicted'] = fig
