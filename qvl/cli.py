@@ -348,7 +348,7 @@ def arg(*flags, **kw) -> tuple: return flags, kw
 def _data_flags(s):
     "The dataset and model flags of doctor and fix."
     s.add_argument('--model', required=True, help='checkpoint directory, or a known name (no tokenizer checks)')
-    s.add_argument('--name', help="dataset entry of DATA's dataset_info.json")
+    s.add_argument('--dataset-name', '--name', dest='name', help="dataset entry of DATA's dataset_info.json")
     s.add_argument('--placeholder', default='<image>', help="the dataset's image placeholder")
     s.add_argument('--allow-outside', action='store_true', help="allow image paths outside the dataset's folder")
 
@@ -456,7 +456,7 @@ def commands() -> list[Command]:
             arg('src', metavar='SRC'),
             arg('dst', metavar='DST'),
             arg('--to', choices=tuple(SPECS), default='messages'),
-            arg('--name', help="dataset entry of SRC's dataset_info.json"),
+            arg('--dataset-name', '--name', dest='name', help="dataset entry of SRC's dataset_info.json"),
             arg('--placeholder', default='<image>', help="the source's image placeholder"),
             arg('--boxes', metavar='FAMILY', help="rewrite grounding boxes in FAMILY's convention (a family such as qwen3_vl, "
                 "or a model): Qwen2-VL <|box_start|> tokens on a 0-1000 grid, Qwen2.5-VL JSON bbox_2d in pixels of the "
@@ -470,7 +470,7 @@ def commands() -> list[Command]:
                 args=[
             arg('config', metavar='CONFIG', nargs='?'),
             arg('--steps', type=_positive, help='optimizer steps (overrides the config)'),
-            arg('--out', help='run directory (overrides out_dir)'),
+            arg('--out-dir', '--out', dest='out', metavar='DIR', help='run directory (overrides out_dir)'),
             arg('--resume', action='store_true', help='continue from the last complete checkpoint in the run directory'),
             arg('--set', action='append', metavar='KEY=VALUE', help='override a config key (repeatable)'),
             arg('--family', choices=TINY_FAMILIES, help="the built-in default run (no CONFIG) on this family's tiny model")]),
