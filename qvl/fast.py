@@ -337,10 +337,11 @@ def batch_flops(shape, rows, method: str = 'lora', lora_rank: int = 8, freeze_vi
 
 def step_flops(model: str, image_size=(1344, 1344), batch_size: int = 1, method: str = 'lora', prompt_tokens: int = 64,
                answer_tokens: int = 128, lora_rank: int = 8, freeze_vision: bool = True) -> dict:
-    "FLOPs one training step needs (see above), by part, for `batch_size` samples of one image each."
+    "FLOPs one training step needs (see above), by part, for `batch_size` samples of one image each of `image_size` (as `ImageSize.of` reads it)."
+    from qvl.core import ImageSize
     from qvl.model import model_shape
     from qvl.resize import Budget
-    s = model_shape(model)
-    img = Budget(factor=s.factor).tokens(*image_size)
+    s, size = model_shape(model), ImageSize.of(image_size)
+    img = Budget(factor=s.factor).tokens(size.height, size.width)
     T = prompt_tokens + img + 2 + answer_tokens           # as `qvl.memory.synthetic_batch` builds a sample
     return batch_flops(s, [(T, [img * 4], answer_tokens)] * batch_size, method, lora_rank, freeze_vision)
