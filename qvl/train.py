@@ -16,7 +16,7 @@ from .resize import Budget
 # %% auto #0
 __all__ = ['RESUMABLE_KEYS', 'setup_device', 'end_process_group', 'all_reduce_sum', 'optimizer_options', 'make_optimizer',
            'enable_fast', 'stream_indices', 'micro_batches', 'lr_lambda', 'latest_checkpoint', 'resume_conflicts',
-           'step_rates', 'run_summary', 'summary_line', 'Trainer', 'export_merged', 'tiny_run_config']
+           'step_rates', 'run_summary', 'summary_line', 'model_card', 'Trainer', 'export_merged', 'tiny_run_config']
 
 # %% ../nbs/09_train.ipynb #97c3aa2e
 def setup_device():
@@ -207,6 +207,32 @@ def _device_peak_flops(device) -> float | None:
     from qvl.fast import peak_flops
     return peak_flops(torch.cuda.get_device_name(device))
 
+# %% ../nbs/09_train.ipynb #f376bc3e
+def model_card(cfg: TrainConfig, history: list[dict], summary: dict | None = None, detail=None) -> str:
+    "A run's model card (markdown with YAML front matter, as the Hugging Face Hub reads it)."
+    from qvl.core import file_digest
+    last = history[-1] if history else {}
+    data = Path(cfg.data)
+    limits = cfg.budget().processor_limits()
+    lines = ['---', f'base_model: {cfg.model}', 'library_name: ' + ('peft' if cfg.method != 'full' else 'transformers'),
+             'tags: [qvl, vision-language, ' + cfg.method + ']', '---', '',
+             f"# {cfg.method} fine-tune of {Path(cfg.model).name}", '',
+             f"- base model: `{cfg.model}`",
+             f"- data: `{cfg.data}` (sha256 {file_digest(data)[:16] if data.is_file() else 'unavailable'})"
+             + (f", eval `{cfg.eval_data}`" if cfg.eval_data else ''),
+             f"- image budget: min {limits['min_pixels']:,} / max {limits['max_pixels']:,} pixels (the saved processor applies it)",
+             f"- steps {last.get('step', 0)} of {cfg.steps}, batch {cfg.batch_size} x accumulation {cfg.grad_accum}, "
+             f"learning rate {cfg.learning_rate}, precision {cfg.precision}",
+             f"- final loss {last['loss']:.4f}" if 'loss' in last else '- no step logged']
+    if 'eval_loss' in last: lines.append(f"- final eval loss {last['eval_loss']:.4f}")
+    if summary: lines.append(f"- {summary_line(summary)}")
+    if detail is not None and len(detail):
+        lines += ['', '## Detail check (held-out answer accuracy by resize budget)', '', '| budget | task | accuracy | samples | visual tokens |',
+                  '|---|---|---|---|---|']
+        lines += [f"| {r.budget} | {r.task} | {r.accuracy:.3f} | {r.samples} | {r.visual_tokens:.0f} |" for r in detail.itertuples()]
+    lines += ['', '## Config', '', '```json', json.dumps(dataclasses.asdict(cfg), indent=1), '```', '']
+    return '\n'.join(lines)
+
 # %% ../nbs/09_train.ipynb #98cef509
 def _in_notebook() -> bool:
     try:
@@ -350,8 +376,20 @@ class _Checkpoints:
         dst = self.out / ('model' if self.cfg.method == 'full' else 'adapter')
         def build(tmp: Path):
             self.module.save_pretrained(tmp, state_dict=state)
-            if self.cfg.method == 'full' and self.processor: self.processor.save_pretrained(tmp)
+            if self.processor:      # with the training's pixel limits: inference sees images as training did
+                import copy
+                from qvl.resize import save_processor
+                save_processor(copy.deepcopy(self.processor), tmp, self.cfg.budget())
         return atomic_dir(dst, build)
+
+    def write_card(self) -> Path | None:
+        "The model card (README.md) of the saved adapter or model: base, data, config, budget, metrics, detail check."
+        if rank() != 0: return None
+        dst = self.out / ('model' if self.cfg.method == 'full' else 'adapter')
+        dc = self.out / 'detail_check.csv'
+        import pandas as pd
+        text = model_card(self.cfg, self.history, self.summary, pd.read_csv(dc) if dc.exists() else None)
+        return atomic_file(dst / 'README.md', lambda tmp: Path(tmp).write_text(text))
 
 # %% ../nbs/09_train.ipynb #f3b9eccd
 class Trainer(_Checkpoints, _Evaluation):
@@ -560,6 +598,7 @@ class Trainer(_Checkpoints, _Evaluation):
         if cfg.detail_budgets and cfg.eval_data and rank() == 0:
             dc = self.detail_check()
             atomic_file(self.out / 'detail_check.csv', lambda tmp: dc.to_csv(tmp, index=False))
+        self.write_card()
         if world_size() > 1: _barrier()    # every rank leaves once rank 0 has written the results
         return pd.DataFrame(self.history)
 
@@ -581,7 +620,10 @@ def export_merged(run_dir, out) -> Path:
     merged = PeftModel.from_pretrained(base, run / 'adapter').merge_and_unload()
     def build(tmp: Path):
         merged.save_pretrained(tmp)
-        AutoProcessor.from_pretrained(cfg.model).save_pretrained(tmp)
+        # the run's processor (the training's pixel limits) where the run saved one, else the base model's
+        saved = any((run / 'adapter' / f).is_file() for f in ('processor_config.json', 'preprocessor_config.json'))
+        src = run / 'adapter' if saved else cfg.model
+        AutoProcessor.from_pretrained(src).save_pretrained(tmp)
     return atomic_dir(out, build)
 
 # %% ../nbs/09_train.ipynb #94b24c07

@@ -89,6 +89,19 @@ def test_adapter_loads_with_peft_and_matches(tiny_model, colour_data, tmp_path):
     run_qvl('export', tmp_path / 'lora', tmp_path / 'merged')
     merged = AutoModelForImageTextToText.from_pretrained(tmp_path / 'merged').eval()
     with torch.no_grad(): assert torch.allclose(merged(**b).logits, ours, atol=1e-4)
+    # a Hugging Face artifact: the processor with the training's pixel limits beside the adapter and in the export,
+    # a model card with base, data hash and final loss, and the export generates
+    from transformers import AutoProcessor
+    from qvl.core import file_digest
+    limits = cfg.budget().processor_limits()
+    for d in (tmp_path / 'lora' / 'adapter', tmp_path / 'merged'):
+        ip = AutoProcessor.from_pretrained(d).image_processor
+        assert (ip.size['shortest_edge'], ip.size['longest_edge']) == (limits['min_pixels'], limits['max_pixels'])
+    card = (tmp_path / 'lora' / 'adapter' / 'README.md').read_text()
+    assert f'base_model: {tiny_model}' in card and file_digest(colour_data / 'train.json')[:16] in card
+    assert f"final loss {tr.history[-1]['loss']:.4f}" in card
+    gen = merged.generate(**{k: v for k, v in b.items() if k != 'labels'}, min_new_tokens=3, max_new_tokens=3, do_sample=False)
+    assert gen.shape[1] == b['input_ids'].shape[1] + 3
 
 
 def test_ddp_matches_single_process(tiny_model, colour_data, tmp_path):
