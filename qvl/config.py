@@ -11,7 +11,7 @@ from .core import QvlError
 from .resize import Budget
 
 # %% auto #0
-__all__ = ['METHODS', 'PRECISIONS', 'SCHEDULES', 'SHARDINGS', 'ATTENTIONS', 'world_size', 'rank', 'TrainConfig',
+__all__ = ['METHODS', 'PRECISIONS', 'SCHEDULES', 'SHARDINGS', 'ATTENTIONS', 'REPORTERS', 'world_size', 'rank', 'TrainConfig',
            'config_from_dict', 'load_config', 'device_type', 'resolve_precision', 'sharding_mode']
 
 # %% ../nbs/05_config.ipynb #ce1efae8
@@ -22,6 +22,7 @@ def rank() -> int: return int(os.environ.get('RANK', 0))
 METHODS, PRECISIONS, SCHEDULES, SHARDINGS = ('lora', 'full', 'qlora'), ('auto', 'bf16', 'bf16-mixed', 'fp16-mixed', 'fp32'), \
     ('cosine', 'linear', 'constant'), ('ddp', 'fsdp')
 ATTENTIONS = ('sdpa', 'flash_attention_2', 'eager')
+REPORTERS = ('tensorboard', 'none')           # where a run's logged steps go besides log.jsonl / log.csv
 
 @dataclass
 class TrainConfig:
@@ -69,6 +70,7 @@ class TrainConfig:
     sharding: str = 'ddp'                       # ddp | fsdp (full fine-tuning on several GPUs)
     detail_budgets: list[int] | None = None     # after training: answer accuracy on eval_data at these square sides
     seed: int = 0
+    report_to: str = 'tensorboard'              # tensorboard (event files in out_dir/tensorboard) | none
 
     def budget(self) -> Budget:
         return Budget(max_pixels=self.max_pixels, min_pixels=self.min_pixels, max_side=self.max_side,
@@ -101,7 +103,7 @@ def config_from_dict(d: dict, **overrides) -> TrainConfig:
             raise QvlError(f"config key {k!r} should be {want}, got {v!r}")
     c = TrainConfig(**d)
     for k, choices in dict(method=METHODS, precision=PRECISIONS, schedule=SCHEDULES, sharding=SHARDINGS,
-                           attn_implementation=ATTENTIONS).items():
+                           attn_implementation=ATTENTIONS, report_to=REPORTERS).items():
         if getattr(c, k) not in choices: raise QvlError(f"config {k}={getattr(c, k)!r}: choose one of {', '.join(choices)}")
     for k in ('steps', 'batch_size', 'grad_accum', 'cutoff_len', 'log_every', 'lora_rank', 'lora_alpha'):
         if getattr(c, k) < 1: raise QvlError(f"config {k} must be at least 1, got {getattr(c, k)}")

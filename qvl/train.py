@@ -144,7 +144,7 @@ def latest_checkpoint(out_dir, report=print) -> Path | None:
 
 # may differ between a run and its --resume: they change what is written or how long it goes, not what it computes
 RESUMABLE_KEYS = ('steps', 'out_dir', 'log_every', 'eval_every', 'save_every', 'detail_budgets', 'eval_data', 'cache_dir',
-                  'lazy', 'strict')
+                  'lazy', 'strict', 'report_to')
 
 def resume_conflicts(saved: dict, cfg: TrainConfig) -> list[str]:
     "Config keys whose values differ from the checkpoint's run (other than `RESUMABLE_KEYS`), as 'key: old -> new'."
@@ -359,6 +359,17 @@ class _Checkpoints:
         with open(self.out / 'log.jsonl', 'a') as f: f.write(json.dumps(rec) + '\n')
         import pandas as pd
         atomic_file(self.out / 'log.csv', lambda tmp: pd.DataFrame(self.history).to_csv(tmp, index=False))
+        if getattr(getattr(self, 'cfg', None), 'report_to', 'none') == 'tensorboard': self._tensorboard(rec)
+
+    def _tensorboard(self, rec: dict):
+        "A logged step as TensorBoard scalars: train/loss, train/lr, train/tokens_per_s, ..., eval/loss."
+        if getattr(self, '_tb', None) is None:
+            from torch.utils.tensorboard import SummaryWriter
+            self._tb = SummaryWriter(log_dir=str(self.out / 'tensorboard'))
+        for k, v in rec.items():
+            if k != 'step' and isinstance(v, (int, float)) and not isinstance(v, bool):
+                self._tb.add_scalar('eval/loss' if k == 'eval_loss' else f'train/{k}', v, rec['step'])
+        self._tb.flush()
 
     def _restore_log(self):
         p = self.out / 'log.jsonl'
@@ -599,6 +610,7 @@ class Trainer(_Checkpoints, _Evaluation):
             dc = self.detail_check()
             atomic_file(self.out / 'detail_check.csv', lambda tmp: dc.to_csv(tmp, index=False))
         self.write_card()
+        if getattr(self, '_tb', None) is not None: self._tb.close(); self._tb = None
         if world_size() > 1: _barrier()    # every rank leaves once rank 0 has written the results
         return pd.DataFrame(self.history)
 

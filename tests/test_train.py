@@ -102,6 +102,11 @@ def test_adapter_loads_with_peft_and_matches(tiny_model, colour_data, tmp_path):
     assert f"final loss {tr.history[-1]['loss']:.4f}" in card
     gen = merged.generate(**{k: v for k, v in b.items() if k != 'labels'}, min_new_tokens=3, max_new_tokens=3, do_sample=False)
     assert gen.shape[1] == b['input_ids'].shape[1] + 3
+    # TensorBoard (the default report_to), read back with TensorBoard's own event reader: every logged step and value
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    ev = EventAccumulator(str(tmp_path / 'lora' / 'tensorboard')); ev.Reload()
+    assert [(e.step, round(e.value, 5)) for e in ev.Scalars('train/loss')] == [(s, round(l, 5)) for s, l in losses(tmp_path / 'lora')]
+    assert {'train/lr', 'train/tokens_per_s', 'eval/loss'} <= set(ev.Tags()['scalars'])
 
 
 def test_ddp_matches_single_process(tiny_model, colour_data, tmp_path):
