@@ -18,8 +18,8 @@ from .tokens import analyse, inspect_model, model_budget
 
 # %% auto #0
 __all__ = ['IGNORE', 'MODEL_FILES', 'CACHE_FORMAT', 'assistant_mask', 'expand_example', 'Examples', 'build_examples', 'cache_key',
-           'save_examples', 'load_examples', 'cached_examples', 'VisionTextDataset', 'collate', 'collate_packed',
-           'lazy_examples']
+           'save_examples', 'load_examples', 'cached_examples', 'VisionTextDataset', 'padded_length', 'loss_tokens',
+           'collate', 'collate_packed', 'lazy_examples']
 
 # %% ../nbs/07_data.ipynb #bdfc1dec
 IGNORE = -100
@@ -68,6 +68,10 @@ class Examples:
 
     @property
     def tokens(self) -> int: return int(self.offsets[-1])
+
+    def visual_tokens(self, factor: int) -> list[int]:
+        "Per example: the LLM tokens of its images, for a model whose image tokens are `factor` pixels a side."
+        return [sum((h // factor) * (w // factor) for _, h, w in im) for im in self.images]
 
 def _encode(checks, info, budget) -> list[tuple]:
     "Expanded ids, labels and images of every sample the doctor passed."
@@ -226,11 +230,18 @@ class VisionTextDataset:
             item.update(pixel_values=px['pixel_values'], image_grid_thw=px['image_grid_thw'])
         return item
 
+def padded_length(longest: int, multiple: int = 8) -> int:
+    "The length `collate` pads a batch whose longest item has `longest` tokens to."
+    return (longest + multiple - 1) // multiple * multiple
+
+def loss_tokens(labels) -> int:
+    "Label tokens the loss counts: the model shifts labels by one, so the first never counts."
+    return int((labels[1:] != IGNORE).sum())
+
 def collate(items: list[dict], pad_id: int, multiple: int = 8, image_token_id: int | None = None) -> dict:
     "Right-pad items into a batch (length rounded up to `multiple`), joining their images; with `image_token_id`, the `mm_token_type_ids` newer models need for their 3D positions."
     import torch
-    n = max(len(i['input_ids']) for i in items)
-    n = (n + multiple - 1) // multiple * multiple
+    n = padded_length(max(len(i['input_ids']) for i in items), multiple)
     ids = torch.full((len(items), n), pad_id, dtype=torch.long)
     labels = torch.full((len(items), n), IGNORE, dtype=torch.long)
     mask = torch.zeros((len(items), n), dtype=torch.long)

@@ -12,11 +12,10 @@ from .core import QvlError, atomic_file
 
 # %% auto #0
 __all__ = ['IMAGE_PART_KEYS', 'VISION_START', 'VISION_END', 'IMAGE_PAD', 'VIDEO_PAD', 'IMAGE_SEQUENCE', 'DEFAULT_PLACEHOLDER',
-           'SPECS', 'REPORT_FILES', 'read_records', 'write_records', 'image_part_slot', 'image_part',
+           'SPECS', 'REPORT_FILES', 'read_records', 'write_records', 'image_part_slot', 'image_part', 'is_image_part',
            'placeholder_pattern', 'normalise_placeholders', 'expand_image_tokens', 'Spec', 'spec_from_info',
            'info_entry', 'detect_spec', 'Sample', 'split_images', 'join_images', 'parse_sample', 'format_sample',
-           'Dataset', 'load_dataset', 'convert', 'is_image_part', 'image_slots', 'image_refs', 'set_image_refs',
-           'text_slots']
+           'Dataset', 'load_dataset', 'convert', 'image_slots', 'image_refs', 'set_image_refs', 'text_slots']
 
 # %% ../nbs/01_formats.ipynb #31c1b406
 def read_records(path) -> list:
@@ -59,6 +58,11 @@ def image_part(part: dict) -> str | None:
     "The image path of a content part (`file://` dropped), or None."
     slot = image_part_slot(part)
     return slot[0][slot[1]].removeprefix('file://') if slot else None
+
+def is_image_part(part) -> bool:
+    "Whether a message content part is an image: typed `image` / `image_url`, or untyped with an image path."
+    return isinstance(part, dict) and (part.get('type') in ('image', 'image_url')
+                                       or (part.get('type') is None and image_part_slot(part) is not None))
 
 # %% ../nbs/01_formats.ipynb #1d23bd74
 VISION_START, VISION_END, IMAGE_PAD, VIDEO_PAD = '<|vision_start|>', '<|vision_end|>', '<|image_pad|>', '<|video_pad|>'
@@ -216,8 +220,8 @@ def parse_sample(record: dict, spec: Spec, placeholder: str | None = DEFAULT_PLA
                 parts = []
                 for p in content:
                     if not isinstance(p, dict): raise QvlError(f"a content part is {type(p).__name__}")
-                    if p.get('type') == 'image' or (p.get('type') is None and image_part(p)) or p.get('type') == 'image_url':
-                        keep = {k: v for k, v in p.items() if k not in ('type', 'image', 'image_url', 'url', 'path')}
+                    if is_image_part(p):
+                        keep = {k: v for k, v in p.items() if k not in ('type',) + IMAGE_PART_KEYS}
                         parts.append(dict(type='image', **keep)); images.append(image_part(p))
                     elif p.get('type', 'text') == 'text':
                         parts += split_images(_text(p.get('text', ''), 'a text part'), placeholder)
@@ -329,11 +333,6 @@ def convert(src, dst, to: str = 'messages', name: str | None = None,
     return skipped
 
 # %% ../nbs/01_formats.ipynb #d730234c
-def is_image_part(part) -> bool:
-    "Whether a message content part is an image: typed `image` / `image_url`, or untyped with an image path."
-    return isinstance(part, dict) and (part.get('type') in ('image', 'image_url')
-                                       or (part.get('type') is None and image_part_slot(part) is not None))
-
 def image_slots(record, spec: Spec | None = None) -> list[tuple]:
     """Where `record` names its images, in order: (container, key) pairs to read or replace each path. `spec`: the
     record's layout (detected when None; a record of no known layout names none)."""

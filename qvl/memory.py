@@ -63,7 +63,9 @@ class Setup:
         if self.sharding not in SHARDINGS: bad(f"unknown sharding {self.sharding!r}: choose one of {', '.join(SHARDINGS)}")
         if self.attn_implementation not in ATTENTIONS:
             bad(f"unknown attn_implementation {self.attn_implementation!r}: choose one of {', '.join(ATTENTIONS)}")
-        if self.lora_adapter_dtype not in (None, 'bf16', 'fp32'): bad(f"lora_adapter_dtype is bf16, fp32 or None, got {self.lora_adapter_dtype!r}")
+        dtypes = Setup.__dataclass_fields__['lora_adapter_dtype'].metadata['choices']
+        if self.lora_adapter_dtype not in (None, *dtypes):
+            bad(f"lora_adapter_dtype is {', '.join(dtypes)} or None, got {self.lora_adapter_dtype!r}")
         for k in ('batch_size', 'gpus', 'lora_rank'):
             if getattr(self, k) < 1: bad(f"{k} must be at least 1, got {getattr(self, k)}")
         for k in ('prompt_tokens', 'answer_tokens', 'images_per_sample'):
@@ -392,7 +394,7 @@ def estimate_data(cfg: TrainConfig, setup: Setup | None = None, steps: int | Non
     budget on every image, the real text; the tokenization cache is shared with training), walked in the run's order
     for `steps` (default: the run's) on each of `setup.gpus` GPUs. `setup`: `Setup.of(cfg)` with any other keys.
     Returns the estimate, and where that micro-batch is: its step, GPU, samples (positions in the data file) and ids."""
-    from qvl.data import cached_examples
+    from qvl.data import cached_examples, loss_tokens, padded_length
     from qvl.formats import load_dataset
     from qvl.train import micro_batches
     s = setup or Setup.of(cfg)
@@ -402,13 +404,13 @@ def estimate_data(cfg: TrainConfig, setup: Setup | None = None, steps: int | Non
     if not len(ex): raise QvlError(f"{cfg.data}: no sample can be trained on ({len(ex.skipped)} skipped: `qvl doctor` says why)")
     f = model_shape(s.model).factor
     length = [ex.offsets[i + 1] - ex.offsets[i] for i in range(len(ex))]
-    labeled = [int((ex[i]['labels'][1:] != -100).sum()) for i in range(len(ex))]
-    visual = [sum((h // f) * (w // f) for _, h, w in im) for im in ex.images]
+    labeled = [loss_tokens(ex[i]['labels']) for i in range(len(ex))]
+    visual = ex.visual_tokens(f)
     peaks, best = {}, None
     for step in range(steps or cfg.steps):
         for gpu in range(s.gpus):
             for mb in micro_batches(cfg, len(ex), step * cfg.batch_size * cfg.grad_accum * s.gpus, s.gpus, gpu)[1]:
-                seq = sum(length[i] for i in mb) if cfg.packing else -(-max(length[i] for i in mb) // 8) * 8   # as collate pads
+                seq = sum(length[i] for i in mb) if cfg.packing else padded_length(max(length[i] for i in mb))
                 b = Batch(1 if cfg.packing else len(mb), seq, sum(visual[i] for i in mb), sum(labeled[i] for i in mb),
                           sum(len(ex.images[i]) for i in mb))
                 if b not in peaks: peaks[b] = estimate_setup(s, batch=b).peak_allocated_bytes

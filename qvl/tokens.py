@@ -422,18 +422,19 @@ def _add_missing_placeholders(records: list, spec: Spec, placeholder: str) -> li
 def _dropped(c: SampleCheck, reason: str, codes: list) -> dict: return dict(index=c.index, id=c.id, codes=codes, reason=reason)
 def _reasons(findings: list) -> str: return '; '.join(f"{f['code']}: {f['message']}" for f in findings)
 
-def _shrink(c: SampleCheck, nb: Budget, root: Path, allow_outside: bool, jobs: dict) -> list[str]:
-    "The resized copies a shrunk sample will name (their resize jobs added to `jobs`)."
-    refs = []
+def _shrink(c: SampleCheck, nb: Budget, root: Path, allow_outside: bool, jobs: dict) -> tuple[list[str], list[list[int]]]:
+    "The resized copies a shrunk sample will name, and their [width, height] (their resize jobs added to `jobs`)."
+    refs, sizes = [], []
     for ref in c.sample.images:
         src = _resolve(root, ref, allow_outside)
         h, w = nb.fit(*reversed(c.sizes[len(refs)]))
+        sizes.append([w, h])
         p = Path(ref)
         rel = str(Path('resized') / (p.parent if not p.is_absolute() and src.is_relative_to(root) else 'outside')
                   / f"{p.stem}.{w}x{h}{p.suffix}")
         jobs.setdefault(rel, ResizeJob(str(src), '', rel, nb))
         refs.append(rel)
-    return refs
+    return refs, sizes
 
 def _decide(checks: list, b: Budget, cutoff_len: int, strategy: str, floor_tokens: int, root: Path, allow_outside: bool):
     "Step 2: keep, shrink or drop each sample: (kept checks, shrunk, dropped, resize jobs)."
@@ -450,9 +451,9 @@ def _decide(checks: list, b: Budget, cutoff_len: int, strategy: str, floor_token
                 dropped.append(_dropped(c, f"does not fit cutoff_len {cutoff_len} even at {floor_tokens} visual tokens "
                                            f"per image ({long[0]['message']})", [f['code'] for f in long]))
                 continue
+            refs, sizes = _shrink(c, nb, root, allow_outside, jobs)
             shrunk.append(dict(index=c.index, id=c.id, tokens_before=sum(c.tokens),
-                               tokens_after=sum(nb.tokens(h, w) for w, h in c.sizes), images=_shrink(c, nb, root, allow_outside, jobs),
-                               sizes=[list(nb.fit(h, w)[::-1]) for w, h in c.sizes]))
+                               tokens_after=sum(nb.tokens(h, w) for w, h in c.sizes), images=refs, sizes=sizes))
         keep.append(c)
     return keep, shrunk, dropped, jobs
 

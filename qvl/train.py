@@ -196,9 +196,10 @@ class _FlopCounter:
         self.vision_trains = any(p.requires_grad for n, p in model.named_parameters() if param_part(n) in ('vision', 'merger'))
 
     def __call__(self, items) -> float:
+        from qvl.data import loss_tokens
         from qvl.fast import batch_flops
         rows = [(len(it['input_ids']), [int(g.prod()) for g in it['image_grid_thw']] if 'image_grid_thw' in it else [],
-                 int((it['labels'][1:] != -100).sum())) for it in items]
+                 loss_tokens(it['labels'])) for it in items]
         return batch_flops(self.shape, rows, self.cfg.method, self.cfg.lora_rank, not self.vision_trains)['total']
 
 def _device_peak_flops(device) -> float | None:
@@ -307,7 +308,7 @@ class _Evaluation:
             correct = self.answers_correct(ex)
             tasks = [ds.records[i].get('task', 'all') if isinstance(ds.records[i], dict) else 'all' for i in ex.index]
             f = self._flops.shape.factor            # the model's own image factor (28, or 32 for Qwen3-VL)
-            tokens = [sum((h // f) * (w // f) for _, h, w in im) for im in ex.images]
+            tokens = ex.visual_tokens(f)
             for t, c, k in zip(tasks, correct, tokens): rows.append(dict(budget=f'{side}x{side}', side=side, task=t, correct=c, visual_tokens=k))
         df = pd.DataFrame(rows)
         return df.groupby(['budget', 'side', 'task'], sort=False).agg(accuracy=('correct', 'mean'), samples=('correct', 'size'),
@@ -359,11 +360,11 @@ class _Checkpoints:
         with open(self.out / 'log.jsonl', 'a') as f: f.write(json.dumps(rec) + '\n')
         import pandas as pd
         atomic_file(self.out / 'log.csv', lambda tmp: pd.DataFrame(self.history).to_csv(tmp, index=False))
-        if getattr(getattr(self, 'cfg', None), 'report_to', 'none') == 'tensorboard': self._tensorboard(rec)
+        if self.cfg.report_to == 'tensorboard': self._tensorboard(rec)
 
     def _tensorboard(self, rec: dict):
         "A logged step as TensorBoard scalars: train/loss, train/lr, train/tokens_per_s, ..., eval/loss."
-        if getattr(self, '_tb', None) is None:
+        if self._tb is None:
             from torch.utils.tensorboard import SummaryWriter
             self._tb = SummaryWriter(log_dir=str(self.out / 'tensorboard'))
         for k, v in rec.items():
@@ -417,6 +418,7 @@ class Trainer(_Checkpoints, _Evaluation):
         from transformers import AutoProcessor
         self.cfg, self.progress = cfg, progress and rank() == 0
         self.plot = _in_notebook() if plot is None else plot
+        self._tb = None                     # the TensorBoard writer, opened at the first logged step
         self.device = setup_device()
         self.precision = resolve_precision(cfg.precision, self.device)
         self.sharding = sharding_mode(cfg, world_size())
@@ -489,7 +491,8 @@ class Trainer(_Checkpoints, _Evaluation):
 
     def _label_tokens(self, examples, idx) -> int:
         "Label tokens the loss counts (the model shifts labels by one) of examples `idx`."
-        return sum(int((examples[i]['labels'][1:] != -100).sum()) for i in idx)
+        from qvl.data import loss_tokens
+        return sum(loss_tokens(examples[i]['labels']) for i in idx)
 
     def train_step(self) -> dict:
         "One optimizer step over a global batch; returns its loss, tokens and time."
@@ -610,7 +613,7 @@ class Trainer(_Checkpoints, _Evaluation):
             dc = self.detail_check()
             atomic_file(self.out / 'detail_check.csv', lambda tmp: dc.to_csv(tmp, index=False))
         self.write_card()
-        if getattr(self, '_tb', None) is not None: self._tb.close(); self._tb = None
+        if self._tb is not None: self._tb.close(); self._tb = None
         if world_size() > 1: _barrier()    # every rank leaves once rank 0 has written the results
         return pd.DataFrame(self.history)
 
