@@ -281,7 +281,9 @@ def box_style(family_or_model) -> BoxStyle:
     key = str(family_or_model)
     if key not in BOX_STYLES:
         from qvl.core import load_config
-        key = load_config(key).model_type
+        try: key = load_config(key).model_type
+        except QvlError as e: raise QvlError(f"no box convention for {family_or_model!r}: give a family ({', '.join(BOX_STYLES)}) "
+                                             f"or a model ({e})") from None
     if key not in BOX_STYLES: raise QvlError(f"no box convention known for {family_or_model!r}: choose one of {', '.join(BOX_STYLES)}")
     return BOX_STYLES[key]
 
