@@ -166,7 +166,7 @@ def _overrides(pairs) -> dict:
     return out
 
 def cmd_train(a) -> int:
-    from qvl.config import load_config, rank
+    from qvl.config import load_config, rank, world_size
     from qvl.core import QvlError
     from qvl.train import Trainer, tiny_run_config
     over = _overrides(a.set)
@@ -179,7 +179,9 @@ def cmd_train(a) -> int:
     cfg = load_config(a.config, **over) if a.config else tiny_run_config(**over)
     tr = Trainer(cfg)
     if rank() == 0:
-        print(f"{cfg.method} on {cfg.model}: {tr.trainable:,} trainable parameters, {len(tr.train_examples)} training examples"
+        print(f"{cfg.method} on {cfg.model}"
+              + (f" ({world_size()} processes, {tr.sharding})" if tr.sharding else '')
+              + f": {tr.trainable:,} trainable parameters, {len(tr.train_examples)} training examples"
               + (f" ({len(tr.train_examples.skipped)} skipped, listed in {cfg.out_dir}/skipped.json)" if getattr(tr.train_examples, 'skipped', None) else '')
               + (", tokenization cache hit" if getattr(tr, 'cache_hit', False) else ''))
     log = tr.fit(resume=a.resume)

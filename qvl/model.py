@@ -12,7 +12,7 @@ from .core import QvlError, image_factor, load_config
 
 # %% auto #0
 __all__ = ['PARTS', 'base_model', 'inner_model', 'token_type_id', 'param_part', 'is_llm_linear', 'llm_linear_names',
-           'decoder_layers', 'ModelShape', 'model_shape', 'build_model', 'prepare_model']
+           'decoder_layers', 'tied_names', 'ModelShape', 'model_shape', 'build_model', 'prepare_model']
 
 # %% ../nbs/06_model.ipynb #bfd6d74b
 def base_model(model):
@@ -55,6 +55,15 @@ def llm_linear_names(model) -> list[str]:
 def decoder_layers(model) -> list:
     "The language model's decoder layers (what the fast step compiles and FSDP shards one by one)."
     return [m for n, m in model.named_modules() if type(m).__name__.endswith('DecoderLayer') and 'language_model' in n.split('.')]
+
+def tied_names(model) -> set[str]:
+    """Names under which a parameter appears a second time (the LM head tied to the embeddings). A state dict gathered
+    from shards holds them as copies; a checkpoint keeps only the first name."""
+    seen, tied = set(), set()
+    for n, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in seen: tied.add(n)
+        seen.add(id(p))
+    return tied
 
 # %% ../nbs/06_model.ipynb #b8f8ccc6
 @dataclass(frozen=True)

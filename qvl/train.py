@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING: import pandas as pd      # names in annotations only
 from .config import TrainConfig, config_from_dict, device_type, rank, resolve_precision, sharding_mode, world_size
 from .core import QvlError, atomic_dir, atomic_file, check_model_dir
-from .model import decoder_layers, model_shape, param_part, prepare_model, token_type_id
+from .model import decoder_layers, model_shape, param_part, prepare_model, tied_names, token_type_id
 from .resize import Budget
 
 # %% auto #0
@@ -384,6 +384,7 @@ class _Checkpoints:
         if self.sharding == 'fsdp':   # every rank takes part in gathering the full weights; rank 0 writes them
             from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
             state = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+            state = {k: v for k, v in state.items() if k not in tied_names(self.module)}   # the tied LM head once
         if rank() != 0: return None
         dst = self.out / ('model' if self.cfg.method == 'full' else 'adapter')
         def build(tmp: Path):

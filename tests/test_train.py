@@ -109,12 +109,16 @@ def test_adapter_loads_with_peft_and_matches(tiny_model, colour_data, tmp_path):
     assert {'train/lr', 'train/tokens_per_s', 'eval/loss'} <= set(ev.Tags()['scalars'])
 
 
-def test_ddp_matches_single_process(tiny_model, colour_data, tmp_path):
-    "torchrun with 2 processes (gloo, CPU) and batch 1 each gives the loss of 1 process with batch 2."
+@pytest.mark.parametrize('sharding', ['ddp', 'fsdp'])
+def test_two_processes_match_one(tiny_model, colour_data, tmp_path, sharding):
+    """torchrun with 2 processes (gloo, CPU) and batch 1 each gives the losses of 1 process with batch 2, replicated (DDP)
+    or sharded layer by layer (FSDP), and saves the same full weights."""
+    import torch
+    from safetensors.torch import load_file
     one = write_config(tmp_path / 'one.yaml', **base_config(tiny_model, colour_data, tmp_path / 'one', batch_size=2,
                                                           steps=4, save_every=0, eval_every=0))
     two = write_config(tmp_path / 'two.yaml', **base_config(tiny_model, colour_data, tmp_path / 'two', batch_size=1,
-                                                          steps=4, save_every=0, eval_every=0))
+                                                          steps=4, save_every=0, eval_every=0, sharding=sharding))
     run_qvl('train', one)
     torchrun = Path(sys.executable).parent / 'torchrun'
     env = dict(os.environ, OMP_NUM_THREADS='1')
@@ -122,8 +126,12 @@ def test_ddp_matches_single_process(tiny_model, colour_data, tmp_path):
                        text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert 'terminate called' not in r.stderr       # every rank tears its process group down before leaving
+    assert f'(2 processes, {sharding})' in r.stdout
     for (s1, l1), (s2, l2) in zip(losses(tmp_path / 'one'), losses(tmp_path / 'two')):
         assert s1 == s2 and abs(l1 - l2) < 1e-4 * max(1, abs(l1)), (s1, l1, l2)
+    w1, w2 = (load_file(tmp_path / run / 'model' / 'model.safetensors') for run in ('one', 'two'))
+    assert w1.keys() == w2.keys()
+    assert all(torch.allclose(w1[k].float(), w2[k].float(), atol=1e-4) for k in w1)
 
 
 def test_broken_samples_are_skipped_and_listed(tiny_model, colour_data, tmp_path):
