@@ -14,6 +14,10 @@ py_versions = ['3.10', '3.11', '3.12', '3.13']
 lic = licenses[cfg['license']]
 min_python = cfg['min_python']
 
+# lab: JupyterLab; mlflow / wandb: the trackers `report_to` can write to; dev: all of them and the test tools
+extras = {k: cfg[f'{k}_requirements'].split() for k in ('lab', 'mlflow', 'wandb')}
+extras['dev'] = cfg['dev_requirements'].split() + [r for v in extras.values() for r in v]
+
 readme = Path(__file__).parent / 'README.md'
 setuptools.setup(
     name=cfg['lib_name'],
@@ -35,7 +39,7 @@ setuptools.setup(
     packages=setuptools.find_packages(include=['qvl', 'qvl.*']),
     include_package_data=True,
     install_requires=cfg['requirements'].split(),
-    extras_require={'dev': cfg['dev_requirements'].split()},
+    extras_require=extras,
     python_requires='>=' + min_python,
     zip_safe=False,
     entry_points={

@@ -22,7 +22,7 @@ def rank() -> int: return int(os.environ.get('RANK', 0))
 METHODS, PRECISIONS, SCHEDULES, SHARDINGS = ('lora', 'full', 'qlora'), ('auto', 'bf16', 'bf16-mixed', 'fp16-mixed', 'fp32'), \
     ('cosine', 'linear', 'constant'), ('ddp', 'fsdp')
 ATTENTIONS = ('sdpa', 'flash_attention_2', 'eager')
-REPORTERS = ('tensorboard', 'none')           # where a run's logged steps go besides log.jsonl / log.csv
+REPORTERS = ('tensorboard', 'mlflow', 'wandb', 'none')     # where a run's logged steps go besides log.jsonl / log.csv
 
 @dataclass
 class TrainConfig:
@@ -70,7 +70,8 @@ class TrainConfig:
     sharding: str = 'ddp'                       # ddp | fsdp (full fine-tuning on several GPUs)
     detail_budgets: list[int] | None = None     # after training: answer accuracy on eval_data at these square sides
     seed: int = 0
-    report_to: str = 'tensorboard'              # tensorboard (event files in out_dir/tensorboard) | none
+    report_to: str = 'tensorboard'              # tensorboard (out_dir/tensorboard) | mlflow | wandb (offline, out_dir/wandb) | none
+    tracking_uri: str | None = None             # MLflow's store (default: $MLFLOW_TRACKING_URI, else sqlite in ./mlruns)
 
     def budget(self) -> Budget:
         return Budget(max_pixels=self.max_pixels, min_pixels=self.min_pixels, max_side=self.max_side,

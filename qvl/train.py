@@ -16,7 +16,8 @@ from .resize import Budget
 # %% auto #0
 __all__ = ['RESUMABLE_KEYS', 'setup_device', 'end_process_group', 'all_reduce_sum', 'optimizer_options', 'make_optimizer',
            'enable_fast', 'stream_indices', 'micro_batches', 'lr_lambda', 'latest_checkpoint', 'resume_conflicts',
-           'step_rates', 'run_summary', 'summary_line', 'model_card', 'Trainer', 'export_merged', 'tiny_run_config']
+           'step_rates', 'run_summary', 'summary_line', 'model_card', 'check_tracker', 'open_tracker', 'Trainer',
+           'export_merged', 'tiny_run_config']
 
 # %% ../nbs/09_train.ipynb #97c3aa2e
 def setup_device():
@@ -144,7 +145,7 @@ def latest_checkpoint(out_dir, report=print) -> Path | None:
 
 # may differ between a run and its --resume: they change what is written or how long it goes, not what it computes
 RESUMABLE_KEYS = ('steps', 'out_dir', 'log_every', 'eval_every', 'save_every', 'detail_budgets', 'eval_data', 'cache_dir',
-                  'lazy', 'strict', 'report_to')
+                  'lazy', 'strict', 'report_to', 'tracking_uri')
 
 def resume_conflicts(saved: dict, cfg: TrainConfig) -> list[str]:
     "Config keys whose values differ from the checkpoint's run (other than `RESUMABLE_KEYS`), as 'key: old -> new'."
@@ -241,20 +242,109 @@ def _in_notebook() -> bool:
         return get_ipython() is not None and 'IPKernelApp' in get_ipython().config
     except Exception: return False
 
-_PLOT = {}
-def _live_plot(history: list[dict]):
-    "Redraw the loss curve in place in a notebook."
+def _live_plot(history: list[dict], handle=None):
+    "Draw the loss curve in a notebook: a new output the first time, then redrawn in place through the returned `handle`."
     import matplotlib.pyplot as plt
     from IPython.display import display
     fig, ax = plt.subplots(figsize=(6, 3))
     steps = [h['step'] for h in history]
-    ax.plot(steps, [h['loss'] for h in history], label='train loss')
+    ax.plot(steps, [h['loss'] for h in history], '.-' if len(steps) < 50 else '-', label='train loss')
     ev = [(h['step'], h['eval_loss']) for h in history if 'eval_loss' in h]
     if ev: ax.plot(*zip(*ev), 'o-', label='eval loss')
     ax.set_xlabel('step'); ax.set_ylabel('loss'); ax.legend(); fig.tight_layout()
-    if 'handle' not in _PLOT: _PLOT['handle'] = display(fig, display_id=True)
-    else: _PLOT['handle'].update(fig)
+    if handle is None: handle = display(fig, display_id=True)
+    else: handle.update(fig)
     plt.close(fig)
+    return handle
+
+# %% ../nbs/09_train.ipynb #a9d52a8a
+def _metric_name(key: str) -> str: return 'eval/loss' if key == 'eval_loss' else f'train/{key}'
+
+def _metrics(rec: dict) -> dict:
+    "A logged step's numbers under the trackers' names."
+    return {_metric_name(k): float(v) for k, v in rec.items()
+            if k != 'step' and isinstance(v, (int, float)) and not isinstance(v, bool) and v == v}
+
+class _TensorBoard:
+    "Event files in out_dir/tensorboard."
+    def __init__(self, cfg: TrainConfig, out: Path, resume_id: str | None = None):
+        from torch.utils.tensorboard import SummaryWriter
+        self.writer, self.id = SummaryWriter(log_dir=str(out / 'tensorboard')), None
+    def log(self, rec: dict):
+        for k, v in _metrics(rec).items(): self.writer.add_scalar(k, v, rec['step'])
+        self.writer.flush()
+    def close(self, summary: dict | None, failed: bool = False):
+        if summary:
+            for k, v in summary.items():
+                if isinstance(v, (int, float)): self.writer.add_scalar(f'summary/{k}', v, 0)
+        self.writer.close()
+
+class _MLflow:
+    "A run of the experiment `qvl` in an MLflow store (the client API: no global state is changed)."
+    def __init__(self, cfg: TrainConfig, out: Path, resume_id: str | None = None):
+        from mlflow.tracking import MlflowClient
+        from mlflow.entities import Param
+        uri = cfg.tracking_uri or os.environ.get('MLFLOW_TRACKING_URI') or f"sqlite:///{Path('mlruns').resolve() / 'mlflow.db'}"
+        if uri.startswith('sqlite:///'): Path(uri[len('sqlite:///'):]).parent.mkdir(parents=True, exist_ok=True)
+        self.client = MlflowClient(tracking_uri=uri)
+        if resume_id:
+            self.id = resume_id
+            self.client.update_run(resume_id, status='RUNNING')
+            return
+        exp = self.client.get_experiment_by_name('qvl')
+        run = self.client.create_run(exp.experiment_id if exp else self.client.create_experiment('qvl'), run_name=out.name,
+                                     tags={'qvl.out_dir': str(out.resolve()), 'qvl.model': cfg.model, 'qvl.method': cfg.method})
+        self.id = run.info.run_id
+        params = [Param(k, json.dumps(v, default=str)[:6000]) for k, v in dataclasses.asdict(cfg).items()]
+        self.client.log_batch(self.id, params=params)
+    def log(self, rec: dict):
+        import time
+        from mlflow.entities import Metric
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.id, metrics=[Metric(k, v, now, rec['step']) for k, v in _metrics(rec).items()])
+    def close(self, summary: dict | None, failed: bool = False):
+        import time
+        from mlflow.entities import Metric
+        if summary:
+            now = int(time.time() * 1000)
+            self.client.log_batch(self.id, metrics=[Metric(f'summary/{k}', float(v), now, 0) for k, v in summary.items()
+                                                    if isinstance(v, (int, float)) and v == v])
+        self.client.set_terminated(self.id, 'FAILED' if failed else 'FINISHED')
+
+class _Wandb:
+    "A W&B run, offline under out_dir/wandb unless WANDB_MODE says otherwise."
+    def __init__(self, cfg: TrainConfig, out: Path, resume_id: str | None = None):
+        import wandb
+        self.run = wandb.init(project='qvl', name=out.name, dir=str(out), config=dataclasses.asdict(cfg),
+                              mode=None if os.environ.get('WANDB_MODE') else 'offline', id=resume_id,
+                              resume='allow' if resume_id else None, settings=wandb.Settings(silent=True))
+        self.id = self.run.id
+    def log(self, rec: dict): self.run.log(_metrics(rec), step=rec['step'])
+    def close(self, summary: dict | None, failed: bool = False):
+        if summary: self.run.summary.update({f'summary/{k}': v for k, v in summary.items()})
+        self.run.finish(exit_code=1 if failed else 0)
+
+_TRACKERS = {'tensorboard': (_TensorBoard, 'tensorboard', 'tensorboard'), 'mlflow': (_MLflow, 'mlflow', 'qvl[mlflow]'),
+             'wandb': (_Wandb, 'wandb', 'qvl[wandb]')}
+
+def check_tracker(cfg: TrainConfig):
+    "Stop before any work when `report_to` names a tracker whose package is not installed."
+    import importlib.util
+    if cfg.report_to in _TRACKERS:
+        _, module, pip = _TRACKERS[cfg.report_to]
+        if importlib.util.find_spec(module) is None:
+            raise QvlError(f"report_to: {cfg.report_to} needs the {module} package: pip install '{pip}' (or report_to: none)")
+
+def open_tracker(cfg: TrainConfig, out: Path, resume: bool = False):
+    """The tracker `cfg.report_to` names, or None; with `resume`, the run whose id out_dir/tracker.json keeps
+    continues. The id of a new run is written there."""
+    if cfg.report_to not in _TRACKERS: return None
+    check_tracker(cfg)
+    kept = out / 'tracker.json'
+    ids = json.loads(kept.read_text()) if kept.exists() else {}
+    tracker = _TRACKERS[cfg.report_to][0](cfg, out, ids.get(cfg.report_to) if resume else None)
+    if tracker.id: atomic_file(kept, lambda tmp: Path(tmp).write_text(json.dumps(ids | {cfg.report_to: tracker.id})))
+    return tracker
 
 # %% ../nbs/09_train.ipynb #2f4248ad
 class _Evaluation:
@@ -360,17 +450,7 @@ class _Checkpoints:
         with open(self.out / 'log.jsonl', 'a') as f: f.write(json.dumps(rec) + '\n')
         import pandas as pd
         atomic_file(self.out / 'log.csv', lambda tmp: pd.DataFrame(self.history).to_csv(tmp, index=False))
-        if self.cfg.report_to == 'tensorboard': self._tensorboard(rec)
-
-    def _tensorboard(self, rec: dict):
-        "A logged step as TensorBoard scalars: train/loss, train/lr, train/tokens_per_s, ..., eval/loss."
-        if self._tb is None:
-            from torch.utils.tensorboard import SummaryWriter
-            self._tb = SummaryWriter(log_dir=str(self.out / 'tensorboard'))
-        for k, v in rec.items():
-            if k != 'step' and isinstance(v, (int, float)) and not isinstance(v, bool):
-                self._tb.add_scalar('eval/loss' if k == 'eval_loss' else f'train/{k}', v, rec['step'])
-        self._tb.flush()
+        if getattr(self, 'tracker', None): self.tracker.log(rec)
 
     def _restore_log(self):
         p = self.out / 'log.jsonl'
@@ -419,7 +499,8 @@ class Trainer(_Checkpoints, _Evaluation):
         from transformers import AutoProcessor
         self.cfg, self.progress = cfg, progress and rank() == 0
         self.plot = _in_notebook() if plot is None else plot
-        self._tb = None                     # the TensorBoard writer, opened at the first logged step
+        check_tracker(cfg)
+        self.tracker = None                 # where report_to sends the logged steps (rank 0, opened by fit)
         self.device = setup_device()
         self.precision = resolve_precision(cfg.precision, self.device)
         self.sharding = sharding_mode(cfg, world_size())
@@ -560,8 +641,6 @@ class Trainer(_Checkpoints, _Evaluation):
 
     def fit(self, steps: int | None = None, resume: bool = False) -> 'pd.DataFrame':
         "Train to `steps` (default: the config's) optimizer steps; with `resume`, from the last checkpoint."
-        import torch, pandas as pd
-        from tqdm.auto import tqdm
         cfg = self.cfg
         total = steps or cfg.steps
         self.out.mkdir(parents=True, exist_ok=True)
@@ -574,6 +653,16 @@ class Trainer(_Checkpoints, _Evaluation):
                                          f"resume with the same settings, or train into a new out_dir")
             self.load_checkpoint(ck)
         elif rank() == 0: (self.out / 'log.jsonl').unlink(missing_ok=True)
+        if rank() == 0: self.tracker = open_tracker(cfg, self.out, resume=bool(ck))
+        try: return self._fit(total)
+        except BaseException:      # the tracker's run ends as failed (an interrupt too); the error goes on
+            if self.tracker is not None: self.tracker.close(None, failed=True); self.tracker = None
+            raise
+
+    def _fit(self, total: int) -> 'pd.DataFrame':
+        import torch, pandas as pd
+        from tqdm.auto import tqdm
+        cfg = self.cfg
         if rank() == 0:
             (self.out / 'config.json').write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
             skipped = getattr(self.train_examples, 'skipped', [])
@@ -581,7 +670,7 @@ class Trainer(_Checkpoints, _Evaluation):
         self._restore_log()
         cuda = self.device.type == 'cuda'
         bar = tqdm(total=total, initial=self.step, desc='train', unit='step', disable=not self.progress)
-        window, steady = [], []
+        window, steady, plot = [], [], None      # plot: this fit's live loss curve in a notebook
         first = self.step + 1               # this process's first step compiles, autotunes and grows the allocator
         if cuda: torch.cuda.reset_peak_memory_stats(self.device)
         while self.step < total:
@@ -601,7 +690,7 @@ class Trainer(_Checkpoints, _Evaluation):
                 if self.eval_set is not None and ((cfg.eval_every and self.step % cfg.eval_every == 0) or self.step == total):
                     rec['eval_loss'] = self.evaluate()
                 self._log(rec)
-                if self.plot: _live_plot(self.history)
+                if self.plot: plot = _live_plot(self.history, plot)
                 window = []
             if cfg.save_every and self.step % cfg.save_every == 0: self.save_checkpoint()
         bar.close()
@@ -614,7 +703,7 @@ class Trainer(_Checkpoints, _Evaluation):
             dc = self.detail_check()
             atomic_file(self.out / 'detail_check.csv', lambda tmp: dc.to_csv(tmp, index=False))
         self.write_card()
-        if self._tb is not None: self._tb.close(); self._tb = None
+        if self.tracker is not None: self.tracker.close(self.summary); self.tracker = None
         if world_size() > 1: _barrier()    # every rank leaves once rank 0 has written the results
         return pd.DataFrame(self.history)
 

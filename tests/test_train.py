@@ -236,3 +236,61 @@ def test_the_default_run_trains_each_family_and_checks_detail(family, tmp_path):
     ds = load_dataset(cfg['eval_data'])
     want = [Budget(target=(100, 100), factor=f).tokens(*reversed(image_size(ds.root / image_refs(r, ds.spec)[0]))) for r in ds.records]
     assert abs(dc.visual_tokens.iloc[0] - sum(want) / len(want)) < 1e-6 and dc.samples.iloc[0] == len(want), dc
+
+
+def _wandb_records(path: Path) -> list:
+    """The records of a W&B run file (`run-ID.wandb`), parsed with W&B's own protobuf messages. The file is a
+    LevelDB-style log: a 7-byte header, then in 32 KiB blocks chunks of [crc32 (4), length (2), type (1), data]."""
+    import struct
+    from wandb.proto import wandb_internal_pb2 as pb
+    data = path.read_bytes()
+    assert data[:4] == b':W&B', data[:8]
+    pos, part, records = 7, b'', []
+    while pos + 7 <= len(data):
+        left = 32768 - pos % 32768
+        if left < 7: pos += left; continue                    # a block's zero-filled tail
+        _, length, kind = struct.unpack('<IHB', data[pos:pos + 7])
+        if kind == 0: pos += left; continue
+        part += data[pos + 7:pos + 7 + length]; pos += 7 + length
+        if kind in (1, 4):                                    # a full record, or the last chunk of one
+            rec = pb.Record(); rec.ParseFromString(part); records.append(rec); part = b''
+    return records
+
+
+def test_trackers_record_every_logged_step_and_resume_the_same_run(tiny_model, colour_data, tmp_path):
+    """report_to mlflow / wandb: every logged step (loss, lr, tokens/s, eval loss) under the same names, read back with
+    MLflow's client and W&B's own record format; the config goes along; `--resume` continues the same tracker run."""
+    from mlflow.tracking import MlflowClient
+    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    base = base_config(tiny_model, colour_data, tmp_path / 'x', steps=4, save_every=2, eval_every=2)
+    for tracker in ('mlflow', 'wandb'):
+        out = tmp_path / tracker
+        cfg = base | dict(out_dir=str(out), report_to=tracker, tracking_uri=uri)
+        run_qvl('train', write_config(tmp_path / f'{tracker}-2.yaml', **cfg | dict(steps=2)))
+        run_qvl('train', write_config(tmp_path / f'{tracker}.yaml', **cfg), '--resume')     # steps 3-4 into the same run
+        logged = [json.loads(l) for l in (out / 'log.jsonl').read_text().splitlines()]
+        assert [r['step'] for r in logged] == [1, 2, 3, 4]
+        run_id = json.loads((out / 'tracker.json').read_text())[tracker]
+        if tracker == 'mlflow':
+            c = MlflowClient(tracking_uri=uri)
+            run = c.get_run(run_id)
+            assert run.info.status == 'FINISHED' and run.data.params['method'] == '"full"'
+            assert [(m.step, round(m.value, 5)) for m in sorted(c.get_metric_history(run_id, 'train/loss'), key=lambda m: m.step)] \
+                == [(r['step'], round(r['loss'], 5)) for r in logged]
+            assert {'train/lr', 'train/tokens_per_s', 'eval/loss', 'summary/steady_s_per_step'} <= set(run.data.metrics)
+            assert len(c.search_runs([run.info.experiment_id])) == 1          # resumed, not a second run
+        else:
+            files = sorted(out.glob('wandb/offline-run-*/run-*.wandb'))
+            assert files and all(run_id in f.name for f in files)
+            history = {}
+            for f in files:
+                for rec in _wandb_records(f):
+                    if rec.WhichOneof('record_type') == 'history':
+                        items = {i.key or '/'.join(i.nested_key): json.loads(i.value_json) for i in rec.history.item}
+                        history[items['_step']] = items
+            assert [(s, round(h['train/loss'], 5)) for s, h in sorted(history.items())] == \
+                [(r['step'], round(r['loss'], 5)) for r in logged]
+            assert 'eval/loss' in history[2] and 'train/tokens_per_s' in history[4]
+            config = {i.key: json.loads(i.value_json) for rec in _wandb_records(files[0]) if rec.WhichOneof('record_type') == 'run'
+                      for i in rec.run.config.update}
+            assert config['method'] == 'full' and config['steps'] == 2
