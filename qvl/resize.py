@@ -16,8 +16,9 @@ __all__ = ['PROCESSOR_MIN_PIXELS', 'PROCESSOR_MAX_PIXELS', 'COMMON_BUDGETS', 'DE
            'IMAGE_EXTS', 'FORMATS', 'MANIFEST_COLUMNS', 'AspectRatioError', 'smart_resize', 'image_tokens',
            'vision_patches', 'Budget', 'token_table', 'plot_tokens', 'ImageError', 'image_size', 'to_rgb', 'open_image',
            'resize_image', 'load_resized', 'scale_boxes', 'rescale_grounding_text', 'BoxStyle', 'box_style',
-           'find_boxes', 'convert_grounding_text', 'convert_record_boxes', 'save_processor', 'ResizeJob', 'output_name',
-           'plan_outputs', 'jpeg_subsampling', 'run_job', 'run_jobs', 'resize_folder', 'resize_dataset', 'summarize']
+           'find_boxes', 'convert_grounding_text', 'convert_record_boxes', 'apply_budget', 'save_processor',
+           'ResizeJob', 'output_name', 'plan_outputs', 'jpeg_subsampling', 'run_job', 'run_jobs', 'resize_folder',
+           'resize_dataset', 'summarize']
 
 # %% ../nbs/02_resize.ipynb #6bbce161
 PROCESSOR_MIN_PIXELS, PROCESSOR_MAX_PIXELS = 56 * 56, 28 * 28 * 1280   # transformers class defaults
@@ -332,6 +333,15 @@ def convert_record_boxes(record: dict, root, src: BoxStyle, dst: BoxStyle, spec=
     return record
 
 # %% ../nbs/02_resize.ipynb #14774223
+def apply_budget(processor, budget: Budget):
+    "Set `budget`'s pixel limits on `processor`'s image processor (in place; returns it): it then keeps images resized to the budget as they are."
+    limits = budget.processor_limits()
+    ip = processor.image_processor
+    ip.size = dict(shortest_edge=limits['min_pixels'], longest_edge=limits['max_pixels'])
+    for k, v in limits.items():
+        if hasattr(ip, k): setattr(ip, k, v)
+    return processor
+
 def save_processor(processor_or_dir, out_dir, budget: Budget) -> Path:
     "Write `processor_or_dir` with `budget`'s pixel limits to the new directory `out_dir`."
     from transformers import AutoProcessor
@@ -341,11 +351,7 @@ def save_processor(processor_or_dir, out_dir, budget: Budget) -> Path:
         if Path(processor_or_dir).resolve() == out.resolve():
             raise QvlError(f"{out} is the source checkpoint: save the processor to a new directory")
         proc = AutoProcessor.from_pretrained(processor_or_dir)
-    limits = budget.processor_limits()
-    ip = proc.image_processor
-    ip.size = dict(shortest_edge=limits['min_pixels'], longest_edge=limits['max_pixels'])
-    for k, v in limits.items():
-        if hasattr(ip, k): setattr(ip, k, v)
+    apply_budget(proc, budget)
     out.mkdir(parents=True, exist_ok=True)
     proc.save_pretrained(out)
     return out
