@@ -14,8 +14,9 @@ py_versions = ['3.10', '3.11', '3.12', '3.13']
 lic = licenses[cfg['license']]
 min_python = cfg['min_python']
 
-# lab: JupyterLab; mlflow / wandb: the trackers `report_to` can write to; dev: all of them and the test tools
-extras = {k: cfg[f'{k}_requirements'].split() for k in ('lab', 'mlflow', 'wandb')}
+# lab: JupyterLab; mlflow / wandb: the trackers `report_to` can write to; quantize: `qvl export --quantize`;
+# dev: all of them and the test tools
+extras = {k: cfg[f'{k}_requirements'].split() for k in ('lab', 'mlflow', 'wandb', 'quantize')}
 extras['dev'] = cfg['dev_requirements'].split() + [r for v in extras.values() for r in v]
 
 readme = Path(__file__).parent / 'README.md'

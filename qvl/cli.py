@@ -10,8 +10,8 @@ from pathlib import Path
 
 # %% auto #0
 __all__ = ['cmd_tiny_model', 'cmd_sample_data', 'cmd_info', 'cmd_resize', 'cmd_doctor', 'cmd_fix', 'cmd_fix_model', 'cmd_convert',
-           'cmd_train', 'cmd_sweep', 'cmd_estimate', 'cmd_profile', 'cmd_export', 'cmd_demo', 'Command', 'arg',
-           'commands', 'parser', 'main', 'error_line', 'console']
+           'cmd_train', 'cmd_sweep', 'cmd_estimate', 'cmd_profile', 'cmd_export', 'cmd_eval', 'cmd_demo', 'Command',
+           'arg', 'commands', 'parser', 'main', 'error_line', 'console']
 
 # %% ../nbs/13_cli.ipynb #b800730f
 def _size(text: str):
@@ -26,6 +26,11 @@ def _positive(text: str) -> int:
         if v > 0: return v
     except ValueError: pass
     raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+
+def _sides(text: str) -> list[int]:
+    "Parse a comma-separated list of image sides, e.g. `336,168,84`."
+    try: return [_positive(v) for v in text.split(',')]
+    except argparse.ArgumentTypeError: raise argparse.ArgumentTypeError(f"expected image sides such as 336,168,84, got {text!r}") from None
 
 # %% ../nbs/13_cli.ipynb #25136ecb
 def cmd_tiny_model(a) -> int:
@@ -291,9 +296,39 @@ def cmd_profile(a) -> int:
     return 0 if r['status'] == 'ok' else 1
 
 def cmd_export(a) -> int:
+    if a.quantize:
+        import json
+        from qvl.evaluate import export_quantized
+        out = export_quantized(a.run, a.out, a.quantize, quantize_vision=a.quantize_vision)
+        info = json.loads((out / 'quantization.json').read_text())
+        print(f"{a.quantize} checkpoint written to {out} (loads with AutoModelForImageTextToText; kept in bf16: "
+              f"{', '.join(info['kept_in_bf16'])})")
+        return 0
     from qvl.train import export_merged
     out = export_merged(a.run, a.out)
     print(f"merged checkpoint written to {out} (loads with AutoModelForImageTextToText, no peft needed)")
+    return 0
+
+def cmd_eval(a) -> int:
+    "Answer accuracy, latency, speed and memory of a model on a dataset at resize budgets."
+    import pandas as pd
+    from qvl.evaluate import evaluate
+    import json
+    df = evaluate(a.model, a.data, a.budgets, a.batch_size, a.max_new_tokens, a.limit, a.cutoff_len, a.name, progress=not a.json)
+    if a.out:
+        out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
+        df.to_csv(out / 'eval.csv', index=False)
+        pd.DataFrame(df.attrs['samples']).to_csv(out / 'answers.csv', index=False)
+    skipped = df.attrs['skipped']
+    if a.json:
+        print(json.dumps(dict(rows=df.to_dict('records'), skipped=skipped), default=str))
+        return 0
+    cols = ['format', 'budget', 'samples', 'exact', 'contains', 'latency_s', 'tokens_per_s', 'peak_memory_gb', 'weight_gb', 'load_s']
+    print(df[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    if skipped:
+        print(f"{len(skipped)} sample(s) left out:")
+        for s in skipped[:20]: print(f"  #{s['index']}: {s['reason']}")
+    if a.out: print(f"written: {a.out}/eval.csv, {a.out}/answers.csv")
     return 0
 
 # %% ../nbs/13_cli.ipynb #f9c38f07
@@ -502,7 +537,7 @@ def commands() -> list[Command]:
             arg('--json', action='store_true', help='print one JSON object'),
             lambda s: _setup_flags(s, RUN_KEYS + ('image_size', 'prompt_tokens', 'answer_tokens'))]),
         Command('sweep', cmd_sweep, help='run an experiment template (papermill), reproducibly',
-                description='Execute an experiment template from experiments/ (vram_sweep, resize_audit, token_audit, finetune, '
+                description='Execute an experiment template from experiments/ (vram_sweep, resize_audit, token_audit, finetune, eval, '
                     'token_budget) or a .ipynb path with papermill into RUNS_DIR/<experiment>/<run-id>/: the executed '
                     'notebook, params.yaml, env.json (GPUs, driver, versions, git commit, seed), results and figures. '
                     'The same parameters reuse a finished run; an interrupted sweep keeps its finished points.',
@@ -512,12 +547,33 @@ def commands() -> list[Command]:
             arg('-f', '--file', metavar='PARAMS.yaml', help='parameters from a YAML file (-p wins)'),
             arg('--runs-dir', default='runs'),
             arg('--force', action='store_true', help='run again even if a finished run has these parameters')]),
-        Command('export', cmd_export, help="merge a LoRA run's adapter into a full checkpoint",
+        Command('export', cmd_export, help="merge a LoRA run's adapter into a full checkpoint, or quantize a run or model",
                 description="Load RUN's base model, apply its adapter (peft format) and merge it; write the full checkpoint and "
-                    "processor to the new directory OUT.",
+                    "processor (with the training's pixel limits) to the new directory OUT. With --quantize, RUN may also be "
+                    "a full fine-tuning run or a model directory: its language model's linear layers are quantized (the "
+                    "vision tower and LM head stay bf16) and OUT loads with AutoModelForImageTextToText.from_pretrained.",
                 args=[
             arg('run', metavar='RUN'),
-            arg('out', metavar='OUT')]),
+            arg('out', metavar='OUT'),
+            arg('--quantize', metavar='FORMAT', help='nf4 (4-bit NormalFloat) or int8 (LLM.int8), with bitsandbytes; on a CPU or a GPU'),
+            arg('--quantize-vision', action='store_true', help='quantize the vision tower too (kept in bf16 by default)')]),
+        Command('eval', cmd_eval, help='answer accuracy, latency and memory of a model on a dataset, per resize budget',
+                description="Run the doctor on DATA, then generate MODEL's greedy answers to every sample (the prompt is what "
+                    "comes before the assistant's answer) at each budget, in batches. Prints exact and contains accuracy "
+                    "(case and spacing ignored), seconds per sample, generated tokens/s, peak GPU memory, weight memory "
+                    "and load time. Samples that cannot be used are left out and listed.",
+                args=[
+            arg('model', metavar='MODEL', help='a model directory (a merged or quantized export, or a full run\'s model/)'),
+            arg('data', metavar='DATA'),
+            arg('--budgets', metavar='SIDES', type=_sides, help='square budgets as image sides, e.g. 336,168,84 (capped by the limits MODEL\'s '
+                'processor was saved with); default: those limits'),
+            arg('--batch-size', type=_positive, default=8),
+            arg('--max-new-tokens', type=_positive, default=32),
+            arg('--limit', type=_positive, help='the first N samples only'),
+            arg('--cutoff-len', type=_positive),
+            arg('--dataset-name', '--name', dest='name', help="dataset entry of DATA's dataset_info.json"),
+            arg('--out', metavar='DIR', help='write eval.csv and answers.csv (every sample\'s answer and prediction) there'),
+            arg('--json', action='store_true', help='print one JSON object')]),
     ]
 
 def parser() -> argparse.ArgumentParser:
