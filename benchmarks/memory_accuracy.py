@@ -1,11 +1,14 @@
 """GPU memory of fine-tuning steps: measured on the GPU, estimated by qvl.memory, side by side.
 
-Two commands:
+Three commands:
 
     # on a GPU machine: measure one model and method over the grid (rows are appended as they finish)
     python benchmarks/memory_accuracy.py measure --model Qwen2.5-VL-7B --method lora --out m.csv
     # anywhere: fit the coefficients on the fit split, report errors on the held-out split
     python benchmarks/memory_accuracy.py fit m1.csv m2.csv ... [--write-coefficients qvl_coefficients.json]
+    # on a GPU machine: `qvl train`'s own step (the fast step, the trainer's defaults) of models no coefficient was
+    # fitted on, each point beside `qvl estimate` of the same run config
+    python benchmarks/memory_accuracy.py families --out f.csv [--models Qwen3-VL-2B,...]
 
 The setting (the reference of the memory issue): random real-size weights in pure bf16, torch AdamW,
 LoRA r=8 alpha=16 on all linear LLM layers or full fine-tuning of the LLM with the vision tower and
@@ -62,6 +65,32 @@ def fit(a):
     if a.table: acc.to_csv(a.table, index=False)
 
 
+FAMILY_MODELS = ('Qwen2-VL-2B', 'Qwen3-VL-2B', 'Qwen3-VL-4B', 'Qwen3-VL-8B')
+FAMILY_SETTINGS = ((448, 2, True), (1344, 1, True), (896, 2, False))
+
+
+def families(a):
+    """Measure models of other families (no coefficient fitted on them) through `qvl.memory.profile` with `qvl train`'s
+    defaults (fast step, merger trained), LoRA for every model and full fine-tuning for the 2B ones, and put
+    `estimate_run` of the same run config beside each point. Rows are appended to --out as each model finishes."""
+    from qvl.memory import estimate_run, profile, profile_config
+    os.environ.setdefault('PYTORCH_CUDA_ALLOC_CONF', 'expandable_segments:True')
+    out = Path(a.out)
+    for model in a.models.split(','):
+        for method in ('lora', 'full') if model.endswith('2B') else ('lora',):
+            df = profile(model, method, settings=FAMILY_SETTINGS, fast=True, progress=False)
+            est = [estimate_run(profile_config(model, method, bool(r.gradient_checkpointing), True, batch_size=int(r.batch_size)),
+                                (int(r.image_w), int(r.image_h))) for r in df.itertuples()]
+            df['estimated_allocated'] = [e.peak_allocated_bytes for e in est]
+            df['estimated_reserved'] = [e.peak_reserved_bytes for e in est]
+            ok = df.status == 'ok'
+            df['error_allocated'] = (df.estimated_allocated / df.peak_allocated - 1).where(ok)
+            df['error_reserved'] = (df.estimated_reserved / df.peak_reserved - 1).where(ok)
+            df.to_csv(out, mode='a', header=not out.exists(), index=False)
+            print(df[['model', 'method', 'image_w', 'batch_size', 'gradient_checkpointing', 'status', 'peak_allocated',
+                      'estimated_allocated', 'error_allocated', 'error_reserved']].to_string(index=False), flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest='cmd', required=True)
@@ -69,8 +98,9 @@ def main():
     m.add_argument('--out', required=True)
     f = sub.add_parser('fit'); f.add_argument('csv', nargs='+'); f.add_argument('--write-coefficients')
     f.add_argument('--table')
+    h = sub.add_parser('families'); h.add_argument('--out', required=True); h.add_argument('--models', default=','.join(FAMILY_MODELS))
     a = ap.parse_args()
-    measure(a) if a.cmd == 'measure' else fit(a)
+    dict(measure=measure, fit=fit, families=families)[a.cmd](a)
 
 
 if __name__ == '__main__':

@@ -457,6 +457,7 @@ def profile(model: str = 'Qwen2.5-VL-3B', method: str = 'lora', settings=((448, 
                              fast=fast, freeze_projector=cfg.freeze_projector, after_load=loaded, gpu=torch.cuda.get_device_name(dev), **r))
             bar.update()
         del tr; gc.collect(); torch.cuda.empty_cache()
+        torch._dynamo.reset()      # the next model's compiled layers start afresh (not against this one's recompile limit)
     bar.close()
     return pd.DataFrame(rows)
 
