@@ -11,7 +11,7 @@ from .model import base_model, decoder_layers
 
 # %% auto #0
 __all__ = ['GPU_ROUTES', 'ROUTES', 'PEAK_BF16', 'grouped_attention', 'labeled_loss', 'rms_norm', 'swiglu', 'device_routes',
-           'FastPath', 'enable', 'disable', 'peak_flops', 'batch_flops', 'step_flops']
+           'FastPath', 'compilable_layers', 'enable', 'disable', 'peak_flops', 'batch_flops', 'step_flops']
 
 # %% ../nbs/08_fast.ipynb #6f73da1e
 def grouped_attention(q, k, v, cu_seqlens, scale: float | None = None):
@@ -269,12 +269,20 @@ def _install_fused_lora(base, visual, on_device, fp):
     if not loras: return 'no peft LoRA linear layers'
     for m in loras: _patch(m, _lora_forward)
 
+def compilable_layers(layers) -> list:
+    """The decoder layers the fast step compiles: all but linear-attention ones (Qwen3.5's gated delta rule). Their
+    chunked recurrence in transformers' torch fallback recompiles per sequence length: the tiny Qwen3.5's first step
+    had not finished after 100 s on an H200 with them compiled; they stay eager."""
+    return [m for m in layers if not hasattr(m, 'linear_attn')]
+
 def _install_compiled_layers(base, visual, on_device, fp):
     layers = decoder_layers(base)
     if on_device['compiled_layers']: return on_device['compiled_layers']
     if not layers: return 'no decoder layers found'
     if _quantized(layers):   # measured: a 100 s first step for Qwen2.5-VL-3B QLoRA on an H200, against 30 s for LoRA
         return '4-bit (bitsandbytes) layers make compiling them minutes of warm-up: eager decoder layers'
+    layers = compilable_layers(layers)
+    if not layers: return 'every decoder layer is a linear-attention layer: eager decoder layers'
     import torch
     for m in layers:
         _patch(m, _compiled_layer_forward)

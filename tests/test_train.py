@@ -197,6 +197,13 @@ def test_cuda_decisions_are_made_by_functions_a_cpu_can_call(tiny_model):
     import importlib.util
     if importlib.util.find_spec('triton'): assert {'fused_kernels', 'compiled_layers'} <= set(fp.on), fp
     disable(m)
+    # Qwen3.5: its linear-attention layers stay eager on a GPU, its full-attention layers are compiled
+    from qvl.core import default_tiny_model
+    from qvl.fast import compilable_layers
+    _, q35 = load_tiny(default_tiny_model('qwen3_5'))
+    layers = decoder_layers(q35)
+    kinds = q35.config.text_config.layer_types
+    assert [l in compilable_layers(layers) for l in layers] == [k == 'full_attention' for k in kinds] and 'linear_attention' in kinds
 
 
 def test_log_keeps_warmup_apart_and_reports_speed_and_mfu(tiny_model, colour_data, tmp_path):
