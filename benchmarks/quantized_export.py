@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-COLS = ['format', 'budget', 'samples', 'exact', 'contains', 'latency_s', 'tokens_per_s', 'peak_memory_gb', 'weight_gb', 'load_s']
+from qvl.evaluate import EVAL_COLUMNS
 
 
 def qvl(*args, timeout=900) -> str:
@@ -55,7 +55,7 @@ def main(mode: str, out: Path):
         print(f"export {fmt}: {time.perf_counter() - t0:.1f} s", flush=True)
         models[fmt] = d
     df = compare(models, data, budgets, batch, new, out)
-    print(df[COLS + ['eval_wall_s']].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    print(df[EVAL_COLUMNS + ['eval_wall_s']].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
 
 
 if __name__ == '__main__':

@@ -312,7 +312,7 @@ def cmd_export(a) -> int:
 def cmd_eval(a) -> int:
     "Answer accuracy, latency, speed and memory of a model on a dataset at resize budgets."
     import pandas as pd
-    from qvl.evaluate import evaluate
+    from qvl.evaluate import EVAL_COLUMNS, evaluate
     import json
     df = evaluate(a.model, a.data, a.budgets, a.batch_size, a.max_new_tokens, a.limit, a.cutoff_len, a.name, progress=not a.json)
     if a.out:
@@ -323,8 +323,7 @@ def cmd_eval(a) -> int:
     if a.json:
         print(json.dumps(dict(rows=df.to_dict('records'), skipped=skipped), default=str))
         return 0
-    cols = ['format', 'budget', 'samples', 'exact', 'contains', 'latency_s', 'tokens_per_s', 'peak_memory_gb', 'weight_gb', 'load_s']
-    print(df[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    print(df[EVAL_COLUMNS].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     if skipped:
         print(f"{len(skipped)} sample(s) left out:")
         for s in skipped[:20]: print(f"  #{s['index']}: {s['reason']}")

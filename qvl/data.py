@@ -238,8 +238,8 @@ def loss_tokens(labels) -> int:
     "Label tokens the loss counts: the model shifts labels by one, so the first never counts."
     return int((labels[1:] != IGNORE).sum())
 
-def collate(items: list[dict], pad_id: int, multiple: int = 8, image_token_id: int | None = None) -> dict:
-    "Right-pad items into a batch (length rounded up to `multiple`), joining their images; with `image_token_id`, the `mm_token_type_ids` newer models need for their 3D positions."
+def collate(items: list[dict], pad_id: int, multiple: int = 8, image_token_id: int | None = None, left: bool = False) -> dict:
+    "Right-pad (with `left`, left-pad, as generation needs) items into a batch (length rounded up to `multiple`), joining their images; with `image_token_id`, the `mm_token_type_ids` newer models need for their 3D positions."
     import torch
     n = padded_length(max(len(i['input_ids']) for i in items), multiple)
     ids = torch.full((len(items), n), pad_id, dtype=torch.long)
@@ -247,7 +247,8 @@ def collate(items: list[dict], pad_id: int, multiple: int = 8, image_token_id: i
     mask = torch.zeros((len(items), n), dtype=torch.long)
     for r, it in enumerate(items):
         k = len(it['input_ids'])
-        ids[r, :k], labels[r, :k], mask[r, :k] = it['input_ids'], it['labels'], 1
+        at = slice(n - k, n) if left else slice(0, k)
+        ids[r, at], labels[r, at], mask[r, at] = it['input_ids'], it['labels'], 1
     batch = dict(input_ids=ids, labels=labels, attention_mask=mask)
     if image_token_id is not None: batch['mm_token_type_ids'] = (ids == image_token_id).int()   # 1: image, 0: text
     with_images = [it for it in items if 'pixel_values' in it]

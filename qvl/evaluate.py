@@ -13,8 +13,8 @@ from .resize import Budget
 from .config import config_from_dict
 
 # %% auto #0
-__all__ = ['QUANTIZATIONS', 'Quantization', 'check_quantization', 'export_source', 'export_quantized', 'load_for_eval',
-           'generate_answers', 'evaluate', 'plot_eval']
+__all__ = ['QUANTIZATIONS', 'EVAL_COLUMNS', 'Quantization', 'check_quantization', 'export_source', 'export_quantized',
+           'load_for_eval', 'generate_answers', 'evaluate', 'plot_eval']
 
 # %% ../nbs/12_evaluate.ipynb #846b8228
 @dataclass(frozen=True)
@@ -129,7 +129,7 @@ def generate_answers(model, processor, examples, batch_size: int = 8, max_new_to
     generated tokens."""
     import torch
     from tqdm.auto import tqdm
-    from qvl.data import VisionTextDataset
+    from qvl.data import IGNORE, VisionTextDataset, collate
     from qvl.model import token_type_id
     ds, tok = VisionTextDataset(examples, processor), processor.tokenizer
     device, pad = model.device, tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
@@ -138,16 +138,11 @@ def generate_answers(model, processor, examples, batch_size: int = 8, max_new_to
     for s in tqdm(range(0, len(ds), batch_size), desc='generate', unit='batch', disable=not progress):
         items = [ds[i] for i in range(s, min(s + batch_size, len(ds)))]
         prompts = [_prompt(it) for it in items]
-        n = max(len(p) for p, _ in prompts)
-        ids = torch.full((len(items), n), pad, dtype=torch.long)
-        mask = torch.zeros((len(items), n), dtype=torch.long)
-        for r, (p, _) in enumerate(prompts): ids[r, n - len(p):], mask[r, n - len(p):] = p, 1
-        batch = dict(input_ids=ids, attention_mask=mask)
-        if type_id is not None: batch['mm_token_type_ids'] = (ids == type_id).int()
-        with_images = [it for it in items if 'pixel_values' in it]
-        if with_images:
-            batch['pixel_values'] = torch.cat([it['pixel_values'] for it in with_images]).to(model.dtype)
-            batch['image_grid_thw'] = torch.cat([it['image_grid_thw'] for it in with_images])
+        batch = collate([dict(it, input_ids=p, labels=torch.full_like(p, IGNORE)) for it, (p, _) in zip(items, prompts)],
+                        pad, image_token_id=type_id, left=True)
+        del batch['labels']
+        n = batch['input_ids'].shape[1]
+        if 'pixel_values' in batch: batch['pixel_values'] = batch['pixel_values'].to(model.dtype)
         batch = {k: v.to(device) for k, v in batch.items()}
         if device.type == 'cuda': torch.cuda.synchronize()
         t0 = time.perf_counter()
@@ -164,7 +159,10 @@ def generate_answers(model, processor, examples, batch_size: int = 8, max_new_to
     return rows
 
 # %% ../nbs/12_evaluate.ipynb #f8ed9379
-def _same(a: str, b: str) -> bool: return ' '.join(a.lower().split()) == ' '.join(b.lower().split())
+EVAL_COLUMNS = ['format', 'budget', 'samples', 'exact', 'contains', 'latency_s', 'tokens_per_s', 'peak_memory_gb',
+                'weight_gb', 'load_s']    # what `qvl eval` and the eval template show of `evaluate`'s rows
+
+def _norm(text: str) -> str: return ' '.join(text.lower().split())     # case and spacing ignored
 
 def evaluate(model, data, budgets: list[int] | None = None, batch_size: int = 8, max_new_tokens: int = 32,
              limit: int | None = None, cutoff_len: int | None = None, name: str | None = None, progress: bool = True):
@@ -196,9 +194,8 @@ def evaluate(model, data, budgets: list[int] | None = None, batch_size: int = 8,
         for g in got: samples.append(dict(budget=label, **g))
         secs, toks = sum(g['seconds'] for g in got), sum(g['tokens'] for g in got)
         rows.append(dict(model=str(model), format=info['format'], budget=label, side=side, samples=len(got),
-                         exact=sum(_same(g['prediction'], g['answer']) for g in got) / max(1, len(got)),
-                         contains=sum(' '.join(g['answer'].lower().split()) in ' '.join(g['prediction'].lower().split())
-                                      for g in got) / max(1, len(got)),
+                         exact=sum(_norm(g['prediction']) == _norm(g['answer']) for g in got) / max(1, len(got)),
+                         contains=sum(_norm(g['answer']) in _norm(g['prediction']) for g in got) / max(1, len(got)),
                          latency_s=secs / max(1, len(got)), tokens_per_s=toks / secs if secs else 0.0,
                          peak_memory_gb=torch.cuda.max_memory_allocated() / 1e9 if m.device.type == 'cuda' else None,
                          weight_gb=info['weight_gb'], load_s=info['load_s'], batch_size=batch_size))

@@ -260,10 +260,17 @@ def _live_plot(history: list[dict], handle=None):
 # %% ../nbs/09_train.ipynb #a9d52a8a
 def _metric_name(key: str) -> str: return 'eval/loss' if key == 'eval_loss' else f'train/{key}'
 
+def _numbers(d: dict) -> dict:
+    "The entries of `d` that are numbers (not flags, not NaN), as floats."
+    return {k: float(v) for k, v in d.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v}
+
 def _metrics(rec: dict) -> dict:
     "A logged step's numbers under the trackers' names."
-    return {_metric_name(k): float(v) for k, v in rec.items()
-            if k != 'step' and isinstance(v, (int, float)) and not isinstance(v, bool) and v == v}
+    return {_metric_name(k): v for k, v in _numbers(rec).items() if k != 'step'}
+
+def _summary_metrics(summary: dict | None) -> dict:
+    "A run's summary numbers under the trackers' names."
+    return {f'summary/{k}': v for k, v in _numbers(summary or {}).items()}
 
 class _TensorBoard:
     "Event files in out_dir/tensorboard."
@@ -274,9 +281,7 @@ class _TensorBoard:
         for k, v in _metrics(rec).items(): self.writer.add_scalar(k, v, rec['step'])
         self.writer.flush()
     def close(self, summary: dict | None, failed: bool = False):
-        if summary:
-            for k, v in summary.items():
-                if isinstance(v, (int, float)): self.writer.add_scalar(f'summary/{k}', v, 0)
+        for k, v in _summary_metrics(summary).items(): self.writer.add_scalar(k, v, 0)
         self.writer.close()
 
 class _MLflow:
@@ -305,10 +310,8 @@ class _MLflow:
     def close(self, summary: dict | None, failed: bool = False):
         import time
         from mlflow.entities import Metric
-        if summary:
-            now = int(time.time() * 1000)
-            self.client.log_batch(self.id, metrics=[Metric(f'summary/{k}', float(v), now, 0) for k, v in summary.items()
-                                                    if isinstance(v, (int, float)) and v == v])
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.id, metrics=[Metric(k, v, now, 0) for k, v in _summary_metrics(summary).items()])
         self.client.set_terminated(self.id, 'FAILED' if failed else 'FINISHED')
 
 class _Wandb:
@@ -321,7 +324,7 @@ class _Wandb:
         self.id = self.run.id
     def log(self, rec: dict): self.run.log(_metrics(rec), step=rec['step'])
     def close(self, summary: dict | None, failed: bool = False):
-        if summary: self.run.summary.update({f'summary/{k}': v for k, v in summary.items()})
+        self.run.summary.update(_summary_metrics(summary))
         self.run.finish(exit_code=1 if failed else 0)
 
 _TRACKERS = {'tensorboard': (_TensorBoard, 'tensorboard', 'tensorboard'), 'mlflow': (_MLflow, 'mlflow', 'qvl[mlflow]'),
