@@ -1,6 +1,6 @@
 """Quantized exports against bf16, through the command (`qvl export --quantize`, `qvl eval --json`).
 
-    python benchmarks/quantized_export.py cpu OUT    # the tiny task: the built-in run (1000 steps), bf16 / nf4 / int8 accuracy per budget
+    python benchmarks/quantized_export.py cpu OUT    # the tiny task: the built-in run (1000 steps), bf16 / nf4 / int8 / fp8 / w4a16 accuracy per budget
     python benchmarks/quantized_export.py gpu OUT    # a real-size random Qwen2.5-VL-7B: load time, weight memory, generation speed
 
 Each prints one table and writes OUT/results.csv. On the random 7B the answers are noise (random weights): only load
@@ -39,19 +39,19 @@ def main(mode: str, out: Path):
         if not (run / 'model' / 'config.json').exists(): qvl('train', '--out-dir', run)
         data = Path(tiny_run_config(run).eval_data)
         models, budgets, batch, new = {'bf16': run / 'model'}, '336,168,84,56', 16, 8
-        source = run
+        source, calib = run, []                  # w4a16 calibrates on the run's own training data
     else:
         import torch
         model = out / 'Qwen2.5-VL-7B'
         if not (model / 'config.json').exists(): qvl('tiny-model', model, '--like', 'Qwen2.5-VL-7B')
         data = write_sample_data(out / 'data', n=40, seed=0, min_side=448, max_side=448, mark=40, task='colour', progress=False) / 'test.json'
         models, budgets, batch, new = {'bf16': model}, '448', 8, 32
-        source = model
+        source, calib = model, ['--calib-data', data.parent / 'train.json', '--calib-samples', 32]
         print(torch.cuda.get_device_name(), flush=True)
-    for fmt in ('nf4', 'int8'):
+    for fmt in ('nf4', 'int8', 'fp8', 'w4a16'):
         d = out / f'export-{fmt}'
         t0 = time.perf_counter()
-        if not (d / 'quantization.json').exists(): qvl('export', source, d, '--quantize', fmt)
+        if not (d / 'quantization.json').exists(): qvl('export', source, d, '--quantize', fmt, *(calib if fmt == 'w4a16' else []))
         print(f"export {fmt}: {time.perf_counter() - t0:.1f} s", flush=True)
         models[fmt] = d
     df = compare(models, data, budgets, batch, new, out)

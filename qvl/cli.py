@@ -299,7 +299,8 @@ def cmd_export(a) -> int:
     if a.quantize:
         import json
         from qvl.evaluate import export_quantized
-        out = export_quantized(a.run, a.out, a.quantize, quantize_vision=a.quantize_vision)
+        out = export_quantized(a.run, a.out, a.quantize, quantize_vision=a.quantize_vision, calib_data=a.calib_data,
+                               calib_samples=a.calib_samples)
         info = json.loads((out / 'quantization.json').read_text())
         print(f"{a.quantize} checkpoint written to {out} (loads with AutoModelForImageTextToText; kept in bf16: "
               f"{', '.join(info['kept_in_bf16'])})")
@@ -554,8 +555,13 @@ def commands() -> list[Command]:
                 args=[
             arg('run', metavar='RUN'),
             arg('out', metavar='OUT'),
-            arg('--quantize', metavar='FORMAT', help='nf4 (4-bit NormalFloat) or int8 (LLM.int8), with bitsandbytes; on a CPU or a GPU'),
-            arg('--quantize-vision', action='store_true', help='quantize the vision tower too (kept in bf16 by default)')]),
+            arg('--quantize', metavar='FORMAT', help='nf4 (4-bit NormalFloat) or int8 (LLM.int8), with bitsandbytes; fp8 '
+                '(FP8_DYNAMIC) or w4a16 (4-bit weights by GPTQ, calibrated), with compressed-tensors; all on a CPU or a GPU'),
+            arg('--quantize-vision', action='store_true', help='quantize the vision tower too (kept in bf16 by default)'),
+            arg('--calib-data', metavar='DATA', help="w4a16's calibration data (default: the run's training data; needed "
+                'when RUN is a model directory)'),
+            arg('--calib-samples', type=_positive, default=64, metavar='N',
+                help='calibrate on the first N usable samples (default 64), resized to the training budget')]),
         Command('eval', cmd_eval, help='answer accuracy, latency and memory of a model on a dataset, per resize budget',
                 description="Run the doctor on DATA, then generate MODEL's greedy answers to every sample (the prompt is what "
                     "comes before the assistant's answer) at each budget, in batches. Prints exact and contains accuracy "

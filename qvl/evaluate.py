@@ -13,8 +13,9 @@ from .resize import Budget
 from .config import config_from_dict
 
 # %% auto #0
-__all__ = ['QUANTIZATIONS', 'EVAL_COLUMNS', 'Quantization', 'check_quantization', 'export_source', 'export_quantized',
-           'load_for_eval', 'generate_answers', 'evaluate', 'plot_eval']
+__all__ = ['QUANTIZATIONS', 'EVAL_COLUMNS', 'Quantization', 'check_quantization', 'export_source', 'Calibration',
+           'calibration_for', 'calibration_batches', 'gptq', 'gptq_model', 'export_quantized', 'load_for_eval',
+           'generate_answers', 'evaluate', 'plot_eval']
 
 # %% ../nbs/12_evaluate.ipynb #846b8228
 @dataclass(frozen=True)
@@ -24,10 +25,15 @@ class Quantization:
     library: str                 # the Python module that quantizes and loads it
     pip: str                     # what to install when it is missing
     about: str = ''
+    calibrated: bool = False     # fitted on samples of the training data (the run's own, or --calib-data)
 
 QUANTIZATIONS = {q.name: q for q in (
     Quantization('nf4', 'bitsandbytes', 'bitsandbytes', '4-bit NormalFloat weights with bf16 compute (bitsandbytes; CPU or GPU)'),
     Quantization('int8', 'bitsandbytes', 'bitsandbytes', '8-bit weights, outlier columns in fp16 (bitsandbytes LLM.int8; CPU or GPU)'),
+    Quantization('fp8', 'compressed_tensors', 'compressed-tensors', 'FP8 e4m3 weights per output channel, activations per token at '
+                 'run time (compressed-tensors FP8_DYNAMIC; FP8 kernels on GPUs of compute capability 8.9+, elsewhere dequantized)'),
+    Quantization('w4a16', 'compressed_tensors', 'compressed-tensors', '4-bit integer weights in groups of up to 128, GPTQ on the '
+                 "training data at the training's image budget, bf16 activations (compressed-tensors pack-quantized)", calibrated=True),
 )}
 
 def check_quantization(name: str) -> Quantization:
@@ -72,48 +78,266 @@ def _bnb_config(quantize: str, keep: list[str]):
                                   bnb_4bit_use_double_quant=True, llm_int8_skip_modules=keep)
     return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=keep)
 
-def export_quantized(src, out, quantize: str, quantize_vision: bool = False) -> Path:
+@dataclass
+class Calibration:
+    "Samples a calibrated format is fitted on: tokenized as in training, at the training's image budget."
+    data: str
+    budget: Budget
+    cutoff_len: int | None = None
+    name: str | None = None
+    placeholder: str | None = '<image>'
+    samples: int = 64
+
+def calibration_for(src, data=None, samples: int = 64) -> Calibration | None:
+    """The calibration set of `src`: `data` if given, else a training run's own training data; at the run's image budget
+    (a model directory: its processor's limits). None when `src` is a model directory and no `data` was given."""
+    src = Path(src)
+    raw = json.loads((src / 'config.json').read_text()) if (src / 'config.json').is_file() else {}
+    if 'method' in raw:
+        cfg = config_from_dict(raw)
+        return Calibration(str(data or cfg.data), cfg.budget(), cfg.cutoff_len, None if data else cfg.dataset_name,
+                           cfg.placeholder, samples)
+    return Calibration(str(data), Budget(), samples=samples) if data else None
+
+def calibration_batches(model, model_dir, calib: Calibration, progress: bool = True) -> tuple[list[dict], list[dict]]:
+    """One batch per usable calibration sample (the first `calib.samples`), tokenized and resized as in training; and the
+    samples left out, each with its reason. No usable sample at all is an error."""
+    from qvl.formats import load_dataset
+    from qvl.data import VisionTextDataset, build_examples, collate
+    from qvl.model import token_type_id
+    from transformers import AutoProcessor
+    ds = load_dataset(calib.data, calib.name)
+    ds.records = ds.records[:calib.samples]
+    ex = build_examples(ds, model_dir, calib.budget, calib.cutoff_len, calib.placeholder, progress=progress)
+    if not len(ex):
+        raise QvlError(f"{calib.data}: none of the first {len(ds.records)} calibration samples can be used: " +
+                       '; '.join(f"#{s['index']}: {s['reason']}" for s in ex.skipped[:5]))
+    processor = AutoProcessor.from_pretrained(model_dir)
+    items, pad = VisionTextDataset(ex, processor), processor.tokenizer.pad_token_id or 0
+    type_id = token_type_id(model)
+    batches = []
+    for i in range(len(items)):
+        b = collate([items[i]], pad, multiple=1, image_token_id=type_id)     # no padding: every token is data
+        del b['labels']
+        batches.append(b)
+    return batches, ex.skipped
+
+# %% ../nbs/12_evaluate.ipynb #9a1c4e27
+def gptq(W, H, group: int, scale_of, quantize, damp: float = 0.01):
+    """GPTQ (Frantar et al., 2022) for one linear layer. `W` (out x in) is quantized one input column at a time, in groups
+    of `group` columns that share a scale per output row; each column's rounding error is spread over the columns not yet
+    quantized through the upper Cholesky factor of the inverse of `H` = 2XᵀX/n (the layer's calibration inputs X), so
+    the layer's outputs on that data move as little as possible. `scale_of(cols)` gives a group's scales per row from its
+    current values, `quantize(col, scale)` a column's quantized values. Returns (quantized W in float32, scales out x groups)."""
+    import torch
+    W, H = W.float().clone(), H.float().clone()
+    dead = torch.diag(H) == 0                             # inputs that were always zero: their weights do not matter
+    H[dead, dead], W[:, dead] = 1, 0
+    for d in (damp, damp * 10, damp * 100):               # more damping where H is too ill-conditioned to factor
+        try:
+            Hd = H + d * torch.diag(H).mean() * torch.eye(len(H), device=H.device)
+            Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(Hd)), upper=True)
+            break
+        except torch.linalg.LinAlgError: continue
+    else: raise QvlError('GPTQ: the calibration Hessian cannot be factored; give more calibration samples')
+    Q, scales = torch.zeros_like(W), []
+    for a in range(0, W.shape[1], group):
+        b = a + group
+        Wg, Hg, E = W[:, a:b].clone(), Hinv[a:b, a:b], torch.zeros_like(W[:, a:b])
+        s = scale_of(Wg)
+        scales.append(s)
+        for i in range(Wg.shape[1]):
+            q = quantize(Wg[:, i], s)
+            Q[:, a + i] = q
+            E[:, i] = (Wg[:, i] - q) / Hg[i, i]
+            Wg[:, i:] -= E[:, i:i + 1] * Hg[i:i + 1, i:]
+        W[:, b:] -= E @ Hinv[a:b, b:]
+    return Q, torch.stack(scales, 1)
+
+def _group_size(widths, largest: int = 128) -> int:
+    "4-bit group size: `largest`, halved until it divides every quantized layer's input width (at least 8)."
+    g = largest
+    while g > 8 and any(w % g for w in widths): g //= 2
+    return g
+
+class _Stop(Exception): "Raised by a hook once the layers being calibrated have seen their inputs."
+
+def _call_order(model, targets: dict, batch: dict) -> list[str]:
+    "`targets`' names in the order a forward pass calls them."
+    import torch
+    seen = []
+    hooks = [m.register_forward_pre_hook(lambda mod, inp, n=n: seen.append(n) if n not in seen else None) for n, m in targets.items()]
+    try:
+        with torch.no_grad(): model(**batch, use_cache=False)
+    finally:
+        for h in hooks: h.remove()
+    return seen
+
+def _blocks(names: list[str]) -> dict[str, list[str]]:
+    "Names grouped by the numbered block (a decoder or vision layer) they sit in, in call order."
+    import re
+    out = {}
+    for n in names:
+        m = re.match(r'(.*\.\d+)\.', n)
+        out.setdefault(m.group(1) if m else n, []).append(n)
+    return out
+
+def gptq_model(model, targets: dict, batches: list[dict], group: int, args, progress: bool = True) -> None:
+    """Quantize `targets` (name -> Linear with a compressed-tensors scheme attached) in place with `gptq`, one block at a
+    time in call order: a block's Hessians come from forward passes through the blocks already quantized (each pass
+    stops once the block has its inputs), so later blocks correct for earlier blocks' errors. Sets each layer's weight
+    to its quantized values and its `weight_scale`."""
+    import torch
+    from tqdm.auto import tqdm
+    from compressed_tensors.quantization import disable_quantization, enable_quantization
+    from compressed_tensors.quantization.utils import calculate_qparams, calculate_range
+    model.apply(disable_quantization)      # passes use the weights as they are: quantized blocks hold quantized values
+    lo, hi = (float(v) for v in calculate_range(args, 'cpu'))
+    def scale_of(cols):
+        return calculate_qparams(cols.amin(1), cols.amax(1), args)[0].to(torch.bfloat16).float()   # as saved
+    def quantize(col, s): return torch.clamp(torch.round(col / s), lo, hi) * s
+    batches = [{k: v.to(model.device) for k, v in b.items()} for b in batches]
+    blocks = _blocks(_call_order(model, targets, batches[0]))
+    for block in tqdm(blocks.values(), desc='GPTQ', unit='block', disable=not progress):
+        H = {n: torch.zeros(targets[n].in_features, targets[n].in_features, device=model.device) for n in block}
+        count = dict.fromkeys(block, 0)
+        def take(mod, inp, n):
+            x = inp[0].reshape(-1, inp[0].shape[-1]).float()
+            H[n].addmm_(x.T, x)
+            count[n] += len(x)
+        def stop(mod, inp, out): raise _Stop
+        hooks = [targets[n].register_forward_pre_hook(lambda mod, inp, n=n: take(mod, inp, n)) for n in block]
+        hooks.append(targets[block[-1]].register_forward_hook(stop))
+        try:
+            for b in batches:
+                try:
+                    with torch.no_grad(): model(**b, use_cache=False)
+                except _Stop: pass
+        finally:
+            for h in hooks: h.remove()
+        for n in block:
+            lin = targets[n]
+            q, s = gptq(lin.weight.data, 2 * H[n] / max(1, count[n]), group, scale_of, quantize)
+            lin.weight.data.copy_(q.to(lin.weight.dtype))
+            lin.weight_scale.data.copy_(s.to(lin.weight_scale.dtype))
+            lin.weight_zero_point.data.zero_()
+    model.apply(enable_quantization)
+
+def _export_compressed(model_dir, q: Quantization, keep: list[str], calib: Calibration | None, progress: bool):
+    """`model_dir` loaded and quantized in the compressed-tensors format `q.name` (all linear layers outside `keep`):
+    (model, compressor, ignore patterns, details)."""
+    import re, torch
+    from transformers import AutoModelForImageTextToText
+    from compressed_tensors.compressors import ModelCompressor
+    from compressed_tensors.quantization import QuantizationConfig, apply_quantization_config, preset_name_to_scheme
+    from compressed_tensors.quantization.utils import calculate_qparams
+    if q.calibrated and calib is None:
+        raise QvlError(f"--quantize {q.name} is calibrated on training samples: give a training run, or --calib-data DATA "
+                       "with a model directory")
+    model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.bfloat16,
+                                                        device_map='cuda' if torch.cuda.is_available() else 'cpu').eval()
+    kept = lambda n: any(n == k or n.startswith(k + '.') for k in keep)
+    linears = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and not kept(n)}
+    details, odd = {}, []
+    scheme = preset_name_to_scheme('FP8_DYNAMIC' if q.name == 'fp8' else 'W4A16', ['Linear'])
+    if q.name == 'w4a16':
+        lm = [m.in_features for n, m in linears.items() if 'visual' not in n]
+        scheme.weights.group_size = group = _group_size(lm or [m.in_features for m in linears.values()])
+        odd = [n for n, m in linears.items() if m.in_features % group]       # widths the group does not divide stay bf16
+        details['group_size'] = group
+    ignore = [f're:^{re.escape(k)}(\\..*)?$' for k in keep] + odd       # names as the model's modules have them on load
+    apply_quantization_config(model, QuantizationConfig(config_groups={'group_0': scheme}, ignore=ignore))
+    targets = {n: m for n, m in linears.items() if n not in odd}
+    if q.name == 'fp8':
+        for m in targets.values():
+            W = m.weight.data.float()
+            s, _ = calculate_qparams(W.amin(1, keepdim=True), W.amax(1, keepdim=True), scheme.weights)
+            m.weight_scale.data.copy_(s.to(m.weight_scale.dtype))
+    else:
+        batches, skipped = calibration_batches(model, model_dir, calib, progress)
+        for s in skipped: print(f"calibration: sample #{s['index']} left out: {s['reason']}")
+        gptq_model(model, targets, batches, group, scheme.weights, progress)
+        details['calibration'] = dict(data=calib.data, samples=len(batches), budget=str(calib.budget),
+                                      skipped=[dict(index=s['index'], reason=s['reason']) for s in skipped])
+    compressor = ModelCompressor.from_pretrained_model(model, quantization_format='float-quantized' if q.name == 'fp8'
+                                                       else 'pack-quantized')
+    compressor.compress_model(model)
+    details.update(quantized_layers=len(targets), kept_for_width=odd)
+    return model, compressor, ignore, details
+
+def export_quantized(src, out, quantize: str, quantize_vision: bool = False, calib_data=None, calib_samples: int = 64,
+                     progress: bool = True) -> Path:
     """Merge (a LoRA run) and quantize `src` into the new directory `out`: the language model's linear layers in the format
-    `quantize`; the vision tower (unless `quantize_vision`) and the LM head stay in bf16. The processor (with the
-    training's pixel limits where the run saved them) goes along, and `quantization.json` says what was done.
-    Nothing is written to `out` unless all of it is."""
+    `quantize`; the vision tower (unless `quantize_vision`) and the LM head stay in bf16. A calibrated format (w4a16) is
+    fitted on the first `calib_samples` samples of the run's training data (or `calib_data`) at the training's image
+    budget; samples that cannot be used are listed and left out. The processor (with the training's pixel limits where
+    the run saved them) goes along, and `quantization.json` says what was done. Nothing is written to `out` unless all of
+    it is."""
     import torch, transformers
     from transformers import AutoModelForImageTextToText, AutoProcessor
     q = check_quantization(quantize)
     out = Path(out)
     if out.exists() and any(out.iterdir()): raise QvlError(f"{out} exists and is not empty: choose a new directory")
+    calib = calibration_for(src, calib_data, calib_samples) if q.calibrated else None
     with tempfile.TemporaryDirectory(prefix='qvl-export-') as tmp:
         model_dir = export_source(src, Path(tmp))
         keep = _kept_modules(model_dir, quantize_vision)
-        bnb = _bnb_config(quantize, keep)
         t0 = time.perf_counter()
-        model = AutoModelForImageTextToText.from_pretrained(model_dir, quantization_config=bnb, dtype=torch.bfloat16,
-                                                            device_map='cuda' if torch.cuda.is_available() else 'cpu')
+        if q.library == 'bitsandbytes':
+            model = AutoModelForImageTextToText.from_pretrained(model_dir, quantization_config=_bnb_config(quantize, keep),
+                dtype=torch.bfloat16, device_map='cuda' if torch.cuda.is_available() else 'cpu')
+            compressor, details = None, {}
+        else:
+            model, compressor, ignore, details = _export_compressed(model_dir, q, keep, calib, progress)
         info = dict(format=quantize, library=q.library, version=__import__(q.library).__version__,
                     transformers=transformers.__version__, source=str(Path(src).resolve()), vision_quantized=quantize_vision,
-                    kept_in_bf16=keep, seconds=round(time.perf_counter() - t0, 2))
+                    kept_in_bf16=keep + details.pop('kept_for_width', []), seconds=round(time.perf_counter() - t0, 2), **details)
         def build(d: Path):
             model.save_pretrained(d)
+            if compressor is not None:
+                compressor.update_config(d)
+                cfg = json.loads((d / 'config.json').read_text())
+                cfg['quantization_config']['ignore'] = ignore       # module names as loading builds them, not as saved
+                (d / 'config.json').write_text(json.dumps(cfg, indent=2, sort_keys=True))
             AutoProcessor.from_pretrained(model_dir).save_pretrained(d)    # the run's processor: the training's pixel limits
             (d / 'quantization.json').write_text(json.dumps(info, indent=1))
         return atomic_dir(out, build)
 
 # %% ../nbs/12_evaluate.ipynb #5ada4373
+def _load_options(fmt: str) -> tuple[dict, str]:
+    """How `load_for_eval` loads a checkpoint in `fmt`: extra `from_pretrained` arguments, and how its layers run."""
+    import inspect, torch
+    if fmt in ('fp8', 'w4a16'):
+        from transformers import CompressedTensorsConfig
+        fp8_kernels = fmt == 'fp8' and torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 9)
+        if fp8_kernels and 'use_optimized_inference' in inspect.signature(CompressedTensorsConfig).parameters:
+            return dict(quantization_config=CompressedTensorsConfig(use_optimized_inference=True)), 'fp8 kernels'
+        # no kernel in transformers: bf16 weights from the load on, so weight memory says what generation uses
+        return dict(quantization_config=CompressedTensorsConfig(dequantize=True)), 'dequantized to bf16'
+    return {}, {'nf4': 'bitsandbytes 4-bit', 'int8': 'bitsandbytes 8-bit'}.get(fmt, 'bf16')
+
 def load_for_eval(model_dir):
-    "A model directory (bf16, or an `export_quantized` one) ready to generate: (model, processor, details)."
-    import torch
+    """A model directory (bf16, or an `export_quantized` one) ready to generate: (model, processor, details): its format,
+    how its layers run, load time, weight memory, and its files' size on disk."""
+    import torch, warnings
     from transformers import AutoModelForImageTextToText, AutoProcessor
     d = check_model_dir(model_dir)
     qfile = d / 'quantization.json'
     fmt = json.loads(qfile.read_text())['format'] if qfile.is_file() else 'bf16'
+    options, runs_as = _load_options(fmt)
     cuda = torch.cuda.is_available()
     if cuda: torch.cuda.synchronize(); base = torch.cuda.memory_allocated()
     t0 = time.perf_counter()
-    model = AutoModelForImageTextToText.from_pretrained(d, dtype=torch.bfloat16, device_map='cuda' if cuda else 'cpu').eval()
+    with warnings.catch_warnings():     # the checkpoint's quantization_config stays; only how to load it is given
+        warnings.filterwarnings('ignore', message='You passed `quantization_config`')
+        model = AutoModelForImageTextToText.from_pretrained(d, dtype=torch.bfloat16, device_map='cuda' if cuda else 'cpu',
+                                                            **options).eval()
     if cuda: torch.cuda.synchronize()
     load_s = time.perf_counter() - t0
     weights = (torch.cuda.memory_allocated() - base) if cuda else model.get_memory_footprint()
-    return model, AutoProcessor.from_pretrained(d), dict(format=fmt, load_s=round(load_s, 3), weight_gb=weights / 1e9)
+    disk = sum(f.stat().st_size for f in d.glob('*.safetensors'))
+    return model, AutoProcessor.from_pretrained(d), dict(format=fmt, runs_as=runs_as, load_s=round(load_s, 3),
+                                                         weight_gb=weights / 1e9, disk_gb=disk / 1e9)
 
 def _prompt(example: dict) -> tuple:
     "An example's prompt (its ids before the first labelled token) and its answer's ids (the labelled ones)."
@@ -159,8 +383,8 @@ def generate_answers(model, processor, examples, batch_size: int = 8, max_new_to
     return rows
 
 # %% ../nbs/12_evaluate.ipynb #f8ed9379
-EVAL_COLUMNS = ['format', 'budget', 'samples', 'exact', 'contains', 'latency_s', 'tokens_per_s', 'peak_memory_gb',
-                'weight_gb', 'load_s']    # what `qvl eval` and the eval template show of `evaluate`'s rows
+EVAL_COLUMNS = ['format', 'runs_as', 'budget', 'samples', 'exact', 'contains', 'latency_s', 'tokens_per_s',
+                'peak_memory_gb', 'weight_gb', 'disk_gb', 'load_s']    # what `qvl eval` and the eval template show of `evaluate`'s rows
 
 def _norm(text: str) -> str: return ' '.join(text.lower().split())     # case and spacing ignored
 
@@ -193,12 +417,13 @@ def evaluate(model, data, budgets: list[int] | None = None, batch_size: int = 8,
         label = 'processor' if side is None else f'{side}x{side}'
         for g in got: samples.append(dict(budget=label, **g))
         secs, toks = sum(g['seconds'] for g in got), sum(g['tokens'] for g in got)
-        rows.append(dict(model=str(model), format=info['format'], budget=label, side=side, samples=len(got),
+        rows.append(dict(model=str(model), format=info['format'], runs_as=info['runs_as'], budget=label, side=side, samples=len(got),
                          exact=sum(_norm(g['prediction']) == _norm(g['answer']) for g in got) / max(1, len(got)),
                          contains=sum(_norm(g['answer']) in _norm(g['prediction']) for g in got) / max(1, len(got)),
                          latency_s=secs / max(1, len(got)), tokens_per_s=toks / secs if secs else 0.0,
                          peak_memory_gb=torch.cuda.max_memory_allocated() / 1e9 if m.device.type == 'cuda' else None,
-                         weight_gb=info['weight_gb'], load_s=info['load_s'], batch_size=batch_size))
+                         weight_gb=info['weight_gb'], disk_gb=info['disk_gb'], load_s=info['load_s'],
+                         batch_size=batch_size))
     df = pd.DataFrame(rows)
     df.attrs.update(samples=samples, skipped=sorted(skipped.values(), key=lambda s: s['index']), doctor=report.summary)
     del m

@@ -25,17 +25,26 @@ def runs(tiny_model, tmp_path_factory):
 
 
 def test_quantized_exports_load_and_evaluate_beside_bf16(runs, tmp_path):
-    """`qvl export RUN OUT --quantize nf4|int8` from a full and a LoRA run; `qvl eval` gives each export's accuracy per
-    budget beside the bf16 model's, with speed and memory, and writes every answer."""
+    """`qvl export RUN OUT --quantize nf4|int8|fp8|w4a16` from a full and a LoRA run; `qvl eval` gives each export's
+    accuracy per budget beside the bf16 model's, with speed and memory, and writes every answer."""
+    import torch
     from transformers import AutoModelForImageTextToText
     made, data = runs
     outs = {'bf16': made['full'] / 'model'}
-    for q, run in (('nf4', made['full']), ('int8', made['lora'])):
-        r = run_qvl('export', run, tmp_path / q, '--quantize', q)
+    held = dict(nf4=lambda l: type(l).__name__ == 'Linear4bit', int8=lambda l: type(l).__name__ == 'Linear8bitLt',
+                fp8=lambda l: getattr(l, 'weight', torch.empty(0)).dtype == torch.float8_e4m3fn,
+                w4a16=lambda l: hasattr(l, 'weight_packed'))       # how each format's layers hold their weights on load
+    for q, run in (('nf4', made['full']), ('int8', made['lora']), ('fp8', made['lora']), ('w4a16', made['full'])):
+        r = run_qvl('export', run, tmp_path / q, '--quantize', q, '--calib-samples', 16)
         assert f'{q} checkpoint written to' in r.stdout and 'visual' in r.stdout
         m = AutoModelForImageTextToText.from_pretrained(tmp_path / q)
-        assert type(m.model.language_model.layers[0].mlp.up_proj).__name__ == ('Linear4bit' if q == 'nf4' else 'Linear8bitLt')
+        assert held[q](m.model.language_model.layers[0].mlp.up_proj) and held[q](m.model.language_model.layers[1].self_attn.o_proj)
+        assert not any(held[q](mod) or hasattr(mod, 'quantization_scheme') for n, mod in m.named_modules()
+                       if 'visual' in n or n == 'lm_head')
         outs[q] = tmp_path / q
+    info = json.loads((tmp_path / 'w4a16' / 'quantization.json').read_text())
+    train = yaml.safe_load((made['full'].parent / 'full.yaml').read_text())
+    assert info['calibration']['samples'] == 16 and info['calibration']['data'] == train['data'] and info['group_size'] == 64
     rows = {}
     for fmt, d in outs.items():
         r = json.loads(run_qvl('eval', d, data / 'test.json', '--budgets', '224,56', '--batch-size', '4', '--json').stdout)
@@ -44,6 +53,10 @@ def test_quantized_exports_load_and_evaluate_beside_bf16(runs, tmp_path):
         assert all(x['format'] == fmt and x['samples'] == 8 and 0 <= x['exact'] <= x['contains'] <= 1 and x['latency_s'] > 0
                    for x in r['rows'])
     assert rows['nf4'][0]['weight_gb'] < rows['bf16'][0]['weight_gb']
+    assert all(rows[q][0]['disk_gb'] < rows['bf16'][0]['disk_gb'] for q in ('nf4', 'int8', 'fp8', 'w4a16'))
+    assert rows['w4a16'][0]['runs_as'] == 'dequantized to bf16'     # on a CPU; fp8 too (its kernels need a GPU)
+    # the trained answers survive: the full run's 4-bit exports within 1 in 8 answers of it at the training budget
+    assert all(abs(rows[q][0]['exact'] - rows['bf16'][0]['exact']) <= 1 / 8 for q in ('nf4', 'w4a16')), rows
     text = run_qvl('eval', outs['nf4'], data / 'test.json', '--budgets', '224', '--out', tmp_path / 'ev').stdout
     assert 'nf4' in text and '224x224' in text and (tmp_path / 'ev' / 'answers.csv').read_text().count('\n') == 9
 
@@ -54,13 +67,14 @@ def test_bad_input_gets_one_clear_line_and_nothing_half_written(runs, tmp_path):
     empty_run.mkdir()
     (empty_run / 'config.json').write_text((made['full'] / 'config.json').read_text())     # a run that saved no model
     cases = [(('export', empty_run, tmp_path / 'o1', '--quantize', 'nf4'), 'has no model/ yet: train it first'),
-             (('export', made['full'], tmp_path / 'o2', '--quantize', 'fp8'), 'choose one of nf4, int8'),
+             (('export', made['full'], tmp_path / 'o2', '--quantize', 'gguf'), 'choose one of nf4, int8, fp8, w4a16'),
+             (('export', made['full'] / 'model', tmp_path / 'o4', '--quantize', 'w4a16'), 'give a training run, or --calib-data'),
              (('export', tmp_path, tmp_path / 'o3', '--quantize', 'nf4'), 'no config.json'),
              (('eval', made['full'] / 'model', data / 'test.json', '--budgets', '224,big'), 'expected image sides')]
     for args, needle in cases:
         r = run_qvl(*args, check=False)
         assert r.returncode == 2 and needle in r.stderr and 'Traceback' not in r.stderr, (args, r.stderr)
-    assert not any((tmp_path / o).exists() for o in ('o1', 'o2', 'o3'))
+    assert not any((tmp_path / o).exists() for o in ('o1', 'o2', 'o3', 'o4'))
     # an evaluation set with broken samples: they are left out and listed, the others evaluated
     records = json.loads((data / 'test.json').read_text())
     records[1]['images'] = ['images/missing.jpg']
@@ -68,6 +82,17 @@ def test_bad_input_gets_one_clear_line_and_nothing_half_written(runs, tmp_path):
     r = json.loads(run_qvl('eval', made['full'] / 'model', data / 'broken.json', '--budgets', '224', '--json').stdout)
     assert r['rows'][0]['samples'] == len(records) - 1
     assert [(s['index'], s['codes']) for s in r['skipped']] == [(1, ['missing_image'])]
+    # a calibration set with broken samples: each left out with one line, the export made from the rest
+    r = run_qvl('export', made['full'] / 'model', tmp_path / 'o5', '--quantize', 'w4a16', '--calib-data', data / 'broken.json')
+    assert 'calibration: sample #1 left out: missing_image' in r.stdout
+    assert json.loads((tmp_path / 'o5' / 'quantization.json').read_text())['calibration']['samples'] == len(records) - 1
+    # none usable: one line, nothing written
+    for rec in records: rec['images'] = ['images/missing.jpg']
+    (data / 'all-broken.json').write_text(json.dumps(records))
+    r = run_qvl('export', made['full'] / 'model', tmp_path / 'o6', '--quantize', 'w4a16', '--calib-data', data / 'all-broken.json',
+                check=False)
+    assert r.returncode == 2 and 'none of the first 8 calibration samples can be used' in r.stderr and 'Traceback' not in r.stderr
+    assert not (tmp_path / 'o6').exists()
 
 
 def test_eval_template_compares_bf16_with_each_export(runs, tmp_path):
