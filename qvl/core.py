@@ -10,12 +10,12 @@ from pathlib import Path
 from typing import NamedTuple
 
 # %% auto #0
-__all__ = ['QWEN_TOKEN_IDS', 'ARCHITECTURES', 'CHECKSUMS', 'SPECIAL_TOKENS', 'CHAT_TEMPLATE', 'CHECKPOINT_MIN_PIXELS',
-           'CHECKPOINT_MAX_PIXELS', 'TINY_FAMILIES', 'QvlError', 'Arch', 'known_models', 'resolve_arch', 'arch_config',
-           'load_config', 'count_parameters', 'image_factor', 'ImageSize', 'qvl_home', 'seed_everything', 'atomic_file',
-           'atomic_dir', 'file_fingerprint', 'file_digest', 'write_checksums', 'verify_checksums', 'looks_like_path',
-           'check_model_dir', 'build_tiny_tokenizer', 'tiny_config', 'build_processor', 'build_tiny_model', 'load_tiny',
-           'build_random_checkpoint', 'default_tiny_model']
+__all__ = ['QWEN_TOKEN_IDS', 'QWEN35_TOKEN_IDS', 'ARCHITECTURES', 'CHECKSUMS', 'SPECIAL_TOKENS', 'CHAT_TEMPLATE',
+           'CHECKPOINT_MIN_PIXELS', 'CHECKPOINT_MAX_PIXELS', 'TINY_FAMILIES', 'QvlError', 'Arch', 'known_models',
+           'resolve_arch', 'arch_config', 'load_config', 'count_parameters', 'image_factor', 'ImageSize', 'qvl_home',
+           'seed_everything', 'atomic_file', 'atomic_dir', 'file_fingerprint', 'file_digest', 'write_checksums',
+           'verify_checksums', 'looks_like_path', 'check_model_dir', 'build_tiny_tokenizer', 'tiny_config',
+           'build_processor', 'build_tiny_model', 'load_tiny', 'build_random_checkpoint', 'default_tiny_model']
 
 # %% ../nbs/00_core.ipynb #c20a75c8
 class QvlError(Exception):
@@ -24,6 +24,9 @@ class QvlError(Exception):
 # %% ../nbs/00_core.ipynb #23d62f2a
 QWEN_TOKEN_IDS = dict(vision_start_token_id=151652, vision_end_token_id=151653,
                       image_token_id=151655, video_token_id=151656)
+# Qwen3.5 has a new 248k vocabulary: its vision tokens and end of turn moved
+QWEN35_TOKEN_IDS = dict(vision_start_token_id=248053, vision_end_token_id=248054,
+                        image_token_id=248056, video_token_id=248057)
 
 @dataclass(frozen=True)
 class Arch:
@@ -36,6 +39,8 @@ class Arch:
     v_depth: int; v_hidden: int; v_intermediate: int; v_heads: int
     head_dim: int|None = None           # Qwen3-VL sets it explicitly
     deepstack: tuple = ()               # Qwen3-VL vision layers fed to the LLM
+    linear: tuple = ()                  # Qwen3.5 linear attention (Gated DeltaNet): key heads, value heads, key and
+                                        # value head dims, conv kernel, one full-attention layer in every `interval`
 
 def _q2(size, h, i, L, H, kv, vocab, tie):
     return Arch(f'Qwen2-VL-{size}', 'qwen2_vl', f'Qwen/Qwen2-VL-{size}-Instruct', h, i, L, H, kv, vocab, tie,
@@ -46,6 +51,9 @@ def _q25(size, h, i, L, H, kv, vocab, tie, vi):
 def _q3(size, h, i, L, H, tie, vd, vh, vi, ds):
     return Arch(f'Qwen3-VL-{size}', 'qwen3_vl', f'Qwen/Qwen3-VL-{size}-Instruct', h, i, L, H, 8, 151936, tie,
                 vd, vh, vi, 16, head_dim=128, deepstack=ds)
+def _q35(size, h, i, L, H, kv, tie, vd, vh, vi, vH, lin):
+    return Arch(f'Qwen3.5-{size}', 'qwen3_5', f'Qwen/Qwen3.5-{size}', h, i, L, H, kv, 248320, tie,
+                vd, vh, vi, vH, head_dim=256, linear=lin)
 
 ARCHITECTURES = {a.name: a for a in [
     _q2('2B', 1536, 8960, 28, 12, 2, 151936, True),
@@ -58,6 +66,8 @@ ARCHITECTURES = {a.name: a for a in [
     _q3('4B', 2560, 9728, 36, 32, True, 24, 1024, 4096, (5, 11, 17)),
     _q3('8B', 4096, 12288, 36, 32, False, 27, 1152, 4304, (8, 16, 24)),
     _q3('32B', 5120, 25600, 64, 64, False, 27, 1152, 4304, (8, 16, 24)),
+    _q35('0.8B', 1024, 3584, 24, 8, 2, True, 12, 768, 3072, 12, (16, 16, 128, 128, 4, 4)),
+    _q35('27B', 5120, 17408, 64, 24, 4, False, 27, 1152, 4304, 16, (16, 48, 128, 128, 4, 4)),
 ]}
 
 # %% ../nbs/00_core.ipynb #37a8a524
@@ -82,7 +92,15 @@ def _text_config(a: Arch) -> dict:
     d = dict(vocab_size=a.vocab, hidden_size=a.hidden, intermediate_size=a.intermediate,
              num_hidden_layers=a.layers, num_attention_heads=a.heads, num_key_value_heads=a.kv_heads,
              rms_norm_eps=1e-6, tie_word_embeddings=a.tie, bos_token_id=151643, eos_token_id=151645)
-    if a.family == 'qwen3_vl':
+    if a.family == 'qwen3_5':
+        kh, vh, kd, vd, conv, every = a.linear
+        d.update(head_dim=a.head_dim, max_position_embeddings=262144, bos_token_id=None, eos_token_id=248044,
+                 linear_num_key_heads=kh, linear_num_value_heads=vh, linear_key_head_dim=kd, linear_value_head_dim=vd,
+                 linear_conv_kernel_dim=conv,
+                 layer_types=['full_attention' if (i + 1) % every == 0 else 'linear_attention' for i in range(a.layers)],
+                 rope_parameters=dict(rope_type='default', rope_theta=1e7, mrope_section=[11, 11, 10],
+                                      mrope_interleaved=True, partial_rotary_factor=0.25))
+    elif a.family == 'qwen3_vl':
         d.update(head_dim=a.head_dim, max_position_embeddings=262144, rope_theta=5e6,
                  rope_scaling=dict(rope_type='default', mrope_section=[24, 20, 20], mrope_interleaved=True))
     else:
@@ -103,7 +121,7 @@ def _vision_config(a: Arch) -> dict:
     return dict(depth=a.v_depth, hidden_size=a.v_hidden, intermediate_size=a.v_intermediate,
                 num_heads=a.v_heads, out_hidden_size=a.hidden, patch_size=16, spatial_merge_size=2,
                 temporal_patch_size=2, num_position_embeddings=2304,
-                deepstack_visual_indexes=list(a.deepstack), hidden_act='gelu_pytorch_tanh')
+                deepstack_visual_indexes=list(a.deepstack), hidden_act='gelu_pytorch_tanh')    # Qwen3.5: none
 
 def _config_class(family: str):
     import transformers
@@ -118,7 +136,7 @@ def arch_config(a: Arch):
     "A transformers config for `a`, with the real token ids."
     return _config_class(a.family)(text_config=_text_config(a), vision_config=_vision_config(a),
                                    tie_word_embeddings=a.tie, architectures=[_ARCH_CLASS[a.family]],
-                                   **QWEN_TOKEN_IDS)
+                                   **(QWEN35_TOKEN_IDS if a.family == 'qwen3_5' else QWEN_TOKEN_IDS))
 
 _ARCH_CLASS = dict(qwen2_vl='Qwen2VLForConditionalGeneration', qwen2_5_vl='Qwen2_5_VLForConditionalGeneration',
                    qwen3_vl='Qwen3VLForConditionalGeneration', qwen3_5='Qwen3_5ForConditionalGeneration')
@@ -395,7 +413,7 @@ def build_random_checkpoint(name: str, out_dir, device: str = 'cuda', seed: int 
     import torch
     from transformers import AutoModelForImageTextToText
     a = resolve_arch(name)
-    if a.family not in TINY_FAMILIES: raise QvlError(f"{name}: random checkpoints are built for Qwen2-VL and Qwen2.5-VL")
+    if a.family not in TINY_FAMILIES: raise QvlError(f"{name}: random checkpoints are built for {', '.join(TINY_FAMILIES)}")
     tokenizer = build_tiny_tokenizer(seed)
     config = arch_config(a)
     for k, t in dict(vision_start_token_id='<|vision_start|>', vision_end_token_id='<|vision_end|>',
