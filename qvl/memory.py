@@ -13,10 +13,11 @@ from .core import ImageSize, QvlError, load_config
 from .model import ModelShape, build_model, model_shape
 
 # %% auto #0
-__all__ = ['OPTIMIZERS', 'STATE_BYTES', 'SHARDINGS', 'RUN_KEYS', 'COEFFICIENTS', 'GB', 'GPU_SIZES', 'Setup', 'Batch',
-           'nominal_batch', 'features', 'Estimate', 'estimate', 'estimate_setup', 'largest', 'what_fits', 'advise',
-           'article_table', 'synthetic_batch', 'SyntheticData', 'profile_config', 'estimate_run', 'estimate_data',
-           'profile_trainer', 'profile', 'profile_run', 'fit_coefficients', 'accuracy']
+__all__ = ['OPTIMIZERS', 'STATE_BYTES', 'SHARDINGS', 'RUN_KEYS', 'COEFFICIENTS', 'CE_BYTES', 'LAYER_INPUT_BYTES',
+           'TIED_TABLE_BYTES', 'GB', 'GPU_SIZES', 'Setup', 'Batch', 'nominal_batch', 'features', 'Estimate', 'estimate',
+           'estimate_setup', 'largest', 'what_fits', 'advise', 'article_table', 'synthetic_batch', 'SyntheticData',
+           'profile_config', 'estimate_run', 'estimate_data', 'profile_trainer', 'profile', 'profile_run',
+           'fit_coefficients', 'accuracy']
 
 # %% ../nbs/10_memory.ipynb #5e2f005b
 OPTIMIZERS = {'adamw': 2, 'adamw8bit': 2, 'sgd': 0, 'sgd-momentum': 1, 'adafactor': 0}   # states per trainable parameter
@@ -129,15 +130,26 @@ COEFFICIENTS = {
     'nogc': {'layer_all': 9.142, 'logits': 9.033, 'vision': 160.2, 'vision_mlp': 427.9, 'const': 20050000.0},
     # the fast step (qvl.fast): logits of labelled tokens only, the frozen vision tower outside autograd
     # (fitted on benchmarks/fast_step_nocompile's steps at batch 1 and 4; batch 2 held out)
-    'fast-gc': {'hidden': 4.221, 'layer': 0.0, 'labeled': 0.0, 'vision': 0.0, 'vision_mlp': 0.0, 'const': 13050000.0},
-    'fast-nogc': {'layer_all': 7.135, 'labeled': 4.307, 'vision': 0.0, 'vision_mlp': 0.0, 'const': 65280000.0},
+    'fast-gc': {'layer': 8.06, 'vision': 0.0, 'vision_mlp': 0.0, 'const': 0.0},
+    'fast-nogc': {'layer_all': 7.074, 'vision': 0.0, 'vision_mlp': 0.0, 'const': 0.0},
     'optimizer_temp': 1.005,   # bytes of foreach temporaries per byte of one optimizer state
     # max_memory_reserved = peak allocated + frac * activations + const, by method and checkpointing:
     # freed activation blocks stay cached (fragmentation), more so when gradients are allocated among them
     'reserved': {'lora-gc': [0.1464, 166700000.0], 'lora-nogc': [0.02824, 78200000.0], 'full-gc': [0.2449, 0.0], 'full-nogc': [0.03109, 295900000.0],
-                 'fast-lora-gc': [0.04274, 5.994e+07], 'fast-lora-nogc': [0.007101, 2.75e+07]},
+                 'fast-lora-gc': [0.04494, 5.145e+07], 'fast-lora-nogc': [0.007104, 2.699e+07]},
     'fitted_on': 'NVIDIA H200, 38 measured plain steps and 16 fast steps',
 }
+# Terms of the fast step taken from what it computes, not fitted:
+# its loss over labelled tokens keeps the fp32 logits, their log-softmax and that one's gradient alive together where
+# backward begins: 3 x 4 bytes per labelled token and vocabulary entry (12 x labeled)
+CE_BYTES = 12
+# with checkpointing, each decoder layer keeps its bf16 input (2 bytes per token and hidden unit, per layer)
+LAYER_INPUT_BYTES = 2
+# full fine-tuning of a model whose LM head shares the embedding table: at the end of the fast step's backward the LM
+# head's and the embedding's bf16 gradients of the table are both alive beside the one being accumulated: 2 x 2 bytes per
+# table entry. Measured as the fast step's excess over the plain step of the same run (Qwen2.5-VL-3B +1.32 GB,
+# Qwen3-VL-2B +1.31 GB: 4.2 bytes per entry; benchmarks/memory/fast_vs_plain_full)
+TIED_TABLE_BYTES = 4
 
 # %% ../nbs/10_memory.ipynb #a5950874
 GB = 1e9
@@ -216,9 +228,13 @@ def estimate_setup(s: Setup, coefficients: dict | None = None, batch: Batch | No
     else: act_scale_att = 0
     mode = 'gc' if s.gradient_checkpointing else 'nogc'
     g = c.get(f'fast-{mode}', c[mode]) if s.fast else c[mode]
-    llm_act = sum(g[k] * f[k] for k in ('hidden', 'layer', 'layer_all') if k in g) * act_scale + act_scale_att
+    derived = LAYER_INPUT_BYTES * f['hidden'] if s.fast and s.gradient_checkpointing else 0     # not fitted
+    llm_act = (sum(g[k] * f[k] for k in ('hidden', 'layer', 'layer_all') if k in g) + derived) * act_scale + act_scale_att
     vision_act = (g.get('vision', 0) * f['vision'] + g.get('vision_mlp', 0) * f['vision_mlp']) * act_scale
-    logits = g.get('logits', 0) * f['logits'] + g.get('labeled', 0) * f['labeled']
+    # the plain step's logits (every token) are fitted; the fast step's (labelled tokens only) follow from its loss
+    logits = CE_BYTES * f['labeled'] if s.fast else g.get('logits', 0) * f['logits']
+    trains_table = s.method == 'full' and not s.freeze_llm and shape.lm_head == 0
+    tied = TIED_TABLE_BYTES * shape.vocab * shape.hidden if s.fast and trains_table else 0
     # sharding: what each GPU holds of weights, gradients and states
     n = s.gpus
     shard_w = n if s.sharding in ('fsdp', 'zero3') else 1
@@ -235,14 +251,15 @@ def estimate_setup(s: Setup, coefficients: dict | None = None, batch: Batch | No
     # peak 1: start of backward, before gradients of this step exist (set_to_none frees them after each step)
     at_backward = weights + states + ddp_buckets + gather + llm_act + vision_act + logits + const
     # peak 2: optimizer step, with every gradient and the foreach temporaries
-    at_step = weights + states + grads + ddp_buckets + gather + opt_temp + const
+    at_step = weights + states + grads + ddp_buckets + gather + opt_temp + tied / shard_g + const
     peak, phase = (at_backward, 'backward start') if at_backward >= at_step else (at_step, 'optimizer step')
     rkey = f"{'full' if s.method == 'full' else 'lora'}-{mode}"
     frac, rconst = c['reserved'].get(f'fast-{rkey}', c['reserved'][rkey]) if s.fast else c['reserved'][rkey]
     reserved = peak + frac * (llm_act + vision_act + logits) + rconst
     comps = dict(weights=weights, gradients=grads, optimizer_states=states, llm_activations=llm_act,
                  vision_activations=vision_act, logits_and_loss=logits, optimizer_temporaries=opt_temp,
-                 ddp_buckets_and_gathers=ddp_buckets + gather, fixed_overhead=const, allocator_overhead=reserved - peak)
+                 ddp_buckets_and_gathers=ddp_buckets + gather, tied_table_gradients=tied / shard_g, fixed_overhead=const,
+                 allocator_overhead=reserved - peak)
     return Estimate(s, comps, int(peak), int(reserved), phase, f, batch)
 
 # %% ../nbs/10_memory.ipynb #3b4b9c84
@@ -509,6 +526,8 @@ def fit_coefficients(measured, base: dict | None = None) -> dict:
             e = estimate(**_row_setup(r), coefficients=c)
             if r['method'] == 'full' and e.peak_phase == 'optimizer step': continue
             fixed = e.components['weights'] + e.components['optimizer_states'] + e.components['ddp_buckets_and_gathers']
+            if is_fast:          # the fast step's loss term and checkpointed layer inputs are not fitted
+                fixed += e.components['logits_and_loss'] + (LAYER_INPUT_BYTES * e.features['hidden'] if gc_on else 0)
             f = e.features
             feats = [1.0 if n == 'const' else float(f[n]) for n in names]
             w = 1.0 / float(r['peak_allocated'])

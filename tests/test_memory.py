@@ -42,9 +42,31 @@ def test_sweep_of_the_trainers_step_against_its_estimate():
         assert abs(e.peak_allocated_bytes / 1e9 - r.predicted_allocated_gb) < 1e-6
     err = (ok.predicted_allocated_gb / ok.measured_allocated_gb - 1).abs()
     lora, full = err[ok.method == 'lora'], err[ok.method == 'full']
-    assert lora.median() < 0.025 and lora.max() < 0.14
+    assert lora.median() < 0.02 and lora.max() < 0.08
     small = (ok.method == 'full') & (ok.side <= 896) & (ok.batch_size <= 2)     # where the optimizer step sets the peak
-    assert err[small].max() < 0.05 and full.max() < 0.35
+    assert err[small].max() < 0.01 and full.max() < 0.36     # full fine-tuning's activation peak: under, up to 35%
+
+
+def test_estimate_on_families_no_coefficient_was_fitted_on():
+    """`qvl sweep vram_sweep` of Qwen3-VL-2B and Qwen3.5-0.8B on an H200 (`qvl train`'s fast step, checkpointing on)
+    and `memory_accuracy.py families` (Qwen2-VL-2B, Qwen3-VL 2B/4B/8B): the estimate of every point is the shipped
+    estimator's, and within the stated errors. Only the tied-table term saw Qwen3-VL-2B (one full point at 448 px b2)."""
+    from qvl.experiments import point_config
+    from qvl.memory import accuracy, estimate_run
+    sweep = pd.read_csv(BENCH / 'vram_sweep_qwen3' / 'results.csv')
+    ok = sweep[sweep.status == 'ok']
+    assert len(ok) == 24 and set(ok.model) == {'Qwen3-VL-2B', 'Qwen3.5-0.8B'}
+    for r in ok.itertuples():
+        e = estimate_run(point_config(r._asdict()), (r.side, r.side))
+        assert abs(e.peak_allocated_bytes / 1e9 - r.predicted_allocated_gb) < 1e-6
+    err = (ok.predicted_allocated_gb / ok.measured_allocated_gb - 1).abs()
+    assert err[ok.model == 'Qwen3-VL-2B'].max() < 0.03
+    q35 = err[ok.model == 'Qwen3.5-0.8B']
+    assert q35.median() < 0.03 and q35.max() < 0.16      # linear-attention activations are not modelled yet
+    fam = pd.read_csv(BENCH / 'memory' / 'families_h200.csv').assign(freeze_projector=False)
+    a = accuracy(fam)
+    gc = a[a.gradient_checkpointing].error_allocated.abs()
+    assert len(gc) == 12 and gc.median() < 0.01 and gc.max() < 0.04
 
 
 def test_estimate_cli_json_and_components():
