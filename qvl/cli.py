@@ -10,8 +10,8 @@ from pathlib import Path
 
 # %% auto #0
 __all__ = ['cmd_tiny_model', 'cmd_sample_data', 'cmd_info', 'cmd_resize', 'cmd_doctor', 'cmd_fix', 'cmd_fix_model', 'cmd_convert',
-           'cmd_train', 'cmd_sweep', 'cmd_estimate', 'cmd_profile', 'cmd_export', 'cmd_eval', 'cmd_demo', 'Command',
-           'arg', 'commands', 'parser', 'main', 'error_line', 'console']
+           'cmd_train', 'cmd_sweep', 'cmd_estimate', 'cmd_calibrate', 'cmd_profile', 'cmd_export', 'cmd_eval',
+           'cmd_demo', 'Command', 'arg', 'commands', 'parser', 'main', 'error_line', 'console']
 
 # %% ../nbs/13_cli.ipynb #b800730f
 def _size(text: str):
@@ -254,15 +254,17 @@ _NOMINAL = ('image_size', 'images_per_sample', 'prompt_tokens', 'answer_tokens')
 def cmd_estimate(a) -> int:
     import dataclasses, json
     from qvl.memory import GB, advise, estimate_data, estimate_setup, what_fits
+    from qvl.memory import load_corrections
     s, cfg = _setup(a)
     where = None
+    corr = load_corrections(cfg) if cfg is not None and not a.no_calibration else None
     if cfg is not None and not any(hasattr(a, k) for k in _NOMINAL):
-        if Path(cfg.data).exists(): e, where = estimate_data(cfg, s, progress=not a.json)
+        if Path(cfg.data).exists(): e, where = estimate_data(cfg, s, progress=not a.json, corrections=corr)
         else:
             print(f"{cfg.data} not found: the estimate of a nominal sample ({s.image_size} image, {s.prompt_tokens} + "
                   f"{s.answer_tokens} text tokens)", file=sys.stderr)
-            e = estimate_setup(s)
-    else: e = estimate_setup(s)
+            e = estimate_setup(s, corrections=corr)
+    else: e = estimate_setup(s, corrections=corr)
     if a.json:
         print(json.dumps(dict(e.to_json(), largest_batch=where), indent=1, default=str)); return 0
     if where:
@@ -274,6 +276,23 @@ def cmd_estimate(a) -> int:
     if a.fits:
         kw = {k: v for k, v in dataclasses.asdict(s).items() if k not in ('model', 'method')}
         print(what_fits(s.model, s.method, **kw).to_string(index=False))
+    return 0
+
+def cmd_calibrate(a) -> int:
+    "Measure a run's step on this GPU and store the estimator's corrections beside the run."
+    import json
+    from qvl.config import load_config
+    from qvl.memory import CALIBRATION_FILE, calibrate
+    cfg = load_config(a.config, **_overrides(a.set))
+    corr, df = calibrate(cfg, a.sides, a.batches, save=not a.no_save, progress=not a.json)
+    if a.json: print(json.dumps(corr, indent=1, default=str)); return 0
+    print(f"{cfg.model} {cfg.method} on {corr['gpu']}: {len(df)} steps measured")
+    print(df.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    for o in corr['out_of_memory']: print(f"  {o['image_size']} batch {o['batch_size']}: out of memory (estimated {o['estimated_gb']:.2f} GB)")
+    print(f"corrections: activations x {corr['activation_scale']:.3f}, {corr['constant_bytes'] / 1e9:+.3f} GB; error "
+          f"median {df.error_before.abs().median():.1%} -> {df.error_after.abs().median():.1%}, worst "
+          f"{df.error_before.abs().max():.1%} -> {df.error_after.abs().max():.1%}")
+    if not a.no_save: print(f"written to {Path(cfg.out_dir) / CALIBRATION_FILE}: `qvl estimate {a.config}` uses them")
     return 0
 
 def cmd_profile(a) -> int:
@@ -523,8 +542,22 @@ def commands() -> list[Command]:
             arg('--set', action='append', metavar='KEY=VALUE', help='override a key of RUN.yaml (repeatable)'),
             arg('--gpu-memory', type=float, default=141, metavar='GB', help='GPU size to check against'),
             arg('--fits', action='store_true', help='also the largest batch and image side per GPU size'),
+            arg('--no-calibration', action='store_true', help="ignore the corrections `qvl calibrate` saved in RUN.yaml's out_dir"),
             arg('--json', action='store_true', help='print one JSON object'),
             lambda s: _setup_flags(s, Setup.__dataclass_fields__)]),
+        Command('calibrate', cmd_calibrate, help="fit the memory estimate to this GPU from a few short steps of a run (GPU)",
+                description="Measure RUN.yaml's step (`qvl train`'s own, synthetic samples of one square image) on this GPU "
+                    'at each side x batch size, fit two corrections of the estimate (a scale on the activations, loss and '
+                    "logits; a constant) and write them with the points to memory_calibration.json in the run's out_dir, "
+                    'where `qvl estimate RUN.yaml` finds them. Prints each step measured, estimated before and after. '
+                    'Steps that run out of memory are reported and left out.',
+                args=[
+            arg('config', metavar='RUN.yaml', help='a `qvl train` config'),
+            arg('--set', action='append', metavar='KEY=VALUE', help='override a key of RUN.yaml (repeatable)'),
+            arg('--sides', type=_sides, default=[448, 896], metavar='SIDES', help='square image sides to measure (default 448,896)'),
+            arg('--batches', type=_sides, metavar='SIZES', help="batch sizes to measure (default: 1 and the run's)"),
+            arg('--no-save', action='store_true', help='report only; write nothing'),
+            arg('--json', action='store_true', help='print one JSON object')]),
         Command('profile', cmd_profile, help='measure the GPU memory of real training steps (GPU)',
                 description='Build the model with random bf16 weights on the GPU (or load a checkpoint directory), prepare it '
                     'with `qvl train`\'s own code (method, checkpointing, fast step, optimizer), run a warm-up step and two '

@@ -14,10 +14,10 @@ from .model import ModelShape, build_model, model_shape
 
 # %% auto #0
 __all__ = ['OPTIMIZERS', 'STATE_BYTES', 'SHARDINGS', 'RUN_KEYS', 'COEFFICIENTS', 'CE_BYTES', 'LAYER_INPUT_BYTES',
-           'TIED_TABLE_BYTES', 'GB', 'GPU_SIZES', 'Setup', 'Batch', 'nominal_batch', 'features', 'Estimate', 'estimate',
-           'estimate_setup', 'largest', 'what_fits', 'advise', 'article_table', 'synthetic_batch', 'SyntheticData',
-           'profile_config', 'estimate_run', 'estimate_data', 'profile_trainer', 'profile', 'profile_run',
-           'fit_coefficients', 'accuracy']
+           'TIED_TABLE_BYTES', 'GB', 'GPU_SIZES', 'CALIBRATION_FILE', 'Setup', 'Batch', 'nominal_batch', 'features',
+           'Estimate', 'estimate', 'estimate_setup', 'largest', 'what_fits', 'advise', 'article_table',
+           'synthetic_batch', 'SyntheticData', 'profile_config', 'estimate_run', 'estimate_data', 'profile_trainer',
+           'profile', 'profile_run', 'fit_coefficients', 'accuracy', 'fit_corrections', 'calibrate', 'load_corrections']
 
 # %% ../nbs/10_memory.ipynb #5e2f005b
 OPTIMIZERS = {'adamw': 2, 'adamw8bit': 2, 'sgd': 0, 'sgd-momentum': 1, 'adafactor': 0}   # states per trainable parameter
@@ -165,12 +165,13 @@ class Estimate:
     peak_phase: str
     features: dict = field(default_factory=dict)
     batch: Batch | None = None         # a real micro-batch's shape (`estimate_data`), instead of the setup's nominal one
+    corrections: dict | None = None    # a GPU's measured corrections (`qvl calibrate`), applied
 
     def to_json(self) -> dict:
         return dict(setup=dataclasses.asdict(self.setup), components={k: int(v) for k, v in self.components.items()},
                     peak_allocated_bytes=int(self.peak_allocated_bytes), peak_reserved_bytes=int(self.peak_reserved_bytes),
                     peak_phase=self.peak_phase, features=self.features,
-                    batch=dataclasses.asdict(self.batch) if self.batch else None)
+                    batch=dataclasses.asdict(self.batch) if self.batch else None, corrections=self.corrections)
 
     def fits(self, gpu_bytes: float) -> bool: return self.peak_reserved_bytes + 0.6e9 <= gpu_bytes   # + CUDA context
 
@@ -185,6 +186,10 @@ class Estimate:
         lines += [f"  {k:>22}: {v / GB:8.2f} GB" for k, v in self.components.items()]
         lines.append(f"  peak allocated {self.peak_allocated_bytes / GB:.2f} GB, reserved {self.peak_reserved_bytes / GB:.2f} GB "
                      f"(at {self.peak_phase}); nvidia-smi shows about {(self.peak_reserved_bytes + 0.6e9) / GB:.1f} GB")
+        if self.corrections:
+            c = self.corrections
+            lines.append(f"  calibrated on {c.get('gpu', '?')} ({c.get('file', 'qvl calibrate')}): activations x "
+                         f"{c['activation_scale']:.3f}, {c['constant_bytes'] / GB:+.2f} GB")
         return '\n'.join(lines)
 
 def _param_bytes(s: Setup, shape: ModelShape) -> dict:
@@ -215,8 +220,10 @@ def estimate(model: str = 'Qwen2.5-VL-7B', method: str = 'lora', image_size=448,
     "Predict the GPU memory of a steady-state training step (see `Setup` for every setting; `image_size` as `ImageSize.of` reads it)."
     return estimate_setup(Setup(model=model, method=method, image_size=image_size, batch_size=batch_size, **kw), coefficients)
 
-def estimate_setup(s: Setup, coefficients: dict | None = None, batch: Batch | None = None) -> Estimate:
-    "The estimate of a `Setup` (of a real micro-batch's shape when `batch` is given)."
+def estimate_setup(s: Setup, coefficients: dict | None = None, batch: Batch | None = None,
+                   corrections: dict | None = None) -> Estimate:
+    """The estimate of a `Setup` (of a real micro-batch's shape when `batch` is given), with a GPU's measured
+    `corrections` (`qvl calibrate`: `activation_scale` on the activations, loss and logits; `constant_bytes` added)."""
     model = s.model
     c = coefficients or COEFFICIENTS
     shape = model_shape(model)
@@ -233,6 +240,9 @@ def estimate_setup(s: Setup, coefficients: dict | None = None, batch: Batch | No
     vision_act = (g.get('vision', 0) * f['vision'] + g.get('vision_mlp', 0) * f['vision_mlp']) * act_scale
     # the plain step's logits (every token) are fitted; the fast step's (labelled tokens only) follow from its loss
     logits = CE_BYTES * f['labeled'] if s.fast else g.get('logits', 0) * f['logits']
+    if corrections:
+        k = corrections['activation_scale']
+        llm_act, vision_act, logits = llm_act * k, vision_act * k, logits * k
     trains_table = s.method == 'full' and not s.freeze_llm and shape.lm_head == 0
     tied = TIED_TABLE_BYTES * shape.vocab * shape.hidden if s.fast and trains_table else 0
     # sharding: what each GPU holds of weights, gradients and states
@@ -247,7 +257,7 @@ def estimate_setup(s: Setup, coefficients: dict | None = None, batch: Batch | No
     # makes none, except over FSDP's sharded parameters
     fused = s.fast and s.optimizer == 'adamw' and s.sharding not in ('fsdp', 'zero3')
     opt_temp = c['optimizer_temp'] * p['state_one'] / shard_s if OPTIMIZERS[s.optimizer] and not fused else 0
-    const = g['const']
+    const = g['const'] + (corrections['constant_bytes'] if corrections else 0)
     # peak 1: start of backward, before gradients of this step exist (set_to_none frees them after each step)
     at_backward = weights + states + ddp_buckets + gather + llm_act + vision_act + logits + const
     # peak 2: optimizer step, with every gradient and the foreach temporaries
@@ -260,7 +270,7 @@ def estimate_setup(s: Setup, coefficients: dict | None = None, batch: Batch | No
                  vision_activations=vision_act, logits_and_loss=logits, optimizer_temporaries=opt_temp,
                  ddp_buckets_and_gathers=ddp_buckets + gather, tied_table_gradients=tied / shard_g, fixed_overhead=const,
                  allocator_overhead=reserved - peak)
-    return Estimate(s, comps, int(peak), int(reserved), phase, f, batch)
+    return Estimate(s, comps, int(peak), int(reserved), phase, f, batch, corrections)
 
 # %% ../nbs/10_memory.ipynb #3b4b9c84
 def largest(gpu_bytes: float, what: str = 'batch_size', limit: int = 4096, **kw) -> int:
@@ -402,11 +412,14 @@ def profile_config(model: str, method: str = 'lora', gradient_checkpointing: boo
     return config_from_dict(dict(model=str(model), data='(synthetic)', method=method, gradient_checkpointing=gradient_checkpointing,
                                  fast=fast, steps=10 ** 9, **kw))
 
-def estimate_run(cfg: TrainConfig, image_size, prompt_tokens: int = 64, answer_tokens: int = 128, gpus: int = 1, **kw) -> Estimate:
+def estimate_run(cfg: TrainConfig, image_size, prompt_tokens: int = 64, answer_tokens: int = 128, gpus: int = 1,
+                 corrections: dict | None = None, **kw) -> Estimate:
     "The estimate of a `TrainConfig`'s step (on a GPU) for samples of one image of `image_size` and the given text."
-    return estimate_setup(Setup.of(cfg, image_size, gpus, prompt_tokens=prompt_tokens, answer_tokens=answer_tokens, **kw))
+    return estimate_setup(Setup.of(cfg, image_size, gpus, prompt_tokens=prompt_tokens, answer_tokens=answer_tokens, **kw),
+                          corrections=corrections)
 
-def estimate_data(cfg: TrainConfig, setup: Setup | None = None, steps: int | None = None, progress: bool = True) -> tuple[Estimate, dict]:
+def estimate_data(cfg: TrainConfig, setup: Setup | None = None, steps: int | None = None, progress: bool = True,
+                  corrections: dict | None = None) -> tuple[Estimate, dict]:
     """The estimate of the largest micro-batch a run trains on: its dataset tokenized as `qvl train` does (the resize
     budget on every image, the real text; the tokenization cache is shared with training), walked in the run's order
     for `steps` (default: the run's) on each of `setup.gpus` GPUs. `setup`: `Setup.of(cfg)` with any other keys.
@@ -430,10 +443,10 @@ def estimate_data(cfg: TrainConfig, setup: Setup | None = None, steps: int | Non
                 seq = sum(length[i] for i in mb) if cfg.packing else padded_length(max(length[i] for i in mb))
                 b = Batch(1 if cfg.packing else len(mb), seq, sum(visual[i] for i in mb), sum(labeled[i] for i in mb),
                           sum(len(ex.images[i]) for i in mb))
-                if b not in peaks: peaks[b] = estimate_setup(s, batch=b).peak_allocated_bytes
+                if b not in peaks: peaks[b] = estimate_setup(s, batch=b, corrections=corrections).peak_allocated_bytes
                 if best is None or peaks[b] > peaks[best[0]]: best = (b, step + 1, gpu, mb)
     b, step, gpu, mb = best
-    return estimate_setup(s, batch=b), dict(step=step, gpu=gpu, samples=[ex.index[i] for i in mb], ids=[ex.ids[i] for i in mb],
+    return estimate_setup(s, batch=b, corrections=corrections), dict(step=step, gpu=gpu, samples=[ex.index[i] for i in mb], ids=[ex.ids[i] for i in mb],
                                             distinct_batches=len(peaks), examples=len(ex), skipped=len(ex.skipped))
 
 def profile_trainer(cfg, image_size, batch_size: int, prompt_tokens: int = 64, answer_tokens: int = 128, device='cuda'):
@@ -566,3 +579,75 @@ def accuracy(measured, coefficients: dict | None = None):
                          measured_reserved_gb=r['peak_reserved'] / GB, estimated_reserved_gb=e.peak_reserved_bytes / GB,
                          error_reserved=e.peak_reserved_bytes / r['peak_reserved'] - 1))
     return pd.DataFrame(rows)
+
+# %% ../nbs/10_memory.ipynb #c41b7e21
+CALIBRATION_FILE = 'memory_calibration.json'
+
+def _phases(e: Estimate) -> tuple[float, float, float]:
+    "An estimate's backward-start peak less its activations, those activations (with loss and logits), and its optimizer-step peak."
+    c = e.components
+    acts = c['llm_activations'] + c['vision_activations'] + c['logits_and_loss']
+    base = c['weights'] + c['optimizer_states'] + c['ddp_buckets_and_gathers'] + c['fixed_overhead']
+    return base, acts, base + c['gradients'] + c['optimizer_temporaries'] + c['tied_table_gradients']
+
+def fit_corrections(points) -> dict:
+    """`activation_scale` s and `constant_bytes` c from (measured peak allocated bytes, uncorrected `Estimate`) pairs:
+    measured = base + s x activations + c where the activations set the estimated peak, = the optimizer-step peak + c
+    where that step does; least squares on relative error. Without an activation-bound point s stays 1; s is kept in
+    0.5-2."""
+    import numpy as np
+    A, y = [], []
+    for m, e in points:
+        base, acts, step = _phases(e)
+        if e.peak_phase == 'backward start': A.append([acts / m, 1 / m]); y.append((m - base) / m)
+        else: A.append([0.0, 1 / m]); y.append((m - step) / m)
+    if not A: raise QvlError('no measured step to calibrate on')
+    A, y = np.array(A), np.array(y)
+    s = 1.0
+    if A[:, 0].any() and len(A) > 1: s = float(min(2.0, max(0.5, np.linalg.lstsq(A, y, rcond=None)[0][0])))
+    c = float(np.linalg.lstsq(A[:, 1:], y - s * A[:, 0], rcond=None)[0][0])
+    return dict(activation_scale=s, constant_bytes=c)
+
+def calibrate(cfg: TrainConfig, sides=(448, 896), batches=None, prompt_tokens: int = 64, answer_tokens: int = 128,
+              save: bool = True, progress: bool = True):
+    """`qvl calibrate`: measure the run `cfg`'s step (`profile`) on this GPU at square `sides` x `batches` (default: 1 and
+    the run's batch size), fit `fit_corrections`, and with `save` write them and the points to `out_dir/`
+    `CALIBRATION_FILE`. Returns (corrections, DataFrame: each point measured, estimated before and after)."""
+    import pandas as pd, torch, transformers
+    if not torch.cuda.is_available():
+        raise QvlError("calibrate measures training steps on a CUDA GPU: run it on the machine that will train")
+    batches = tuple(batches or sorted({1, cfg.batch_size}))
+    keys = {k: v for k, v in dataclasses.asdict(cfg).items()
+            if k not in _NOT_STEP + ('model', 'method', 'gradient_checkpointing', 'fast', 'batch_size')}
+    settings = [(ImageSize.of(s), b, cfg.gradient_checkpointing) for s in sides for b in batches]
+    df = profile(cfg.model, cfg.method, settings, cfg.fast, prompt_tokens, answer_tokens, steps=2, progress=progress, **keys)
+    run = lambda r, corr=None: estimate_run(dataclasses.replace(cfg, batch_size=int(r.batch_size)),
+                                            ImageSize(int(r.image_w), int(r.image_h)), prompt_tokens, answer_tokens,
+                                            corrections=corr)
+    ok = [r for r in df.itertuples() if r.status == 'ok']
+    oom = [dict(image_size=f"{r.image_w}x{r.image_h}", batch_size=int(r.batch_size), estimated_gb=run(r).peak_allocated_bytes / GB)
+           for r in df.itertuples() if r.status == 'oom']
+    if not ok: raise QvlError(f"every calibration step ran out of memory ({len(oom)}): give smaller --sides / --batches")
+    corr = fit_corrections([(float(r.peak_allocated), run(r)) for r in ok])
+    rows = []
+    for r in ok:
+        m, before, after = float(r.peak_allocated), run(r).peak_allocated_bytes, run(r, corr).peak_allocated_bytes
+        rows.append(dict(image_size=f"{r.image_w}x{r.image_h}", batch_size=int(r.batch_size), measured_gb=m / GB,
+                         before_gb=before / GB, after_gb=after / GB, error_before=before / m - 1, error_after=after / m - 1))
+    corr.update(gpu=torch.cuda.get_device_name(), torch=torch.__version__, transformers=transformers.__version__,
+                file=CALIBRATION_FILE, points=rows, out_of_memory=oom)
+    if save:
+        out = Path(cfg.out_dir); out.mkdir(parents=True, exist_ok=True)
+        tmp = out / (CALIBRATION_FILE + '.tmp')
+        tmp.write_text(json.dumps(corr, indent=1)); tmp.replace(out / CALIBRATION_FILE)
+    return corr, pd.DataFrame(rows)
+
+def load_corrections(cfg: TrainConfig) -> dict | None:
+    "The corrections `qvl calibrate` saved beside the run `cfg` (`out_dir/memory_calibration.json`), or None."
+    p = Path(cfg.out_dir) / CALIBRATION_FILE
+    if not p.is_file(): return None
+    try: d = json.loads(p.read_text())
+    except json.JSONDecodeError: d = {}
+    if not isinstance(d, dict) or not {'activation_scale', 'constant_bytes'} <= set(d):
+        raise QvlError(f"{p} is not a memory calibration: delete it or run `qvl calibrate` again")
+    return dict(d, file=str(p))

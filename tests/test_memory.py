@@ -202,3 +202,47 @@ def test_estimate_of_a_run_walks_its_own_data(tiny_model, tmp_path):
     assert 'the largest micro-batch of' in text and f"#{where['samples'][0]}" in text
     nominal = json.loads(run_qvl('estimate', path, '--image-size', '448', '--json').stdout)
     assert nominal['largest_batch'] is None and nominal['batch'] is None
+
+
+def test_calibration_beside_a_run_changes_its_estimate_until_turned_off(tmp_path):
+    """`qvl estimate RUN.yaml` applies the corrections `qvl calibrate` saved in the run's out_dir and says so;
+    `--no-calibration` ignores them; a broken file is a clear error; `qvl calibrate` without a GPU says what it needs."""
+    cfg = tmp_path / 'run.yaml'
+    cfg.write_text(yaml.safe_dump(dict(model='Qwen2.5-VL-3B', data='train.json', out_dir=str(tmp_path / 'run'))))
+    args = ('estimate', cfg, '--image-size', '896x896')
+    plain = json.loads(run_qvl(*args, '--json').stdout)
+    (tmp_path / 'run').mkdir()
+    (tmp_path / 'run' / 'memory_calibration.json').write_text(json.dumps(dict(activation_scale=1.5, constant_bytes=2e8, gpu='GPU X')))
+    calibrated = json.loads(run_qvl(*args, '--json').stdout)
+    c, p = calibrated['components'], plain['components']
+    assert calibrated['corrections']['gpu'] == 'GPU X'
+    assert abs(c['llm_activations'] / p['llm_activations'] - 1.5) < 1e-6 and c['fixed_overhead'] - p['fixed_overhead'] == 2e8
+    assert calibrated['peak_allocated_bytes'] > plain['peak_allocated_bytes']
+    assert 'calibrated on GPU X' in run_qvl(*args).stdout
+    assert json.loads(run_qvl(*args, '--no-calibration', '--json').stdout)['peak_allocated_bytes'] == plain['peak_allocated_bytes']
+    (tmp_path / 'run' / 'memory_calibration.json').write_text('[]')
+    bad = run_qvl(*args, check=False)
+    assert bad.returncode == 2 and 'is not a memory calibration' in bad.stderr
+    import torch
+    if not torch.cuda.is_available():
+        r = run_qvl('calibrate', cfg, check=False)
+        assert r.returncode == 2 and 'calibrate measures training steps on a CUDA GPU' in r.stderr and 'Traceback' not in r.stderr
+
+
+@pytest.mark.gpu
+def test_calibrate_measures_a_run_and_its_estimate_uses_the_corrections(tmp_path):
+    """`qvl calibrate RUN.yaml` on a GPU: a few short steps of the run, two corrections fitted, the error before and after
+    on each step, written beside the run where `qvl estimate` picks them up."""
+    cfg = tmp_path / 'run.yaml'
+    cfg.write_text(yaml.safe_dump(dict(model='Qwen3-VL-2B', data='train.json', batch_size=2, out_dir=str(tmp_path / 'run'))))
+    out = json.loads(run_qvl('calibrate', cfg, '--sides', '448,896', '--json', timeout=900).stdout)
+    pts = out['points']
+    print(json.dumps(out, indent=1))
+    assert len(pts) == 4 and {p['batch_size'] for p in pts} == {1, 2} and out['gpu']
+    squares = lambda k: sum(p[k] ** 2 for p in pts)          # the fit's objective: never worse than no correction
+    assert squares('error_after') <= squares('error_before') + 1e-12 and max(abs(p['error_after']) for p in pts) < 0.03
+    saved = json.loads((tmp_path / 'run' / 'memory_calibration.json').read_text())
+    assert saved['activation_scale'] == out['activation_scale']
+    e = json.loads(run_qvl('estimate', cfg, '--image-size', '896x896', '--batch-size', '2', '--json').stdout)
+    p = next(p for p in pts if p['image_size'] == '896x896' and p['batch_size'] == 2)
+    assert abs(e['peak_allocated_bytes'] / 1e9 - p['after_gb']) < 1e-6
