@@ -232,7 +232,7 @@ def _setup_flags(s, keys):
         kw = dict(default=argparse.SUPPRESS, help=f.metadata['help'] + ('' if f.default is None else f' (default: {shown})'))
         if hint is bool: g.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
         elif f.name == 'image_size': g.add_argument(flag, type=_size, metavar='WxH', **kw)
-        elif hint is int: g.add_argument(flag, type=int, metavar='N', **kw)
+        elif hint in (int, int | None): g.add_argument(flag, type=int, metavar='N', **kw)
         else: g.add_argument(flag, choices=choices, **kw)
 
 def _setup(a):

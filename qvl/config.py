@@ -42,6 +42,7 @@ class TrainConfig:
     freeze_llm: bool = False                    # full: keep the language model frozen
     precision: str = 'auto'                     # bf16 (pure) | bf16-mixed | fp16-mixed | fp32; auto: bf16 on GPU, fp32 on CPU
     gradient_checkpointing: bool = True
+    checkpoint_layers: int | None = None        # with checkpointing: only the first N decoder layers (None: all; fewer: faster, more memory)
     fast: bool = True                           # qvl.fast's step (same losses); false: transformers' plain forward
     attn_implementation: str = 'sdpa'
     learning_rate: float = 2e-4
@@ -116,6 +117,11 @@ def config_from_dict(d: dict, **overrides) -> TrainConfig:
     if c.learning_rate <= 0: raise QvlError(f"config learning_rate must be positive, got {c.learning_rate}")
     if c.target is not None and (len(c.target) != 2 or min(c.target) < 1):
         raise QvlError(f"config target must be [width, height], got {c.target}")
+    if c.checkpoint_layers is not None:
+        if c.checkpoint_layers < 0: raise QvlError(f"config checkpoint_layers must not be negative, got {c.checkpoint_layers}")
+        if not c.gradient_checkpointing:
+            raise QvlError("config checkpoint_layers chooses which layers gradient_checkpointing recomputes: set "
+                           "gradient_checkpointing: true, or drop checkpoint_layers")
     return c
 
 def load_config(path, **overrides) -> TrainConfig:

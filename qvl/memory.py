@@ -15,9 +15,10 @@ from .model import ModelShape, build_model, model_shape
 # %% auto #0
 __all__ = ['OPTIMIZERS', 'STATE_BYTES', 'SHARDINGS', 'RUN_KEYS', 'COEFFICIENTS', 'CE_BYTES', 'LAYER_INPUT_BYTES',
            'TIED_TABLE_BYTES', 'GB', 'GPU_SIZES', 'CALIBRATION_FILE', 'Setup', 'Batch', 'nominal_batch', 'features',
-           'Estimate', 'estimate', 'estimate_setup', 'largest', 'what_fits', 'advise', 'article_table',
-           'synthetic_batch', 'SyntheticData', 'profile_config', 'estimate_run', 'estimate_data', 'profile_trainer',
-           'profile', 'profile_run', 'fit_coefficients', 'accuracy', 'fit_corrections', 'calibrate', 'load_corrections']
+           'Estimate', 'checkpointed_layers', 'estimate', 'estimate_setup', 'largest', 'what_fits', 'advise',
+           'article_table', 'synthetic_batch', 'SyntheticData', 'profile_config', 'estimate_run', 'estimate_data',
+           'profile_trainer', 'profile', 'profile_run', 'fit_coefficients', 'accuracy', 'fit_corrections', 'calibrate',
+           'load_corrections']
 
 # %% ../nbs/10_memory.ipynb #5e2f005b
 OPTIMIZERS = {'adamw': 2, 'adamw8bit': 2, 'sgd': 0, 'sgd-momentum': 1, 'adafactor': 0}   # states per trainable parameter
@@ -51,6 +52,8 @@ class Setup:
     precision: str = _key(_RUN['precision'], "as the run config's: auto is bf16 on a GPU; fp16-mixed has bf16-mixed's widths",
                           PRECISIONS)
     gradient_checkpointing: bool = _key(_RUN['gradient_checkpointing'], 'recompute activations in backward')
+    checkpoint_layers: int | None = _key(_RUN['checkpoint_layers'], 'with checkpointing: only the first N decoder layers '
+                                         'recompute (default: all); the others keep their activations')
     attn_implementation: str = _key(_RUN['attn_implementation'], "the model's attention", ATTENTIONS)
     gpus: int = _key(1, 'GPUs the run is spread over')
     sharding: str = _key('none', 'how weights, gradients and states are spread over the GPUs (zero2/zero3: DeepSpeed)', SHARDINGS)
@@ -71,6 +74,9 @@ class Setup:
             if getattr(self, k) < 1: bad(f"{k} must be at least 1, got {getattr(self, k)}")
         for k in ('prompt_tokens', 'answer_tokens', 'images_per_sample'):
             if getattr(self, k) < 0: bad(f"{k} must not be negative, got {getattr(self, k)}")
+        if self.checkpoint_layers is not None and (self.checkpoint_layers < 0 or not self.gradient_checkpointing):
+            bad(f"checkpoint_layers={self.checkpoint_layers}: a number of decoder layers (0 or more) that "
+                "gradient_checkpointing recomputes; it needs gradient_checkpointing")
         put = lambda k, v: object.__setattr__(self, k, v)
         put('image_size', ImageSize.of(self.image_size))
         precision = resolve_precision(self.precision, 'cuda')
@@ -181,7 +187,8 @@ class Estimate:
         shape = (f"image {s.image_size}, batch {s.batch_size}" if b is None else
                  f"a micro-batch of {b.rows} x {b.seq_len} tokens, {b.images} images ({b.image_tokens} visual tokens), {b.labeled} labelled")
         lines = [f"{s.model} {s.method}, {shape}, "
-                 f"{'with' if s.gradient_checkpointing else 'no'} checkpointing, {s.precision}, {s.optimizer}, "
+                 f"{'no' if not s.gradient_checkpointing else 'with' if s.checkpoint_layers is None else f'first {s.checkpoint_layers} layers'} "
+                 f"checkpointing, {s.precision}, {s.optimizer}, "
                  f"{s.gpus} GPU(s) {s.sharding}{', fast step' if s.fast else ''}"]
         lines += [f"  {k:>22}: {v / GB:8.2f} GB" for k, v in self.components.items()]
         lines.append(f"  peak allocated {self.peak_allocated_bytes / GB:.2f} GB, reserved {self.peak_reserved_bytes / GB:.2f} GB "
@@ -215,6 +222,33 @@ def _param_bytes(s: Setup, shape: ModelShape) -> dict:
     states = trainable * OPTIMIZERS[s.optimizer] * state_w
     return dict(trainable=trainable, weights=weights, grads=grads, states=states, state_one=trainable * state_w)
 
+def checkpointed_layers(s: Setup, shape: ModelShape) -> int:
+    "How many of the language model's decoder layers recompute their activations in backward."
+    if not s.gradient_checkpointing: return 0
+    k = shape.layers if s.checkpoint_layers is None else s.checkpoint_layers
+    if k > shape.layers:
+        raise QvlError(f"checkpoint_layers={k}: {shape.name} has {shape.layers} decoder layers (0 to {shape.layers})")
+    return k
+
+def _llm_activations(s: Setup, shape: ModelShape, f: dict, c: dict) -> float:
+    """What the language model's layers keep for backward (before precision scaling): each checkpointed layer its input,
+    plus one layer's working set while it is recomputed; each other layer its whole working set."""
+    n, k = shape.layers, checkpointed_layers(s, shape)
+    pick = lambda mode: c.get(f'fast-{mode}', c[mode]) if s.fast else c[mode]
+    gc, no = pick('gc'), pick('nogc')
+    kept = 0.0
+    if k:
+        inputs = gc.get('hidden', 0) * f['hidden'] + (LAYER_INPUT_BYTES * f['hidden'] if s.fast else 0)   # fast: not fitted
+        kept += inputs * k / n + gc.get('layer', 0) * f['layer']
+    if k < n: kept += no.get('layer_all', 0) * f['layer_all'] * (n - k) / n
+    return kept
+
+def _eager_scores(s: Setup, shape: ModelShape, f: dict) -> float:
+    "Eager attention's (heads x seq x seq) scores: kept by every layer that is not checkpointed, and the one recomputed."
+    if s.attn_implementation != 'eager': return 0
+    k = checkpointed_layers(s, shape)
+    return shape.heads * f['seq_len'] * f['tokens'] * 2 * ((1 if k else 0) + shape.layers - k)
+
 def estimate(model: str = 'Qwen2.5-VL-7B', method: str = 'lora', image_size=448, batch_size: int = 1,
              coefficients: dict | None = None, **kw) -> Estimate:
     "Predict the GPU memory of a steady-state training step (see `Setup` for every setting; `image_size` as `ImageSize.of` reads it)."
@@ -230,13 +264,9 @@ def estimate_setup(s: Setup, coefficients: dict | None = None, batch: Batch | No
     f = features(s, shape, batch)
     p = _param_bytes(s, shape)
     act_scale = {'bf16': 1.0, 'bf16-mixed': 1.5, 'fp32': 2.0}[s.precision]
-    if s.attn_implementation == 'eager':   # eager attention keeps the (heads x seq x seq) scores per layer
-        act_scale_att = shape.heads * f['seq_len'] * f['tokens'] * 2 * (1 if s.gradient_checkpointing else shape.layers)
-    else: act_scale_att = 0
     mode = 'gc' if s.gradient_checkpointing else 'nogc'
     g = c.get(f'fast-{mode}', c[mode]) if s.fast else c[mode]
-    derived = LAYER_INPUT_BYTES * f['hidden'] if s.fast and s.gradient_checkpointing else 0     # not fitted
-    llm_act = (sum(g[k] * f[k] for k in ('hidden', 'layer', 'layer_all') if k in g) + derived) * act_scale + act_scale_att
+    llm_act = _llm_activations(s, shape, f, c) * act_scale + _eager_scores(s, shape, f)
     vision_act = (g.get('vision', 0) * f['vision'] + g.get('vision_mlp', 0) * f['vision_mlp']) * act_scale
     # the plain step's logits (every token) are fitted; the fast step's (labelled tokens only) follow from its loss
     logits = CE_BYTES * f['labeled'] if s.fast else g.get('logits', 0) * f['logits']

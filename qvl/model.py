@@ -12,7 +12,8 @@ from .core import QvlError, image_factor, load_config
 
 # %% auto #0
 __all__ = ['PARTS', 'base_model', 'inner_model', 'token_type_id', 'param_part', 'is_llm_linear', 'llm_linear_names',
-           'decoder_layers', 'tied_names', 'ModelShape', 'model_shape', 'build_model', 'prepare_model']
+           'decoder_layers', 'checkpoint_first', 'tied_names', 'ModelShape', 'model_shape', 'build_model',
+           'prepare_model']
 
 # %% ../nbs/06_model.ipynb #bfd6d74b
 def base_model(model):
@@ -55,6 +56,16 @@ def llm_linear_names(model) -> list[str]:
 def decoder_layers(model) -> list:
     "The language model's decoder layers (what the fast step compiles and FSDP shards one by one)."
     return [m for n, m in model.named_modules() if type(m).__name__.endswith('DecoderLayer') and 'language_model' in n.split('.')]
+
+def checkpoint_first(model, k: int) -> int:
+    """Selective activation checkpointing: of the language model's N decoder layers only the first `k` recompute their
+    activations in backward (after `gradient_checkpointing_enable`); the others keep them. The vision tower is left as
+    it is. Returns N."""
+    layers = decoder_layers(model)
+    if not 0 <= k <= len(layers):
+        raise QvlError(f"checkpoint_layers={k}: the language model has {len(layers)} decoder layers (0 to {len(layers)})")
+    for i, layer in enumerate(layers): layer.gradient_checkpointing = i < k
+    return len(layers)
 
 def tied_names(model) -> set[str]:
     """Names under which a parameter appears a second time (the LM head tied to the embeddings). A state dict gathered
@@ -169,4 +180,6 @@ def prepare_model(cfg: TrainConfig, device, precision: str, model=None):
         frozen = dict(vision=cfg.freeze_vision, merger=cfg.freeze_projector, llm=cfg.freeze_llm, lm_head=cfg.freeze_llm)
         for n, p in model.named_parameters(): p.requires_grad_(not frozen[param_part(n)])
     if not any(p.requires_grad for p in model.parameters()): raise QvlError("nothing to train: every part is frozen")
+    if cfg.gradient_checkpointing and cfg.checkpoint_layers is not None:     # last: k-bit preparation re-enables every layer
+        checkpoint_first(model, cfg.checkpoint_layers)
     return model

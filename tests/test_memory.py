@@ -246,3 +246,24 @@ def test_calibrate_measures_a_run_and_its_estimate_uses_the_corrections(tmp_path
     e = json.loads(run_qvl('estimate', cfg, '--image-size', '896x896', '--batch-size', '2', '--json').stdout)
     p = next(p for p in pts if p['image_size'] == '896x896' and p['batch_size'] == 2)
     assert abs(e['peak_allocated_bytes'] / 1e9 - p['after_gb']) < 1e-6
+
+
+def test_selective_checkpointing_through_the_command():
+    "`--checkpoint-layers k` (a run config's `checkpoint_layers`): the estimate lies between checkpointing all layers and none."
+    base = ('estimate', '--model', 'Qwen2.5-VL-7B', '--image-size', '1344x1344', '--batch-size', '2', '--json')
+    peak = lambda *a: json.loads(run_qvl(*base, *a).stdout)['peak_allocated_bytes']
+    all_, half, none = peak(), peak('--checkpoint-layers', '14'), peak('--no-gradient-checkpointing')
+    assert all_ < half < none and peak('--checkpoint-layers', '28') == all_ and peak('--checkpoint-layers', '0') == none
+    bad = run_qvl(*base, '--checkpoint-layers', '29', check=False)
+    assert bad.returncode == 2 and 'has 28 decoder layers' in bad.stderr
+
+
+@pytest.mark.gpu
+def test_selective_checkpointing_measured_between_all_and_none(tmp_path):
+    "`qvl profile` of the same LoRA step with 0, 18 and 36 of Qwen2.5-VL-3B's layers checkpointed: the peak falls with k, each within 5% of its estimate."
+    rows = {}
+    for k in (0, 18, 36):
+        rows[k] = json.loads(run_qvl('profile', '--model', 'Qwen2.5-VL-3B', '--image-size', '1344', '--batch-size', '2',
+                                     '--checkpoint-layers', k, '--json', timeout=900).stdout)
+        assert rows[k]['status'] == 'ok' and abs(rows[k]['estimated_allocated'] / rows[k]['peak_allocated'] - 1) < 0.05, rows[k]
+    assert rows[0]['peak_allocated'] > rows[18]['peak_allocated'] > rows[36]['peak_allocated']
