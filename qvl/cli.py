@@ -307,7 +307,7 @@ def cmd_profile(a) -> int:
               f"(as `qvl train` takes it) on {r['gpu']}: {r['status']}")
         if r['status'] == 'ok':
             print(f"  warm-up {r['warmup_s']:.1f} s; steady {r['step_s']:.3f} s/step, {r['tokens_per_s']:,.0f} tokens/s"
-                  + (f", MFU {r['mfu']:.1%}" if r.get('mfu') == r.get('mfu') and r.get('mfu') is not None else ''))
+                  + (f", MFU {r['mfu']:.1%}, HFU {r['hfu']:.1%}" if r.get('mfu') == r.get('mfu') and r.get('mfu') is not None else ''))
         for k in ('after_load', 'peak_allocated', 'peak_reserved'):
             if r.get(k) == r.get(k) and r.get(k) is not None: print(f"  {k:>15}: {r[k] / 1e9:8.2f} GB")
         print(f"  estimate: allocated {r['estimated_allocated'] / 1e9:.2f} GB, reserved {r['estimated_reserved'] / 1e9:.2f} GB")

@@ -270,7 +270,7 @@ def measure_gpu_worker(points_json: str, out_csv: str) -> None:
                 r = tr.measure(steps=1, warmup=1)
                 row = dict(p, status=r['status'], error=r['error'], measured_allocated_gb=r.get('peak_allocated', 0) / 1e9,
                            measured_reserved_gb=r.get('peak_reserved', 0) / 1e9, step_seconds=r.get('step_s'),
-                           tokens_per_s=r.get('tokens_per_s'), mfu=r.get('mfu'))
+                           tokens_per_s=r.get('tokens_per_s'), mfu=r.get('mfu'), hfu=r.get('hfu'))
             except Exception as e: row = dict(p, status='error', error=f'{type(e).__name__}: {e}')
             write(row)
             print(f"{p['model']} {p['method']} {p['side']} b{p['batch_size']}: {row['status']}", flush=True)

@@ -324,23 +324,31 @@ def peak_flops(device_name: str) -> float | None:
         if k in device_name: return v
     return None
 
-def batch_flops(shape, rows, method: str = 'lora', lora_rank: int = 8, freeze_vision: bool = True) -> dict:
+def batch_flops(shape, rows, method: str = 'lora', lora_rank: int = 8, freeze_vision: bool = True,
+                recompute_layers: int = 0, recompute_vision: bool = False) -> dict:
     """FLOPs a training step needs (see above), by part, for `rows` of (tokens, [patches of each image], labelled
-    tokens): one row per sample as the trainer sees it. `shape` is `qvl.memory.model_shape(model)`."""
+    tokens): one row per sample as the trainer sees it. `shape` is `qvl.memory.model_shape(model)`. `total` is the
+    model's FLOPs (MFU's numerator); `recompute` what activation checkpointing runs again (the forward of the
+    `recompute_layers` checkpointed decoder layers, and of the vision tower with `recompute_vision`), and `hardware`
+    both (HFU's numerator)."""
     lin = sum(i * o for i, o in shape.linear_shapes)             # LLM linear weights used per token
     lora = shape.lora_params(lora_rank)
     full = method == 'full'
     window = shape.vision_window
     full_layers = shape.vision_full_layers if window else shape.vision_depth
-    out = dict(llm=0, lm_head=0, vision=0)
+    out, again = dict(llm=0, lm_head=0, vision=0), 0
     for T, patches, labelled in rows:
         llm_f = 2 * lin * T + 2 * T * T * shape.hidden * shape.layers            # causal attention: half of QK^T and AV
         out['llm'] += llm_f * (3 if full else 2) + (0 if full else 6 * lora * T)  # activation grads; weight grads if full
         out['lm_head'] += 2 * shape.hidden * shape.vocab * labelled * (3 if full else 2)
+        again += llm_f * recompute_layers / shape.layers
         for P in patches:
             vis_att = 4 * shape.vision_width * P * (P * full_layers + min(window, P) * (shape.vision_depth - full_layers))
-            out['vision'] += (2 * (shape.vision + shape.merger) * P + vis_att) * (1 if (freeze_vision or not full) else 3)
+            vis_f = 2 * (shape.vision + shape.merger) * P + vis_att
+            out['vision'] += vis_f * (1 if (freeze_vision or not full) else 3)
+            if recompute_vision: again += vis_f
     out['total'] = sum(out.values())
+    out.update(recompute=again, hardware=out['total'] + again)
     return out
 
 def step_flops(model: str, image_size=(1344, 1344), batch_size: int = 1, method: str = 'lora', prompt_tokens: int = 64,

@@ -163,7 +163,9 @@ def step_rates(steps: list[dict], peak_flops: float | None = None) -> dict:
     sec = max(sum(r['seconds'] for r in use), 1e-9)
     out = dict(tokens_per_s=round(sum(r['tokens'] for r in use) / sec, 1),
                tflops=round(sum(r.get('flops', 0) for r in use) / sec / 1e12, 3))
-    if peak_flops: out['mfu'] = round(sum(r.get('flops', 0) for r in use) / sec / peak_flops, 4)
+    if peak_flops:
+        out['mfu'] = round(sum(r.get('flops', 0) for r in use) / sec / peak_flops, 4)
+        out['hfu'] = round(sum(r.get('hardware_flops', r.get('flops', 0)) for r in use) / sec / peak_flops, 4)   # with recomputation
     if warm: out['warmup_s'] = round(sum(r['seconds'] for r in warm), 3)
     return out
 
@@ -186,22 +188,27 @@ def summary_line(s: dict) -> str:
     parts = [f"warm-up {s['warmup_s']:.1f} s (step {s['first_step']})"] if 'warmup_s' in s else []
     if 'steady_s_per_step' in s:
         parts.append(f"steady state {s['steady_s_per_step']:.3f} s/step, {s['tokens_per_s']:,.0f} tokens/s, "
-                     f"{s['tflops']:.1f} TFLOP/s" + (f", MFU {s['mfu']:.1%}" if 'mfu' in s else ''))
+                     f"{s['tflops']:.1f} TFLOP/s" + (f", MFU {s['mfu']:.1%}, HFU {s['hfu']:.1%}" if 'mfu' in s else ''))
     if 'max_allocated_gb' in s: parts.append(f"peak {s['max_allocated_gb']:.2f} GiB allocated, {s['max_reserved_gb']:.2f} GiB reserved")
     return '; '.join(parts)
 
 class _FlopCounter:
-    "Model FLOPs of a micro-batch from its items' real lengths, images and labels (`qvl.fast.batch_flops`)."
+    """Model FLOPs of a micro-batch from its items' real lengths, images and labels (`qvl.fast.batch_flops`), and with
+    what checkpointing recomputes (the hardware's FLOPs)."""
     def __init__(self, cfg: TrainConfig, model):
         self.cfg, self.shape = cfg, model_shape(cfg.model)
         self.vision_trains = any(p.requires_grad for n, p in model.named_parameters() if param_part(n) in ('vision', 'merger'))
+        gc = cfg.gradient_checkpointing
+        self.recompute = (self.shape.layers if cfg.checkpoint_layers is None else cfg.checkpoint_layers) if gc else 0
 
-    def __call__(self, items) -> float:
+    def __call__(self, items) -> tuple[float, float]:
         from qvl.data import loss_tokens
         from qvl.fast import batch_flops
         rows = [(len(it['input_ids']), [int(g.prod()) for g in it['image_grid_thw']] if 'image_grid_thw' in it else [],
                  loss_tokens(it['labels'])) for it in items]
-        return batch_flops(self.shape, rows, self.cfg.method, self.cfg.lora_rank, not self.vision_trains)['total']
+        f = batch_flops(self.shape, rows, self.cfg.method, self.cfg.lora_rank, not self.vision_trains, self.recompute,
+                        self.vision_trains and self.cfg.gradient_checkpointing)
+        return f['total'], f['hardware']
 
 def _device_peak_flops(device) -> float | None:
     if device.type != 'cuda': return None
@@ -611,7 +618,8 @@ class Trainer(_Checkpoints, _Evaluation):
         self.step += 1; self.position += cfg.global_batch
         if self.device.type == 'cuda': torch.cuda.synchronize(self.device)   # the step's time is its kernels' time
         return dict(loss=all_reduce_sum(loss_sum, self.device), tokens=int(all_reduce_sum(tokens, self.device)),
-                    flops=all_reduce_sum(sum(flops), self.device), lr=lr, seconds=time.perf_counter() - t0)
+                    flops=all_reduce_sum(sum(f for f, _ in flops), self.device),
+                    hardware_flops=all_reduce_sum(sum(h for _, h in flops), self.device), lr=lr, seconds=time.perf_counter() - t0)
 
     def measure(self, steps: int = 2, warmup: int = 1, snapshot: str | None = None) -> dict:
         """`warmup` steps, then `steps` timed steps of `train_step`: median seconds, tokens/s, MFU and both memory peaks
@@ -632,7 +640,8 @@ class Trainer(_Checkpoints, _Evaluation):
             step_s = statistics.median(r['seconds'] for r in runs)
             row.update(step_s=step_s, tokens=runs[-1]['tokens'], tokens_per_s=runs[-1]['tokens'] / step_s,
                        tflops=runs[-1]['flops'] / step_s / 1e12, loss=runs[-1]['loss'],
-                       mfu=runs[-1]['flops'] / step_s / self.peak_flops if self.peak_flops else None)
+                       mfu=runs[-1]['flops'] / step_s / self.peak_flops if self.peak_flops else None,
+                       hfu=runs[-1]['hardware_flops'] / step_s / self.peak_flops if self.peak_flops else None)
         except torch.OutOfMemoryError as e:
             row.update(status='oom', error=str(e).split('.')[0])
         finally:

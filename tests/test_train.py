@@ -212,7 +212,7 @@ def test_log_keeps_warmup_apart_and_reports_speed_and_mfu(tiny_model, colour_dat
     rows = [dict(seconds=10.0, tokens=100, flops=1e12, warmup=True), dict(seconds=1.0, tokens=100, flops=1e12),
             dict(seconds=1.0, tokens=100, flops=1e12)]
     r = step_rates(rows, peak_flops=2e12)
-    assert r == dict(tokens_per_s=100.0, tflops=1.0, mfu=0.5, warmup_s=10.0)
+    assert r == dict(tokens_per_s=100.0, tflops=1.0, mfu=0.5, hfu=0.5, warmup_s=10.0)
     assert step_rates(rows[:1])['tokens_per_s'] == 10.0         # a window of the warm-up alone: its own rate
     cfg = base_config(tiny_model, colour_data, tmp_path / 'run', steps=4, save_every=0, eval_every=0, log_every=2)
     out = run_qvl('train', write_config(tmp_path / 'c.yaml', **cfg)).stdout

@@ -110,6 +110,7 @@ def test_default_fast_lora_step_trains(setup, lora_run):
     assert 'warmup_s' in rows[0] and all('warmup_s' not in r for r in rows[1:])
     s = json.loads((run_dir(setup, 'lora') / 'summary.json').read_text())
     assert s['warmup_s'] > s['steady_s_per_step'] > 0 and 0 < s['mfu'] < 1 and s['tokens_per_s'] > 0
+    assert s['mfu'] < s['hfu'] < 1        # checkpointing recomputes every layer's forward: the hardware does more
     assert all(r['max_allocated_gb'] > 7 and r['max_reserved_gb'] >= r['max_allocated_gb'] for r in rows)
     assert 'warm-up' in out and 'steady state' in out
     assert (run_dir(setup, 'lora') / 'adapter' / 'adapter_config.json').is_file()
