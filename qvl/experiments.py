@@ -13,7 +13,7 @@ from .core import QvlError, atomic_file
 # %% auto #0
 __all__ = ['POINT_KEYS', 'templates_dir', 'template_path', 'template_parameters', 'environment', 'run_id', 'run', 'collect',
            'plot_runs', 'grid', 'point_config', 'predict', 'LiveTensors', 'measure_cpu', 'measure_gpu_worker',
-           'measure_gpus', 'vram_sweep', 'plot_vram', 'main']
+           'measure_gpus', 'vram_sweep', 'fit_limits', 'plot_vram', 'main']
 
 # %% ../nbs/11_experiments.ipynb #46196539
 def templates_dir() -> Path:
@@ -256,8 +256,8 @@ def measure_gpu_worker(points_json: str, out_csv: str) -> None:
     for p in points:
         if _key(p) not in done: groups.setdefault((p['model'], p['method'], p['gradient_checkpointing'], p['fast']), []).append(p)
     dev = torch.device('cuda')
-    name = torch.cuda.get_device_name(dev)
-    def write(row): pd.DataFrame([dict(row, measured_on=name)]).to_csv(out, mode='a', header=not (out.exists() and out.stat().st_size), index=False)
+    name, mem = torch.cuda.get_device_name(dev), round(torch.cuda.get_device_properties(dev).total_memory / 1e9, 2)
+    def write(row): pd.DataFrame([dict(row, measured_on=name, gpu_memory_gb=mem)]).to_csv(out, mode='a', header=not (out.exists() and out.stat().st_size), index=False)
     for pts in groups.values():
         pts = sorted(pts, key=lambda p: p['side'] * p['side'] * p['batch_size'])
         try: tr = profile_trainer(point_config(pts[0]), (pts[0]['side'],) * 2, pts[0]['batch_size'], device=dev)
@@ -325,6 +325,32 @@ def vram_sweep(out_dir, models=('Qwen2.5-VL-3B', 'Qwen2.5-VL-7B'), methods=('lor
     res['status'] = res['status'].fillna('not measured')
     atomic_file(out / 'results.csv', lambda tmp: res.to_csv(tmp, index=False))
     return res
+
+# %% ../nbs/11_experiments.ipynb #f1d2e3a5
+def fit_limits(res, gpu_bytes: float | None = None) -> 'pd.DataFrame':
+    """Per model, method, side, checkpointing and step of a sweep's GPU measurements: the largest batch that ran
+    (`largest_ok_batch`), the smallest that ran out of memory (`oom_batch`, with its estimate), and the largest batch the
+    estimate fits in the GPU's memory (`gpu_bytes`, else the `gpu_memory_gb` the sweep recorded; None when neither)."""
+    import dataclasses, pandas as pd
+    from qvl.memory import Setup, largest
+    rows = []
+    meas = res[res['status'].isin(['ok', 'oom'])] if 'status' in res else res.iloc[:0]
+    if 'measured_on' in meas:      # the tiny model's CPU steps measure live tensors, not a GPU's limit
+        meas = meas[~meas['measured_on'].fillna('').astype(str).str.startswith('cpu')]
+    for key, g in meas.groupby(['model', 'method', 'side', 'gradient_checkpointing', 'fast'], sort=False):
+        ok, oom = g[g.status == 'ok'], g[g.status == 'oom']
+        first_oom = oom.sort_values('batch_size').iloc[0] if len(oom) else None
+        cap = gpu_bytes or (float(g['gpu_memory_gb'].max()) * 1e9 if 'gpu_memory_gb' in g and g['gpu_memory_gb'].notna().any() else None)
+        fits = None
+        if cap:
+            s = Setup.of(point_config(g.iloc[0].to_dict()), (int(key[2]),) * 2)
+            fits = largest(cap, 'batch_size', **{f.name: getattr(s, f.name) for f in dataclasses.fields(s) if f.name != 'batch_size'})
+        rows.append(dict(zip(['model', 'method', 'side', 'gradient_checkpointing', 'fast'], key),
+                         largest_ok_batch=int(ok.batch_size.max()) if len(ok) else None,
+                         oom_batch=int(first_oom.batch_size) if first_oom is not None else None,
+                         oom_estimated_gb=float(first_oom.predicted_allocated_gb) if first_oom is not None else None,
+                         estimated_largest_batch=fits, gpu_gb=cap / 1e9 if cap else None))
+    return pd.DataFrame(rows)
 
 # %% ../nbs/11_experiments.ipynb #0c30ecf9
 def _capacity_lines(ax, top):
