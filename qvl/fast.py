@@ -211,9 +211,11 @@ class FastPath:
     on: list = field(default_factory=list)
     off: dict = field(default_factory=dict)      # route -> reason
     patched: int = 0                             # vision attention modules patched
+    partly: dict = field(default_factory=dict)   # route -> what of the model it leaves out, and why
 
     def __str__(self):
         lines = [f"fast step: {', '.join(self.on) or 'no route'} on" + (f" ({self.patched} vision attention modules)" if self.patched else '')]
+        lines += [f"  {r} in part: {why}" for r, why in self.partly.items()]
         lines += [f"  {r} off: {why}" for r, why in self.off.items()]
         return '\n'.join(lines)
 
@@ -281,8 +283,11 @@ def _install_compiled_layers(base, visual, on_device, fp):
     if not layers: return 'no decoder layers found'
     if _quantized(layers):   # measured: a 100 s first step for Qwen2.5-VL-3B QLoRA on an H200, against 30 s for LoRA
         return '4-bit (bitsandbytes) layers make compiling them minutes of warm-up: eager decoder layers'
-    layers = compilable_layers(layers)
+    every, layers = layers, compilable_layers(layers)
     if not layers: return 'every decoder layer is a linear-attention layer: eager decoder layers'
+    if len(layers) < len(every):
+        fp.partly['compiled_layers'] = (f"{len(every) - len(layers)} of {len(every)} decoder layers (linear attention) stay "
+                                        "eager: the gated delta rule's torch fallback recompiles per sequence length")
     import torch
     for m in layers:
         _patch(m, _compiled_layer_forward)

@@ -204,6 +204,11 @@ def test_cuda_decisions_are_made_by_functions_a_cpu_can_call(tiny_model):
     layers = decoder_layers(q35)
     kinds = q35.config.text_config.layer_types
     assert [l in compilable_layers(layers) for l in layers] == [k == 'full_attention' for k in kinds] and 'linear_attention' in kinds
+    if importlib.util.find_spec('triton'):           # and the fast step says so
+        fp = enable(q35, device_type='cuda')
+        n_lin = kinds.count('linear_attention')
+        assert f'{n_lin} of {len(kinds)} decoder layers (linear attention) stay eager' in str(fp), fp
+        disable(q35)
 
 
 def test_log_keeps_warmup_apart_and_reports_speed_and_mfu(tiny_model, colour_data, tmp_path):
