@@ -26,14 +26,18 @@ class Quantization:
     pip: str                     # what to install when it is missing
     about: str = ''
     calibrated: bool = False     # fitted on samples of the training data (the run's own, or --calib-data)
+    preset: str = ''             # compressed-tensors: the scheme preset, and the format it is saved in
+    packing: str = ''
 
 QUANTIZATIONS = {q.name: q for q in (
     Quantization('nf4', 'bitsandbytes', 'bitsandbytes', '4-bit NormalFloat weights with bf16 compute (bitsandbytes; CPU or GPU)'),
     Quantization('int8', 'bitsandbytes', 'bitsandbytes', '8-bit weights, outlier columns in fp16 (bitsandbytes LLM.int8; CPU or GPU)'),
     Quantization('fp8', 'compressed_tensors', 'compressed-tensors', 'FP8 e4m3 weights per output channel, activations per token at '
-                 'run time (compressed-tensors FP8_DYNAMIC; FP8 kernels on GPUs of compute capability 8.9+, elsewhere dequantized)'),
+                 'run time (compressed-tensors FP8_DYNAMIC; FP8 kernels on GPUs of compute capability 8.9+, elsewhere dequantized)',
+                 preset='FP8_DYNAMIC', packing='float-quantized'),
     Quantization('w4a16', 'compressed_tensors', 'compressed-tensors', '4-bit integer weights in groups of up to 128, GPTQ on the '
-                 "training data at the training's image budget, bf16 activations (compressed-tensors pack-quantized)", calibrated=True),
+                 "training data at the training's image budget, bf16 activations (compressed-tensors pack-quantized)", calibrated=True,
+                 preset='W4A16', packing='pack-quantized'),
 )}
 
 def check_quantization(name: str) -> Quantization:
@@ -98,6 +102,11 @@ def calibration_for(src, data=None, samples: int = 64) -> Calibration | None:
         return Calibration(str(data or cfg.data), cfg.budget(), cfg.cutoff_len, None if data else cfg.dataset_name,
                            cfg.placeholder, samples)
     return Calibration(str(data), Budget(), samples=samples) if data else None
+
+def _on_model(batch: dict, model) -> dict:
+    "A collated batch on `model`'s device, its pixels in the model's dtype."
+    if 'pixel_values' in batch: batch = dict(batch, pixel_values=batch['pixel_values'].to(model.dtype))
+    return {k: v.to(model.device) for k, v in batch.items()}
 
 def calibration_batches(model, model_dir, calib: Calibration, progress: bool = True) -> tuple[list[dict], list[dict]]:
     """One batch per usable calibration sample (the first `calib.samples`), tokenized and resized as in training; and the
@@ -196,7 +205,7 @@ def gptq_model(model, targets: dict, batches: list[dict], group: int, args, prog
     def scale_of(cols):
         return calculate_qparams(cols.amin(1), cols.amax(1), args)[0].to(torch.bfloat16).float()   # as saved
     def quantize(col, s): return torch.clamp(torch.round(col / s), lo, hi) * s
-    batches = [{k: v.to(model.device) for k, v in b.items()} for b in batches]
+    batches = [_on_model(b, model) for b in batches]
     blocks = _blocks(_call_order(model, targets, batches[0]))
     for block in tqdm(blocks.values(), desc='GPTQ', unit='block', disable=not progress):
         H = {n: torch.zeros(targets[n].in_features, targets[n].in_features, device=model.device) for n in block}
@@ -231,16 +240,13 @@ def _export_compressed(model_dir, q: Quantization, keep: list[str], calib: Calib
     from compressed_tensors.compressors import ModelCompressor
     from compressed_tensors.quantization import QuantizationConfig, apply_quantization_config, preset_name_to_scheme
     from compressed_tensors.quantization.utils import calculate_qparams
-    if q.calibrated and calib is None:
-        raise QvlError(f"--quantize {q.name} is calibrated on training samples: give a training run, or --calib-data DATA "
-                       "with a model directory")
     model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.bfloat16,
                                                         device_map='cuda' if torch.cuda.is_available() else 'cpu').eval()
     kept = lambda n: any(n == k or n.startswith(k + '.') for k in keep)
     linears = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and not kept(n)}
     details, odd = {}, []
-    scheme = preset_name_to_scheme('FP8_DYNAMIC' if q.name == 'fp8' else 'W4A16', ['Linear'])
-    if q.name == 'w4a16':
+    scheme = preset_name_to_scheme(q.preset, ['Linear'])
+    if scheme.weights.group_size:          # grouped scales (w4a16): a group size every quantized width allows
         lm = [m.in_features for n, m in linears.items() if 'visual' not in n]
         scheme.weights.group_size = group = _group_size(lm or [m.in_features for m in linears.values()])
         odd = [n for n, m in linears.items() if m.in_features % group]       # widths the group does not divide stay bf16
@@ -248,7 +254,7 @@ def _export_compressed(model_dir, q: Quantization, keep: list[str], calib: Calib
     ignore = [f're:^{re.escape(k)}(\\..*)?$' for k in keep] + odd       # names as the model's modules have them on load
     apply_quantization_config(model, QuantizationConfig(config_groups={'group_0': scheme}, ignore=ignore))
     targets = {n: m for n, m in linears.items() if n not in odd}
-    if q.name == 'fp8':
+    if not q.calibrated:                   # scales from the weights alone
         for m in targets.values():
             W = m.weight.data.float()
             s, _ = calculate_qparams(W.amin(1, keepdim=True), W.amax(1, keepdim=True), scheme.weights)
@@ -259,8 +265,7 @@ def _export_compressed(model_dir, q: Quantization, keep: list[str], calib: Calib
         gptq_model(model, targets, batches, group, scheme.weights, progress)
         details['calibration'] = dict(data=calib.data, samples=len(batches), budget=str(calib.budget),
                                       skipped=[dict(index=s['index'], reason=s['reason']) for s in skipped])
-    compressor = ModelCompressor.from_pretrained_model(model, quantization_format='float-quantized' if q.name == 'fp8'
-                                                       else 'pack-quantized')
+    compressor = ModelCompressor.from_pretrained_model(model, quantization_format=q.packing)
     compressor.compress_model(model)
     details.update(quantized_layers=len(targets), kept_for_width=odd)
     return model, compressor, ignore, details
@@ -279,6 +284,9 @@ def export_quantized(src, out, quantize: str, quantize_vision: bool = False, cal
     out = Path(out)
     if out.exists() and any(out.iterdir()): raise QvlError(f"{out} exists and is not empty: choose a new directory")
     calib = calibration_for(src, calib_data, calib_samples) if q.calibrated else None
+    if q.calibrated and calib is None:          # before any work
+        raise QvlError(f"--quantize {q.name} is calibrated on training samples: give a training run, or --calib-data DATA "
+                       "with a model directory")
     with tempfile.TemporaryDirectory(prefix='qvl-export-') as tmp:
         model_dir = export_source(src, Path(tmp))
         keep = _kept_modules(model_dir, quantize_vision)
@@ -307,7 +315,7 @@ def export_quantized(src, out, quantize: str, quantize_vision: bool = False, cal
 def _load_options(fmt: str) -> tuple[dict, str]:
     """How `load_for_eval` loads a checkpoint in `fmt`: extra `from_pretrained` arguments, and how its layers run."""
     import inspect, torch
-    if fmt in ('fp8', 'w4a16'):
+    if fmt in QUANTIZATIONS and QUANTIZATIONS[fmt].library == 'compressed_tensors':
         from transformers import CompressedTensorsConfig
         fp8_kernels = fmt == 'fp8' and torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 9)
         if fp8_kernels and 'use_optimized_inference' in inspect.signature(CompressedTensorsConfig).parameters:
@@ -366,8 +374,7 @@ def generate_answers(model, processor, examples, batch_size: int = 8, max_new_to
                         pad, image_token_id=type_id, left=True)
         del batch['labels']
         n = batch['input_ids'].shape[1]
-        if 'pixel_values' in batch: batch['pixel_values'] = batch['pixel_values'].to(model.dtype)
-        batch = {k: v.to(device) for k, v in batch.items()}
+        batch = _on_model(batch, model)
         if device.type == 'cuda': torch.cuda.synchronize()
         t0 = time.perf_counter()
         with torch.no_grad():

@@ -9,16 +9,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from .config import ATTENTIONS, METHODS, PRECISIONS, SHARDINGS as RUN_SHARDINGS, TrainConfig, config_from_dict, resolve_precision, \
     sharding_mode
-from .core import ImageSize, QvlError, load_config
-from .model import ModelShape, build_model, model_shape
+from .core import ImageSize, QvlError, atomic_file, load_config
+from .model import ModelShape, build_model, checkpointed_layers, model_shape
 
 # %% auto #0
 __all__ = ['OPTIMIZERS', 'STATE_BYTES', 'SHARDINGS', 'RUN_KEYS', 'COEFFICIENTS', 'CE_BYTES', 'LAYER_INPUT_BYTES',
            'TIED_TABLE_BYTES', 'GB', 'GPU_SIZES', 'CALIBRATION_FILE', 'Setup', 'Batch', 'nominal_batch', 'features',
-           'Estimate', 'checkpointed_layers', 'estimate', 'estimate_setup', 'largest', 'what_fits', 'advise',
-           'article_table', 'synthetic_batch', 'SyntheticData', 'profile_config', 'estimate_run', 'estimate_data',
-           'profile_trainer', 'profile', 'profile_run', 'fit_coefficients', 'accuracy', 'fit_corrections', 'calibrate',
-           'load_corrections']
+           'Estimate', 'estimate', 'estimate_setup', 'largest', 'what_fits', 'advise', 'article_table',
+           'synthetic_batch', 'SyntheticData', 'profile_config', 'estimate_run', 'estimate_data', 'profile_trainer',
+           'profile', 'profile_run', 'fit_coefficients', 'accuracy', 'fit_corrections', 'calibrate', 'load_corrections']
 
 # %% ../nbs/10_memory.ipynb #5e2f005b
 OPTIMIZERS = {'adamw': 2, 'adamw8bit': 2, 'sgd': 0, 'sgd-momentum': 1, 'adafactor': 0}   # states per trainable parameter
@@ -172,6 +171,7 @@ class Estimate:
     features: dict = field(default_factory=dict)
     batch: Batch | None = None         # a real micro-batch's shape (`estimate_data`), instead of the setup's nominal one
     corrections: dict | None = None    # a GPU's measured corrections (`qvl calibrate`), applied
+    phases: dict = field(default_factory=dict)   # bytes at each candidate peak: 'backward start', 'optimizer step'
 
     def to_json(self) -> dict:
         return dict(setup=dataclasses.asdict(self.setup), components={k: int(v) for k, v in self.components.items()},
@@ -222,20 +222,16 @@ def _param_bytes(s: Setup, shape: ModelShape) -> dict:
     states = trainable * OPTIMIZERS[s.optimizer] * state_w
     return dict(trainable=trainable, weights=weights, grads=grads, states=states, state_one=trainable * state_w)
 
-def checkpointed_layers(s: Setup, shape: ModelShape) -> int:
-    "How many of the language model's decoder layers recompute their activations in backward."
-    if not s.gradient_checkpointing: return 0
-    k = shape.layers if s.checkpoint_layers is None else s.checkpoint_layers
-    if k > shape.layers:
-        raise QvlError(f"checkpoint_layers={k}: {shape.name} has {shape.layers} decoder layers (0 to {shape.layers})")
-    return k
+def _coefficients(c: dict, s: Setup, checkpointing: bool) -> dict:
+    "The coefficients of `s`'s step (fast or plain) with or without checkpointing."
+    mode = 'gc' if checkpointing else 'nogc'
+    return c.get(f'fast-{mode}', c[mode]) if s.fast else c[mode]
 
 def _llm_activations(s: Setup, shape: ModelShape, f: dict, c: dict) -> float:
     """What the language model's layers keep for backward (before precision scaling): each checkpointed layer its input,
     plus one layer's working set while it is recomputed; each other layer its whole working set."""
-    n, k = shape.layers, checkpointed_layers(s, shape)
-    pick = lambda mode: c.get(f'fast-{mode}', c[mode]) if s.fast else c[mode]
-    gc, no = pick('gc'), pick('nogc')
+    n, k = shape.layers, checkpointed_layers(s, shape.layers, shape.name)
+    gc, no = _coefficients(c, s, True), _coefficients(c, s, False)
     kept = 0.0
     if k:
         inputs = gc.get('hidden', 0) * f['hidden'] + (LAYER_INPUT_BYTES * f['hidden'] if s.fast else 0)   # fast: not fitted
@@ -246,7 +242,7 @@ def _llm_activations(s: Setup, shape: ModelShape, f: dict, c: dict) -> float:
 def _eager_scores(s: Setup, shape: ModelShape, f: dict) -> float:
     "Eager attention's (heads x seq x seq) scores: kept by every layer that is not checkpointed, and the one recomputed."
     if s.attn_implementation != 'eager': return 0
-    k = checkpointed_layers(s, shape)
+    k = checkpointed_layers(s, shape.layers, shape.name)
     return shape.heads * f['seq_len'] * f['tokens'] * 2 * ((1 if k else 0) + shape.layers - k)
 
 def estimate(model: str = 'Qwen2.5-VL-7B', method: str = 'lora', image_size=448, batch_size: int = 1,
@@ -265,7 +261,7 @@ def estimate_setup(s: Setup, coefficients: dict | None = None, batch: Batch | No
     p = _param_bytes(s, shape)
     act_scale = {'bf16': 1.0, 'bf16-mixed': 1.5, 'fp32': 2.0}[s.precision]
     mode = 'gc' if s.gradient_checkpointing else 'nogc'
-    g = c.get(f'fast-{mode}', c[mode]) if s.fast else c[mode]
+    g = _coefficients(c, s, s.gradient_checkpointing)
     llm_act = _llm_activations(s, shape, f, c) * act_scale + _eager_scores(s, shape, f)
     vision_act = (g.get('vision', 0) * f['vision'] + g.get('vision_mlp', 0) * f['vision_mlp']) * act_scale
     # the plain step's logits (every token) are fitted; the fast step's (labelled tokens only) follow from its loss
@@ -300,7 +296,8 @@ def estimate_setup(s: Setup, coefficients: dict | None = None, batch: Batch | No
                  vision_activations=vision_act, logits_and_loss=logits, optimizer_temporaries=opt_temp,
                  ddp_buckets_and_gathers=ddp_buckets + gather, tied_table_gradients=tied / shard_g, fixed_overhead=const,
                  allocator_overhead=reserved - peak)
-    return Estimate(s, comps, int(peak), int(reserved), phase, f, batch, corrections)
+    return Estimate(s, comps, int(peak), int(reserved), phase, f, batch, corrections,
+                    {'backward start': at_backward, 'optimizer step': at_step})
 
 # %% ../nbs/10_memory.ipynb #3b4b9c84
 def largest(gpu_bytes: float, what: str = 'batch_size', limit: int = 4096, **kw) -> int:
@@ -521,15 +518,18 @@ def profile(model: str = 'Qwen2.5-VL-3B', method: str = 'lora', settings=((448, 
     bar.close()
     return pd.DataFrame(rows)
 
+def _profile_keys(cfg: TrainConfig) -> dict:
+    "The keys of a run config that shape its step, beyond those `profile` takes by name."
+    return {k: v for k, v in dataclasses.asdict(cfg).items()
+            if k not in _NOT_STEP + ('model', 'method', 'gradient_checkpointing', 'fast', 'batch_size')}
+
 def profile_run(cfg: TrainConfig, image_size=448, prompt_tokens: int = 64, answer_tokens: int = 128, steps: int = 2,
                 warmup: int = 1, snapshot: str | None = None) -> dict:
     """Measure the step of a run config (`qvl profile RUN.yaml`) on synthetic samples of one image of `image_size`: the
     profile's row, with the estimate of the same run beside it (`estimated_allocated`, `estimated_reserved`)."""
-    keys = {k: v for k, v in dataclasses.asdict(cfg).items()
-            if k not in _NOT_STEP + ('model', 'method', 'gradient_checkpointing', 'fast', 'batch_size')}
     size = ImageSize.of(image_size)
     r = profile(cfg.model, cfg.method, [(size, cfg.batch_size, cfg.gradient_checkpointing)], cfg.fast, prompt_tokens,
-                answer_tokens, steps, warmup, snapshot, progress=False, **keys).iloc[0].to_dict()
+                answer_tokens, steps, warmup, snapshot, progress=False, **_profile_keys(cfg)).iloc[0].to_dict()
     e = estimate_run(cfg, size, prompt_tokens, answer_tokens)
     return dict(r, estimated_allocated=e.peak_allocated_bytes, estimated_reserved=e.peak_reserved_bytes)
 
@@ -617,8 +617,7 @@ def _phases(e: Estimate) -> tuple[float, float, float]:
     "An estimate's backward-start peak less its activations, those activations (with loss and logits), and its optimizer-step peak."
     c = e.components
     acts = c['llm_activations'] + c['vision_activations'] + c['logits_and_loss']
-    base = c['weights'] + c['optimizer_states'] + c['ddp_buckets_and_gathers'] + c['fixed_overhead']
-    return base, acts, base + c['gradients'] + c['optimizer_temporaries'] + c['tied_table_gradients']
+    return e.phases['backward start'] - acts, acts, e.phases['optimizer step']
 
 def fit_corrections(points) -> dict:
     """`activation_scale` s and `constant_bytes` c from (measured peak allocated bytes, uncorrected `Estimate`) pairs:
@@ -647,10 +646,9 @@ def calibrate(cfg: TrainConfig, sides=(448, 896), batches=None, prompt_tokens: i
     if not torch.cuda.is_available():
         raise QvlError("calibrate measures training steps on a CUDA GPU: run it on the machine that will train")
     batches = tuple(batches or sorted({1, cfg.batch_size}))
-    keys = {k: v for k, v in dataclasses.asdict(cfg).items()
-            if k not in _NOT_STEP + ('model', 'method', 'gradient_checkpointing', 'fast', 'batch_size')}
     settings = [(ImageSize.of(s), b, cfg.gradient_checkpointing) for s in sides for b in batches]
-    df = profile(cfg.model, cfg.method, settings, cfg.fast, prompt_tokens, answer_tokens, steps=2, progress=progress, **keys)
+    df = profile(cfg.model, cfg.method, settings, cfg.fast, prompt_tokens, answer_tokens, steps=2, progress=progress,
+                 **_profile_keys(cfg))
     run = lambda r, corr=None: estimate_run(dataclasses.replace(cfg, batch_size=int(r.batch_size)),
                                             ImageSize(int(r.image_w), int(r.image_h)), prompt_tokens, answer_tokens,
                                             corrections=corr)
@@ -658,18 +656,16 @@ def calibrate(cfg: TrainConfig, sides=(448, 896), batches=None, prompt_tokens: i
     oom = [dict(image_size=f"{r.image_w}x{r.image_h}", batch_size=int(r.batch_size), estimated_gb=run(r).peak_allocated_bytes / GB)
            for r in df.itertuples() if r.status == 'oom']
     if not ok: raise QvlError(f"every calibration step ran out of memory ({len(oom)}): give smaller --sides / --batches")
-    corr = fit_corrections([(float(r.peak_allocated), run(r)) for r in ok])
+    uncorrected = [run(r) for r in ok]
+    corr = fit_corrections([(float(r.peak_allocated), e) for r, e in zip(ok, uncorrected)])
     rows = []
-    for r in ok:
-        m, before, after = float(r.peak_allocated), run(r).peak_allocated_bytes, run(r, corr).peak_allocated_bytes
+    for r, e in zip(ok, uncorrected):
+        m, before, after = float(r.peak_allocated), e.peak_allocated_bytes, run(r, corr).peak_allocated_bytes
         rows.append(dict(image_size=f"{r.image_w}x{r.image_h}", batch_size=int(r.batch_size), measured_gb=m / GB,
                          before_gb=before / GB, after_gb=after / GB, error_before=before / m - 1, error_after=after / m - 1))
     corr.update(gpu=torch.cuda.get_device_name(), torch=torch.__version__, transformers=transformers.__version__,
                 file=CALIBRATION_FILE, points=rows, out_of_memory=oom)
-    if save:
-        out = Path(cfg.out_dir); out.mkdir(parents=True, exist_ok=True)
-        tmp = out / (CALIBRATION_FILE + '.tmp')
-        tmp.write_text(json.dumps(corr, indent=1)); tmp.replace(out / CALIBRATION_FILE)
+    if save: atomic_file(Path(cfg.out_dir) / CALIBRATION_FILE, lambda tmp: Path(tmp).write_text(json.dumps(corr, indent=1)))
     return corr, pd.DataFrame(rows)
 
 def load_corrections(cfg: TrainConfig) -> dict | None:

@@ -12,8 +12,8 @@ from .core import QvlError, image_factor, load_config
 
 # %% auto #0
 __all__ = ['PARTS', 'base_model', 'inner_model', 'token_type_id', 'param_part', 'is_llm_linear', 'llm_linear_names',
-           'decoder_layers', 'checkpoint_first', 'tied_names', 'ModelShape', 'model_shape', 'build_model',
-           'prepare_model']
+           'decoder_layers', 'checkpointed_layers', 'checkpoint_first', 'tied_names', 'ModelShape', 'model_shape',
+           'build_model', 'prepare_model']
 
 # %% ../nbs/06_model.ipynb #bfd6d74b
 def base_model(model):
@@ -57,13 +57,21 @@ def decoder_layers(model) -> list:
     "The language model's decoder layers (what the fast step compiles and FSDP shards one by one)."
     return [m for n, m in model.named_modules() if type(m).__name__.endswith('DecoderLayer') and 'language_model' in n.split('.')]
 
-def checkpoint_first(model, k: int) -> int:
-    """Selective activation checkpointing: of the language model's N decoder layers only the first `k` recompute their
-    activations in backward (after `gradient_checkpointing_enable`); the others keep them. The vision tower is left as
-    it is. Returns N."""
+def checkpointed_layers(run, n: int, name: str = 'the language model') -> int:
+    """How many of a language model's `n` decoder layers recompute their activations in backward under `run` (anything
+    with `gradient_checkpointing` and `checkpoint_layers`: a `TrainConfig`, a `qvl.memory.Setup`): none without
+    checkpointing, the first `checkpoint_layers` with it (None: all)."""
+    if not run.gradient_checkpointing: return 0
+    k = n if run.checkpoint_layers is None else run.checkpoint_layers
+    if not 0 <= k <= n: raise QvlError(f"checkpoint_layers={k}: {name} has {n} decoder layers (0 to {n})")
+    return k
+
+def checkpoint_first(model, run) -> int:
+    """Selective activation checkpointing: of the language model's N decoder layers only the first
+    `checkpointed_layers(run, N)` recompute their activations in backward (after `gradient_checkpointing_enable`); the
+    others keep them. The vision tower is left as it is. Returns N."""
     layers = decoder_layers(model)
-    if not 0 <= k <= len(layers):
-        raise QvlError(f"checkpoint_layers={k}: the language model has {len(layers)} decoder layers (0 to {len(layers)})")
+    k = checkpointed_layers(run, len(layers))
     for i, layer in enumerate(layers): layer.gradient_checkpointing = i < k
     return len(layers)
 
@@ -181,5 +189,5 @@ def prepare_model(cfg: TrainConfig, device, precision: str, model=None):
         for n, p in model.named_parameters(): p.requires_grad_(not frozen[param_part(n)])
     if not any(p.requires_grad for p in model.parameters()): raise QvlError("nothing to train: every part is frozen")
     if cfg.gradient_checkpointing and cfg.checkpoint_layers is not None:     # last: k-bit preparation re-enables every layer
-        checkpoint_first(model, cfg.checkpoint_layers)
+        checkpoint_first(model, cfg)
     return model

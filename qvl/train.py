@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING: import pandas as pd      # names in annotations only
 from .config import TrainConfig, config_from_dict, device_type, rank, resolve_precision, sharding_mode, world_size
 from .core import QvlError, atomic_dir, atomic_file, check_model_dir
-from .model import decoder_layers, model_shape, param_part, prepare_model, tied_names, token_type_id
+from .model import checkpointed_layers, decoder_layers, model_shape, param_part, prepare_model, tied_names, token_type_id
 from .resize import Budget
 
 # %% auto #0
@@ -198,8 +198,7 @@ class _FlopCounter:
     def __init__(self, cfg: TrainConfig, model):
         self.cfg, self.shape = cfg, model_shape(cfg.model)
         self.vision_trains = any(p.requires_grad for n, p in model.named_parameters() if param_part(n) in ('vision', 'merger'))
-        gc = cfg.gradient_checkpointing
-        self.recompute = (self.shape.layers if cfg.checkpoint_layers is None else cfg.checkpoint_layers) if gc else 0
+        self.recompute = checkpointed_layers(cfg, self.shape.layers)
 
     def __call__(self, items) -> tuple[float, float]:
         from qvl.data import loss_tokens
