@@ -4,20 +4,21 @@
 
 # %% ../nbs/10_memory.ipynb #6bd9af2d
 from __future__ import annotations
-import dataclasses, gc, json, math
+import dataclasses, functools, gc, json, math
 from dataclasses import dataclass, field
 from pathlib import Path
 from .config import ATTENTIONS, METHODS, PRECISIONS, SHARDINGS as RUN_SHARDINGS, TrainConfig, config_from_dict, resolve_precision, \
     sharding_mode
 from .core import ImageSize, QvlError, atomic_file, load_config
-from .model import ModelShape, build_model, checkpointed_layers, model_shape
+from .model import ModelShape, base_model, build_model, checkpointed_layers, decoder_layers, model_shape, prepare_model
 
 # %% auto #0
 __all__ = ['OPTIMIZERS', 'STATE_BYTES', 'SHARDINGS', 'RUN_KEYS', 'COEFFICIENTS', 'CE_BYTES', 'LAYER_INPUT_BYTES',
-           'TIED_TABLE_BYTES', 'GB', 'GPU_SIZES', 'CALIBRATION_FILE', 'Setup', 'Batch', 'nominal_batch', 'features',
-           'Estimate', 'estimate', 'estimate_setup', 'largest', 'what_fits', 'advise', 'article_table',
-           'synthetic_batch', 'SyntheticData', 'profile_config', 'estimate_run', 'estimate_data', 'profile_trainer',
-           'profile', 'profile_run', 'fit_coefficients', 'accuracy', 'fit_corrections', 'calibrate', 'load_corrections']
+           'TIED_TABLE_BYTES', 'TRACE_VOCAB', 'GB', 'GPU_SIZES', 'ACT_SCALE', 'CALIBRATION_FILE', 'Setup', 'Batch',
+           'nominal_batch', 'features', 'synthetic_batch', 'traced_activations', 'Estimate', 'estimate',
+           'estimate_setup', 'largest', 'what_fits', 'advise', 'article_table', 'SyntheticData', 'profile_config',
+           'estimate_run', 'estimate_data', 'profile_trainer', 'profile', 'profile_run', 'fit_coefficients', 'accuracy',
+           'fit_corrections', 'calibrate', 'load_corrections']
 
 # %% ../nbs/10_memory.ipynb #5e2f005b
 OPTIMIZERS = {'adamw': 2, 'adamw8bit': 2, 'sgd': 0, 'sgd-momentum': 1, 'adafactor': 0}   # states per trainable parameter
@@ -54,6 +55,9 @@ class Setup:
     checkpoint_layers: int | None = _key(_RUN['checkpoint_layers'], 'with checkpointing: only the first N decoder layers '
                                          'recompute (default: all); the others keep their activations')
     attn_implementation: str = _key(_RUN['attn_implementation'], "the model's attention", ATTENTIONS)
+    vision_in_graph: bool = _key(False, "the frozen vision tower inside autograd, keeping its activations: what plain "
+                                 "transformers + peft do with checkpointing (peft's enable_input_require_grads hooks the "
+                                 "patch embedding too; Qwen2-VL, Qwen2.5-VL). qvl train keeps it out")
     gpus: int = _key(1, 'GPUs the run is spread over')
     sharding: str = _key('none', 'how weights, gradients and states are spread over the GPUs (zero2/zero3: DeepSpeed)', SHARDINGS)
     fast: bool = _key(_RUN['fast'], "qvl.fast's step, which `qvl train` takes by default; no: the plain step")
@@ -132,7 +136,7 @@ def features(s: Setup, shape: ModelShape, batch: Batch | None = None) -> dict:
 COEFFICIENTS = {
     # bytes per feature unit, fitted by benchmarks/memory_accuracy.py (fit split only)
     'gc': {'hidden': 2.005, 'layer': 0.8309, 'logits': 10.79, 'vision': 13.53, 'vision_mlp': 36.36, 'const': 67860000.0},
-    'nogc': {'layer_all': 9.142, 'logits': 9.033, 'vision': 160.2, 'vision_mlp': 427.9, 'const': 20050000.0},
+    'nogc': {'logits': 11.45, 'const': 0.0},     # beside what `traced_activations` derives for the layers and vision blocks
     # the fast step (qvl.fast): logits of labelled tokens only, the frozen vision tower outside autograd
     # (fitted on benchmarks/fast_step_nocompile's steps at batch 1 and 4; batch 2 held out)
     'fast-gc': {'layer': 8.06, 'vision': 0.0, 'vision_mlp': 0.0, 'const': 0.0},
@@ -140,7 +144,7 @@ COEFFICIENTS = {
     'optimizer_temp': 1.005,   # bytes of foreach temporaries per byte of one optimizer state
     # max_memory_reserved = peak allocated + frac * activations + const, by method and checkpointing:
     # freed activation blocks stay cached (fragmentation), more so when gradients are allocated among them
-    'reserved': {'lora-gc': [0.1464, 166700000.0], 'lora-nogc': [0.02824, 78200000.0], 'full-gc': [0.2449, 0.0], 'full-nogc': [0.03109, 295900000.0],
+    'reserved': {'lora-gc': [0.1464, 166700000.0], 'lora-nogc': [0.02861, 73600000.0], 'full-gc': [0.2449, 0.0], 'full-nogc': [0.03093, 283900000.0],
                  'fast-lora-gc': [0.04494, 5.145e+07], 'fast-lora-nogc': [0.007104, 2.699e+07]},
     'fitted_on': 'NVIDIA H200, 38 measured plain steps and 16 fast steps',
 }
@@ -155,6 +159,133 @@ LAYER_INPUT_BYTES = 2
 # table entry. Measured as the fast step's excess over the plain step of the same run (Qwen2.5-VL-3B +1.32 GB,
 # Qwen3-VL-2B +1.31 GB: 4.2 bytes per entry; benchmarks/memory/fast_vs_plain_full)
 TIED_TABLE_BYTES = 4
+
+# %% ../nbs/10_memory.ipynb #89daab1b
+def _text_id_range(config) -> tuple[int, int]:
+    "Token ids for random text: below every special token of `config` (the real checkpoints: 1000-100000)."
+    special = [getattr(config, k) for k in ('image_token_id', 'video_token_id', 'vision_start_token_id', 'vision_end_token_id')
+               if getattr(config, k, None) is not None]
+    hi = min([100000] + special)
+    return min(1000, hi // 4), hi
+
+def synthetic_batch(config, image_size, batch_size: int, prompt_tokens: int = 64, answer_tokens: int = 128, device='cuda',
+                    images_per_sample: int = 1, seed: int = 0):
+    "A batch shaped as the processor would make it for one image per sample of `image_size`."
+    import torch
+    from qvl.resize import Budget
+    from qvl.core import image_factor
+    f = image_factor(config)
+    patch = f // 2
+    size = ImageSize.of(image_size)
+    h, w = Budget(factor=f).fit(size.height, size.width)
+    n_img = (h // f) * (w // f)
+    g = torch.Generator().manual_seed(seed)
+    lo, hi = _text_id_range(config)
+    rows, labels = [], []
+    for _ in range(batch_size):
+        ids = torch.randint(lo, hi, (prompt_tokens,), generator=g).tolist()
+        for _ in range(images_per_sample):
+            ids += [config.vision_start_token_id] + [config.image_token_id] * n_img + [config.vision_end_token_id]
+        ans = torch.randint(lo, hi, (answer_tokens,), generator=g).tolist()
+        rows.append(ids + ans); labels.append([-100] * len(ids) + ans)
+    ids = torch.tensor(rows, device=device)
+    batch = dict(input_ids=ids, attention_mask=torch.ones_like(ids), labels=torch.tensor(labels, device=device),
+                 mm_token_type_ids=(ids == config.image_token_id).int())
+    if images_per_sample:
+        tps = getattr(config.vision_config, 'temporal_patch_size', 2)
+        n_patch = batch_size * images_per_sample * (h // patch) * (w // patch)
+        batch['pixel_values'] = torch.randn(n_patch, 3 * tps * patch * patch, generator=g).to(device, torch.bfloat16)
+        batch['image_grid_thw'] = torch.tensor([[1, h // patch, w // patch]] * (batch_size * images_per_sample), device=device)
+    return batch
+
+
+# %% ../nbs/10_memory.ipynb #610263fa
+TRACE_VOCAB = 4096     # the cut architecture's vocabulary: the embedding and LM head do not change what a layer keeps
+
+def _traced_config(model: str):
+    """`model`'s architecture cut to what `traced_activations` runs: two decoder layers (one of each kind where it has
+    two: Qwen3.5's linear and full attention), two vision blocks (Qwen2.5-VL: a window and a full-attention one) and a
+    small vocabulary. What one layer keeps for backward depends on its widths and kind, not on depth or vocabulary.
+    Returns the cut config, and the kinds of the real model's decoder layers and vision blocks."""
+    import copy
+    cfg = copy.deepcopy(load_config(model))
+    tc, vc = cfg.text_config, cfg.vision_config
+    layers = list(getattr(tc, 'layer_types', None) or ['full_attention'] * tc.num_hidden_layers)[:tc.num_hidden_layers]
+    full = set(getattr(vc, 'fullatt_block_indexes', None) or [])
+    blocks = ['full' if not full or i in full else 'window' for i in range(vc.depth)]
+    kinds = list(dict.fromkeys(layers))
+    tc.layer_types, tc.num_hidden_layers, tc.vocab_size = (kinds * 2)[:2], 2, TRACE_VOCAB
+    vc.depth = 2
+    if full: vc.fullatt_block_indexes = [1]
+    if getattr(vc, 'deepstack_visual_indexes', None): vc.deepstack_visual_indexes = [0]
+    for i, k in enumerate(('image_token_id', 'video_token_id', 'vision_start_token_id', 'vision_end_token_id')):
+        if getattr(cfg, k, None) is not None: setattr(cfg, k, TRACE_VOCAB - 1 - i)
+    return cfg, layers, blocks, ((kinds * 2)[:2], ['window', 'full'] if full else ['full', 'full'])
+
+@functools.lru_cache(maxsize=64)
+def traced_activations(model: str, method: str = 'lora', precision: str = 'bf16', lora_adapter_dtype: str = 'bf16',
+                       vision_in_graph: bool = False, attn_implementation: str = 'sdpa', lora_rank: int = 16) -> dict:
+    """What autograd keeps for backward in each kind of decoder layer and vision block of `model`'s architecture, as
+    `qvl train`'s model preparation makes them for `method` and `precision`: bytes per token (vision: per patch) and
+    fixed bytes (under bf16-mixed, the bf16 copies autocast makes of trained weights).
+
+    Derived, not fitted: the architecture's own transformers code runs on the CPU (cut by `_traced_config`, weights
+    left unset) on one sample at two lengths, and every tensor autograd saves that is not a parameter is counted once,
+    in its dtype, to the layer that saved it. SDPA takes the CPU's flash kernel, which keeps what a GPU's flash or
+    memory-efficient kernel keeps (q, k, v, the output and the log-sum-exp), not the math kernel's attention matrix.
+    `vision_in_graph`: the frozen vision tower inside autograd (`Setup.vision_in_graph`). qlora is counted as lora."""
+    import contextlib, torch
+    from transformers import AutoModelForImageTextToText
+    cfg, layers, blocks, (tl, tb) = _traced_config(model)
+    wd = torch.bfloat16 if precision == 'bf16' else torch.float32
+    with torch.device('meta'): m = AutoModelForImageTextToText.from_config(cfg, dtype=wd, attn_implementation=attn_implementation)
+    m = m.to_empty(device='cpu')
+    with torch.no_grad():
+        for t in list(m.parameters()) + list(m.buffers()):
+            if t.is_floating_point(): t.normal_(0, 0.02)      # values do not change what is kept, only sizes do
+    run = config_from_dict(dict(model=str(model), data='(traced)', method='lora' if method == 'qlora' else method, steps=1,
+                                gradient_checkpointing=False, fast=False, precision=precision, lora_rank=lora_rank,
+                                attn_implementation=attn_implementation))
+    m = prepare_model(run, torch.device('cpu'), precision, model=m)
+    if lora_adapter_dtype == 'fp32':        # peft's own default under bf16 weights: fp32 adapters
+        for n, p in m.named_parameters():
+            if 'lora_' in n: p.data = p.data.float()
+    if vision_in_graph: base_model(m).enable_input_require_grads()
+    m.train()
+    label = {}
+    for i, layer in enumerate(decoder_layers(m)): label[layer] = ('llm', tl[i])
+    vis = next(mod for n, mod in m.named_modules() if n.endswith('visual.blocks'))
+    for i, b in enumerate(vis): label[b] = ('vision', tb[i])
+    where, hooks = [None], []
+    for mod, lab in label.items():
+        hooks.append(mod.register_forward_pre_hook(lambda mod, a, lab=lab: where.append(lab)))
+        hooks.append(mod.register_forward_hook(lambda mod, a, o: (where.pop(), None)[1]))
+    params = {p.untyped_storage().data_ptr() for p in m.parameters()}
+
+    def count(side, prompt):
+        b = synthetic_batch(cfg, side, 1, prompt, 64, device='cpu')
+        b['pixel_values'] = b['pixel_values'].to(wd)
+        seen = {}
+        def pack(x):
+            st = x.untyped_storage()
+            if where[-1] is not None and st.data_ptr() not in params: seen.setdefault(st.data_ptr(), (where[-1], st.nbytes()))
+            return x
+        amp = torch.autocast('cpu', dtype=torch.bfloat16) if precision == 'bf16-mixed' else contextlib.nullcontext()
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x), amp: m(**b)
+        total = {}
+        for lab, nb in seen.values(): total[lab] = total.get(lab, 0) + nb
+        per = {lab: v / (tl.count(lab[1]) if lab[0] == 'llm' else tb.count(lab[1])) for lab, v in total.items()}
+        return per, b['input_ids'].shape[1], b['pixel_values'].shape[0]
+
+    (a, t1, p1), (c, t2, p2) = count(224, 32), count(336, 160)
+    for h in hooks: h.remove()
+    out = dict(llm={}, vision={}, layers=layers, blocks=blocks)
+    for lab in set(a) | set(c):
+        x1, x2 = (t1, t2) if lab[0] == 'llm' else (p1, p2)
+        slope = (c.get(lab, 0) - a.get(lab, 0)) / (x2 - x1)
+        out[lab[0]][lab[1]] = (slope, max(0.0, a.get(lab, 0) - slope * x1))
+    return out
+
 
 # %% ../nbs/10_memory.ipynb #a5950874
 GB = 1e9
@@ -227,17 +358,42 @@ def _coefficients(c: dict, s: Setup, checkpointing: bool) -> dict:
     mode = 'gc' if checkpointing else 'nogc'
     return c.get(f'fast-{mode}', c[mode]) if s.fast else c[mode]
 
+ACT_SCALE = {'bf16': 1.0, 'bf16-mixed': 1.5, 'fp32': 2.0}    # a fitted activation term's bytes against pure bf16's
+
+def _traced(s: Setup) -> dict:
+    "`traced_activations` of the step `s` describes."
+    return traced_activations(s.model, s.method, s.precision, s.lora_adapter_dtype, s.vision_in_graph and not s.fast,
+                              lora_rank=s.lora_rank)
+
 def _llm_activations(s: Setup, shape: ModelShape, f: dict, c: dict) -> float:
-    """What the language model's layers keep for backward (before precision scaling): each checkpointed layer its input,
-    plus one layer's working set while it is recomputed; each other layer its whole working set."""
+    """What the language model's layers keep for backward: each checkpointed layer its input, plus one layer's working
+    set while it is recomputed (fitted, scaled by precision); each other layer what its ops save, derived by
+    `traced_activations` (the fast step's compiled layers keep less: fitted while its coefficients say so)."""
     n, k = shape.layers, checkpointed_layers(s, shape.layers, shape.name)
     gc, no = _coefficients(c, s, True), _coefficients(c, s, False)
     kept = 0.0
     if k:
         inputs = gc.get('hidden', 0) * f['hidden'] + (LAYER_INPUT_BYTES * f['hidden'] if s.fast else 0)   # fast: not fitted
-        kept += inputs * k / n + gc.get('layer', 0) * f['layer']
-    if k < n: kept += no.get('layer_all', 0) * f['layer_all'] * (n - k) / n
+        kept += (inputs * k / n + gc.get('layer', 0) * f['layer']) * ACT_SCALE[s.precision]
+    if k < n and 'layer_all' in no: kept += no['layer_all'] * f['layer_all'] * (n - k) / n * ACT_SCALE[s.precision]
+    elif k < n:
+        t = _traced(s)
+        kept += sum(t['llm'][kind][0] * f['tokens'] + t['llm'][kind][1] for kind in t['layers'][k:])
     return kept
+
+def _vision_kept(s: Setup) -> bool:
+    "Whether the vision tower is in autograd: it trains, or the plain step keeps the frozen tower in (`vision_in_graph`)."
+    return (s.method == 'full' and not s.freeze_vision) or (s.vision_in_graph and not s.fast)
+
+def _vision_activations(s: Setup, f: dict, c: dict) -> float:
+    """What the vision tower keeps for backward: nothing when it is frozen and out of autograd (`qvl train`'s steps);
+    else, with checkpointing, each block's input and one block's working set (fitted, on steps with the tower in
+    autograd), without, what each block's ops save (`traced_activations`)."""
+    if not _vision_kept(s): return 0.0
+    if s.gradient_checkpointing:
+        return (c['gc'].get('vision', 0) * f['vision'] + c['gc'].get('vision_mlp', 0) * f['vision_mlp']) * ACT_SCALE[s.precision]
+    t = _traced(s)
+    return sum(t['vision'][kind][0] * f['patches'] + t['vision'][kind][1] for kind in t['blocks'])
 
 def _eager_scores(s: Setup, shape: ModelShape, f: dict) -> float:
     "Eager attention's (heads x seq x seq) scores: kept by every layer that is not checkpointed, and the one recomputed."
@@ -259,11 +415,10 @@ def estimate_setup(s: Setup, coefficients: dict | None = None, batch: Batch | No
     shape = model_shape(model)
     f = features(s, shape, batch)
     p = _param_bytes(s, shape)
-    act_scale = {'bf16': 1.0, 'bf16-mixed': 1.5, 'fp32': 2.0}[s.precision]
     mode = 'gc' if s.gradient_checkpointing else 'nogc'
     g = _coefficients(c, s, s.gradient_checkpointing)
-    llm_act = _llm_activations(s, shape, f, c) * act_scale + _eager_scores(s, shape, f)
-    vision_act = (g.get('vision', 0) * f['vision'] + g.get('vision_mlp', 0) * f['vision_mlp']) * act_scale
+    llm_act = _llm_activations(s, shape, f, c) + _eager_scores(s, shape, f)
+    vision_act = _vision_activations(s, f, c)
     # the plain step's logits (every token) are fitted; the fast step's (labelled tokens only) follow from its loss
     logits = CE_BYTES * f['labeled'] if s.fast else g.get('logits', 0) * f['logits']
     if corrections:
@@ -370,50 +525,14 @@ def article_table():
             ('Qwen2.5-VL-7B LoRA', 26, 'Qwen2.5-VL-7B', 'lora', 1792, 1, 'bf16')]
     out = []
     for label, gb, model, method, side, b, prec in rows:
-        e = estimate(model, method, side, b, precision=prec, fast=False)   # published figures: the plain step
+        # published figures: transformers + peft's plain step, with peft's input hooks (the frozen tower in autograd)
+        e = estimate(model, method, side, b, precision=prec, fast=False, vision_in_graph=True)
         out.append(dict(published=label, published_gb=gb, model=model, method=method, image=f'{side}x{side}', batch=b,
                         precision=prec, estimated_allocated_gb=round(e.peak_allocated_bytes / GB, 1),
                         estimated_reserved_gb=round(e.peak_reserved_bytes / GB, 1)))
     return pd.DataFrame(out)
 
 # %% ../nbs/10_memory.ipynb #c52236bc
-def _text_id_range(config) -> tuple[int, int]:
-    "Token ids for random text: below every special token of `config` (the real checkpoints: 1000-100000)."
-    special = [getattr(config, k) for k in ('image_token_id', 'video_token_id', 'vision_start_token_id', 'vision_end_token_id')
-               if getattr(config, k, None) is not None]
-    hi = min([100000] + special)
-    return min(1000, hi // 4), hi
-
-def synthetic_batch(config, image_size, batch_size: int, prompt_tokens: int = 64, answer_tokens: int = 128, device='cuda',
-                    images_per_sample: int = 1, seed: int = 0):
-    "A batch shaped as the processor would make it for one image per sample of `image_size`."
-    import torch
-    from qvl.resize import Budget
-    from qvl.core import image_factor
-    f = image_factor(config)
-    patch = f // 2
-    size = ImageSize.of(image_size)
-    h, w = Budget(factor=f).fit(size.height, size.width)
-    n_img = (h // f) * (w // f)
-    g = torch.Generator().manual_seed(seed)
-    lo, hi = _text_id_range(config)
-    rows, labels = [], []
-    for _ in range(batch_size):
-        ids = torch.randint(lo, hi, (prompt_tokens,), generator=g).tolist()
-        for _ in range(images_per_sample):
-            ids += [config.vision_start_token_id] + [config.image_token_id] * n_img + [config.vision_end_token_id]
-        ans = torch.randint(lo, hi, (answer_tokens,), generator=g).tolist()
-        rows.append(ids + ans); labels.append([-100] * len(ids) + ans)
-    ids = torch.tensor(rows, device=device)
-    batch = dict(input_ids=ids, attention_mask=torch.ones_like(ids), labels=torch.tensor(labels, device=device),
-                 mm_token_type_ids=(ids == config.image_token_id).int())
-    if images_per_sample:
-        tps = getattr(config.vision_config, 'temporal_patch_size', 2)
-        n_patch = batch_size * images_per_sample * (h // patch) * (w // patch)
-        batch['pixel_values'] = torch.randn(n_patch, 3 * tps * patch * patch, generator=g).to(device, torch.bfloat16)
-        batch['image_grid_thw'] = torch.tensor([[1, h // patch, w // patch]] * (batch_size * images_per_sample), device=device)
-    return batch
-
 class SyntheticData:
     """`n` samples shaped as the processor makes them (one image of `image_size` each, a prompt, a labelled
     answer), as items of `qvl.data.VisionTextDataset`: the trainer collates and steps them as it does real data."""
@@ -539,10 +658,12 @@ def _row_flag(r, key: str, missing: bool) -> bool:
     return missing if v is None or v != v else bool(v)     # a column absent, or NaN where rows of several sources meet
 
 def _row_setup(r) -> dict:
-    "The `Setup` keys of a measured row (`profile`'s, or the plain-step harness's: no `fast`, the merger frozen)."
+    """The `Setup` keys of a measured row (`profile`'s, or the plain-step harness's: no `fast`, the merger frozen, and
+    the vision tower in autograd: that harness called `enable_input_require_grads`)."""
     return dict(model=r['model'], method=r['method'], image_size=ImageSize(int(r['image_w']), int(r['image_h'])),
                 batch_size=int(r['batch_size']), gradient_checkpointing=bool(r['gradient_checkpointing']),
-                fast=_row_flag(r, 'fast', False), freeze_projector=_row_flag(r, 'freeze_projector', True))
+                fast=_row_flag(r, 'fast', False), freeze_projector=_row_flag(r, 'freeze_projector', True),
+                vision_in_graph=_row_flag(r, 'vision_in_graph', 'fast' not in r))
 
 def _nnls(A, y) -> list[float]:
     "Least squares with non-negative coefficients (active set: drop the most negative, refit)."
@@ -571,8 +692,11 @@ def fit_coefficients(measured, base: dict | None = None) -> dict:
             fixed = e.components['weights'] + e.components['optimizer_states'] + e.components['ddp_buckets_and_gathers']
             if is_fast:          # the fast step's loss term and checkpointed layer inputs are not fitted
                 fixed += e.components['logits_and_loss'] + (LAYER_INPUT_BYTES * e.features['hidden'] if gc_on else 0)
+            if not gc_on:        # derived, not fitted: the layers' and the vision blocks' kept tensors
+                fixed += (e.components['llm_activations'] if 'layer_all' not in names else 0) + e.components['vision_activations']
             f = e.features
-            feats = [1.0 if n == 'const' else float(f[n]) for n in names]
+            kept = _vision_kept(e.setup)
+            feats = [1.0 if n == 'const' else float(f[n]) if kept or not n.startswith('vision') else 0.0 for n in names]
             w = 1.0 / float(r['peak_allocated'])
             A.append([v * w for v in feats]); y.append((float(r['peak_allocated']) - fixed) * w)
         if len(A) >= len(names): c[key] = dict(zip(names, _nnls(np.array(A), np.array(y))))

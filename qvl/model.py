@@ -12,8 +12,8 @@ from .core import QvlError, image_factor, load_config
 
 # %% auto #0
 __all__ = ['PARTS', 'base_model', 'inner_model', 'token_type_id', 'param_part', 'is_llm_linear', 'llm_linear_names',
-           'decoder_layers', 'checkpointed_layers', 'checkpoint_first', 'tied_names', 'ModelShape', 'model_shape',
-           'build_model', 'prepare_model']
+           'decoder_layers', 'checkpointed_layers', 'checkpoint_first', 'keep_vision_out_of_autograd', 'tied_names',
+           'ModelShape', 'model_shape', 'build_model', 'prepare_model']
 
 # %% ../nbs/06_model.ipynb #bfd6d74b
 def base_model(model):
@@ -74,6 +74,18 @@ def checkpoint_first(model, run) -> int:
     k = checkpointed_layers(run, len(layers))
     for i, layer in enumerate(layers): layer.gradient_checkpointing = i < k
     return len(layers)
+
+def keep_vision_out_of_autograd(model) -> int:
+    """Remove the hooks `enable_input_require_grads` put on `model`'s input embeddings (peft does so when checkpointing):
+    they make a frozen vision tower's patch embedding output require grad, so the whole tower joins autograd
+    (`qvl.memory.Setup.vision_in_graph` says what that costs). Returns how many were removed."""
+    base = base_model(model)
+    base.disable_input_require_grads()
+    n = 0       # it may have been called more than once, each call forgetting the handles of the last: remove them all
+    for mod in base.modules():
+        for key, fn in list(mod._forward_hooks.items()):
+            if getattr(fn, '__name__', '').startswith('make_inputs_require_grad'): del mod._forward_hooks[key]; n += 1
+    return n
 
 def tied_names(model) -> set[str]:
     """Names under which a parameter appears a second time (the LM head tied to the embeddings). A state dict gathered
@@ -177,13 +189,18 @@ def prepare_model(cfg: TrainConfig, device, precision: str, model=None):
         from peft import LoraConfig, get_peft_model
         if cfg.method == 'qlora':
             from peft import prepare_model_for_kbit_training
-            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing,
+                                                    gradient_checkpointing_kwargs=dict(use_reentrant=False))
         targets = llm_linear_names(model) if cfg.lora_targets == 'all-linear' else cfg.lora_targets
         if not targets: raise QvlError(f"no LoRA target modules found for {cfg.lora_targets!r}")
         lc = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=targets,
                         task_type='CAUSAL_LM')
         # pure bf16 keeps the adapters in bf16 too: peft's fp32 adapters keep fp32 copies of every input
         model = get_peft_model(model, lc, autocast_adapter_dtype=precision != 'bf16')
+        # with checkpointing, peft makes the output of every input embedding require grad (a crutch for reentrant
+        # checkpointing), the vision tower's patch embedding among them: the frozen tower then joins autograd, keeps its
+        # activations and runs its backward for nothing. Non-reentrant checkpointing needs no such crutch.
+        keep_vision_out_of_autograd(model)
     else:
         frozen = dict(vision=cfg.freeze_vision, merger=cfg.freeze_projector, llm=cfg.freeze_llm, lm_head=cfg.freeze_llm)
         for n, p in model.named_parameters(): p.requires_grad_(not frozen[param_part(n)])
