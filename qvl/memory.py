@@ -214,17 +214,18 @@ def _traced_config(model: str):
     full = set(getattr(vc, 'fullatt_block_indexes', None) or [])
     blocks = ['full' if not full or i in full else 'window' for i in range(vc.depth)]
     kinds = list(dict.fromkeys(layers))
-    tc.layer_types, tc.num_hidden_layers, tc.vocab_size = (kinds * 2)[:2], 2, TRACE_VOCAB
+    traced = ((kinds * 2)[:2], ['window', 'full'] if full else ['full', 'full'])
+    tc.layer_types, tc.num_hidden_layers, tc.vocab_size = traced[0], 2, TRACE_VOCAB
     vc.depth = 2
     if full: vc.fullatt_block_indexes = [1]
     if getattr(vc, 'deepstack_visual_indexes', None): vc.deepstack_visual_indexes = [0]
     for i, k in enumerate(('image_token_id', 'video_token_id', 'vision_start_token_id', 'vision_end_token_id')):
         if getattr(cfg, k, None) is not None: setattr(cfg, k, TRACE_VOCAB - 1 - i)
-    return cfg, layers, blocks, ((kinds * 2)[:2], ['window', 'full'] if full else ['full', 'full'])
+    return cfg, layers, blocks, traced
 
 @functools.lru_cache(maxsize=64)
 def traced_activations(model: str, method: str = 'lora', precision: str = 'bf16', lora_adapter_dtype: str = 'bf16',
-                       vision_in_graph: bool = False, attn_implementation: str = 'sdpa', lora_rank: int = 16) -> dict:
+                       vision_in_graph: bool = False, lora_rank: int = 16) -> dict:
     """What autograd keeps for backward in each kind of decoder layer and vision block of `model`'s architecture, as
     `qvl train`'s model preparation makes them for `method` and `precision`: bytes per token (vision: per patch) and
     fixed bytes (under bf16-mixed, the bf16 copies autocast makes of trained weights).
@@ -232,20 +233,20 @@ def traced_activations(model: str, method: str = 'lora', precision: str = 'bf16'
     Derived, not fitted: the architecture's own transformers code runs on the CPU (cut by `_traced_config`, weights
     left unset) on one sample at two lengths, and every tensor autograd saves that is not a parameter is counted once,
     in its dtype, to the layer that saved it. SDPA takes the CPU's flash kernel, which keeps what a GPU's flash or
-    memory-efficient kernel keeps (q, k, v, the output and the log-sum-exp), not the math kernel's attention matrix.
+    memory-efficient kernel keeps (q, k, v, the output and the log-sum-exp), not the math kernel's attention matrix;
+    eager attention's score matrices are `_eager_scores`' term, so the trace always runs SDPA.
     `vision_in_graph`: the frozen vision tower inside autograd (`Setup.vision_in_graph`). qlora is counted as lora."""
     import contextlib, torch
     from transformers import AutoModelForImageTextToText
     cfg, layers, blocks, (tl, tb) = _traced_config(model)
     wd = torch.bfloat16 if precision == 'bf16' else torch.float32
-    with torch.device('meta'): m = AutoModelForImageTextToText.from_config(cfg, dtype=wd, attn_implementation=attn_implementation)
+    with torch.device('meta'): m = AutoModelForImageTextToText.from_config(cfg, dtype=wd, attn_implementation='sdpa')
     m = m.to_empty(device='cpu')
     with torch.no_grad():
         for t in list(m.parameters()) + list(m.buffers()):
             if t.is_floating_point(): t.normal_(0, 0.02)      # values do not change what is kept, only sizes do
     run = config_from_dict(dict(model=str(model), data='(traced)', method='lora' if method == 'qlora' else method, steps=1,
-                                gradient_checkpointing=False, fast=False, precision=precision, lora_rank=lora_rank,
-                                attn_implementation=attn_implementation))
+                                gradient_checkpointing=False, fast=False, precision=precision, lora_rank=lora_rank))
     m = prepare_model(run, torch.device('cpu'), precision, model=m)
     if lora_adapter_dtype == 'fp32':        # peft's own default under bf16 weights: fp32 adapters
         for n, p in m.named_parameters():
