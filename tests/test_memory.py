@@ -69,6 +69,10 @@ def test_estimate_on_families_no_coefficient_was_fitted_on():
     a = accuracy(fam)
     gc = a[a.gradient_checkpointing].error_allocated.abs()
     assert len(gc) == 12 and gc.median() < 0.01 and gc.max() < 0.04
+    # without checkpointing: the layers' kept tensors derived from each architecture (`traced_activations`) with the one
+    # fast-step fraction measured on Qwen2.5-VL (`FAST_KEPT`); Qwen3-VL-8B is the outlier (13.4% under)
+    nogc = a[~a.gradient_checkpointing].error_allocated
+    assert len(nogc) == 6 and nogc.abs().median() < 0.04 and nogc.abs().max() < 0.14 and (nogc < 0.02).all()
 
 
 def test_estimate_cli_json_and_components():
