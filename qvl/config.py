@@ -63,6 +63,7 @@ class TrainConfig:
     allow_outside: bool = False
     strict: bool = False                        # stop on any sample that cannot be trained on
     lazy: bool = False                          # encode samples when first used instead of up front
+    data_workers: int = 4                       # threads that read and process the next step's images while the GPU computes (0: in the step)
     cache_dir: str | None = None                # tokenization cache (default: ~/.cache/qvl/cache/examples)
     packing: bool = False                       # padding-free: each micro-batch packed into one row
     log_every: int = 1
@@ -109,7 +110,7 @@ def config_from_dict(d: dict, **overrides) -> TrainConfig:
         if getattr(c, k) not in choices: raise QvlError(f"config {k}={getattr(c, k)!r}: choose one of {', '.join(choices)}")
     for k in ('steps', 'batch_size', 'grad_accum', 'cutoff_len', 'log_every', 'lora_rank', 'lora_alpha'):
         if getattr(c, k) < 1: raise QvlError(f"config {k} must be at least 1, got {getattr(c, k)}")
-    for k in ('warmup_steps', 'eval_every', 'save_every', 'weight_decay'):
+    for k in ('warmup_steps', 'eval_every', 'save_every', 'weight_decay', 'data_workers'):
         if getattr(c, k) < 0: raise QvlError(f"config {k} must not be negative, got {getattr(c, k)} (0 turns it off)")
     if not 0 <= c.lora_dropout < 1: raise QvlError(f"config lora_dropout must be in [0, 1), got {c.lora_dropout}")
     if c.max_grad_norm is not None and c.max_grad_norm <= 0:

@@ -208,6 +208,7 @@ def cached_examples(ds: Dataset, model, budget: Budget | None = None, cutoff_len
 # %% ../nbs/07_data.ipynb #2fb159c4
 class VisionTextDataset:
     "A torch-style dataset of examples with their pixel values."
+    thread_safe = True      # items can be read by several threads at once (the trainer reads the next step's ahead)
     def __init__(self, examples, processor):
         self.examples, self.image_processor = examples, processor.image_processor
         self.factor = self.image_processor.patch_size * self.image_processor.merge_size

@@ -337,7 +337,7 @@ class Estimate:
 
 def _param_bytes(s: Setup, shape: ModelShape) -> dict:
     "Weights, gradients and optimizer states (bytes, whole model), exact from the parameter counts."
-    wbytes = 4 if s.precision == 'fp32' else 2
+    wbytes = 2 if s.precision == 'bf16' else 4      # qvl train loads the model in fp32 unless pure bf16 (qvl.model.load_model)
     if s.method == 'full':
         trainable = ((0 if s.freeze_vision else shape.vision) + (0 if s.freeze_projector else shape.merger)
                      + (0 if s.freeze_llm else shape.llm + shape.lm_head))

@@ -530,6 +530,7 @@ class Trainer(_Checkpoints, _Evaluation):
             if len(self.train_examples) == 0: raise QvlError(f"{cfg.data}: no sample can be trained on; see `qvl doctor`")
             self.train_set = VisionTextDataset(self.train_examples, self.processor)
         else: self.train_set, self.train_examples = train_set, train_set.examples
+        self._ahead, self._pool = {}, None       # items read ahead (`_read_ahead`) and the threads reading them
         self.eval_examples = examples(cfg.eval_data) if cfg.eval_data and train_set is None else None
         self.eval_set = VisionTextDataset(self.eval_examples, self.processor) if self.eval_examples else None
         self.model = prepare_model(cfg, self.device, self.precision, model)
@@ -566,10 +567,28 @@ class Trainer(_Checkpoints, _Evaluation):
             return torch.autocast(self.device.type, dtype=torch.bfloat16 if self.precision == 'bf16-mixed' else torch.float16)
         return contextlib.nullcontext()
 
+    def _read_ahead(self, positions):
+        """Start reading the training items this process takes at the steps beginning at stream `positions` in
+        `data_workers` threads (image decoding and processing overlap the GPU's work); `_batch` takes them from there."""
+        n = self.cfg.data_workers
+        if not n or not getattr(self.train_set, 'thread_safe', False): return
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+            self._pool = ThreadPoolExecutor(n, thread_name_prefix='qvl-data')
+        for pos in positions:
+            for mb in micro_batches(self.cfg, len(self.train_set), pos, world_size(), rank())[1]:
+                for i in mb:
+                    if i not in self._ahead: self._ahead[i] = self._pool.submit(self.train_set.__getitem__, i)
+
+    def _item(self, dataset, i: int) -> dict:
+        "Item `i` of `dataset`: read ahead when it is the training set's and was started, else read now."
+        f = self._ahead.pop(i, None) if dataset is self.train_set else None
+        return f.result() if f is not None else dataset[i]
+
     def _batch(self, dataset, idx, flops: list | None = None):
         "The collated micro-batch of `idx` on the device; appends its model FLOPs to `flops` when given."
         from qvl.data import collate, collate_packed
-        items = [dataset[i] for i in idx]
+        items = [self._item(dataset, i) for i in idx]
         if flops is not None: flops.append(self._flops(items))
         b = collate_packed(items, self.module, self.image_type_id) if self.cfg.packing else \
             collate(items, self.pad_id, image_token_id=self.image_type_id)
@@ -577,7 +596,7 @@ class Trainer(_Checkpoints, _Evaluation):
 
     def use_data(self, train_set, batch_size: int | None = None):
         "Train on `train_set` from the next step on, with another micro-batch size if given: measurements that keep one prepared model and optimizer use it."
-        self.train_set, self.train_examples, self.position = train_set, train_set.examples, 0
+        self.train_set, self.train_examples, self.position, self._ahead = train_set, train_set.examples, 0, {}
         if batch_size: self.cfg = dataclasses.replace(self.cfg, batch_size=batch_size)
 
     def _label_tokens(self, examples, idx) -> int:
@@ -591,6 +610,7 @@ class Trainer(_Checkpoints, _Evaluation):
         cfg, W, R = self.cfg, world_size(), rank()
         t0 = time.perf_counter()
         idx, mbs = micro_batches(cfg, len(self.train_set), self.position, W, R)
+        self._read_ahead((self.position, self.position + cfg.global_batch))     # this step's items and the next step's
         n_items = max(1, self._label_tokens(self.train_examples, idx))
         self.model.train()
         loss_sum, tokens, flops = 0.0, 0, []
