@@ -530,7 +530,7 @@ class Trainer(_Checkpoints, _Evaluation):
             if len(self.train_examples) == 0: raise QvlError(f"{cfg.data}: no sample can be trained on; see `qvl doctor`")
             self.train_set = VisionTextDataset(self.train_examples, self.processor)
         else: self.train_set, self.train_examples = train_set, train_set.examples
-        self._ahead, self._pool = {}, None       # items read ahead (`_read_ahead`) and the threads reading them
+        self._ahead, self._pool = {}, None       # micro-batches prepared ahead (`_read_ahead`) and the threads preparing them
         self.eval_examples = examples(cfg.eval_data) if cfg.eval_data and train_set is None else None
         self.eval_set = VisionTextDataset(self.eval_examples, self.processor) if self.eval_examples else None
         self.model = prepare_model(cfg, self.device, self.precision, model)
@@ -568,8 +568,8 @@ class Trainer(_Checkpoints, _Evaluation):
         return contextlib.nullcontext()
 
     def _read_ahead(self, positions):
-        """Start reading the training items this process takes at the steps beginning at stream `positions` in
-        `data_workers` threads (image decoding and processing overlap the GPU's work); `_batch` takes them from there."""
+        """Start preparing the micro-batches this process trains on at the steps beginning at stream `positions` in
+        `data_workers` threads (image decoding, processing and collation overlap the GPU's work); `_batch` takes them."""
         n = self.cfg.data_workers
         if not n or not getattr(self.train_set, 'thread_safe', False): return
         if self._pool is None:
@@ -577,22 +577,29 @@ class Trainer(_Checkpoints, _Evaluation):
             self._pool = ThreadPoolExecutor(n, thread_name_prefix='qvl-data')
         for pos in positions:
             for mb in micro_batches(self.cfg, len(self.train_set), pos, world_size(), rank())[1]:
-                for i in mb:
-                    if i not in self._ahead: self._ahead[i] = self._pool.submit(self.train_set.__getitem__, i)
+                key = (pos, tuple(mb))
+                if key not in self._ahead: self._ahead[key] = self._pool.submit(self._prepare, self.train_set, mb)
 
-    def _item(self, dataset, i: int) -> dict:
-        "Item `i` of `dataset`: read ahead when it is the training set's and was started, else read now."
-        f = self._ahead.pop(i, None) if dataset is self.train_set else None
-        return f.result() if f is not None else dataset[i]
-
-    def _batch(self, dataset, idx, flops: list | None = None):
-        "The collated micro-batch of `idx` on the device; appends its model FLOPs to `flops` when given."
+    def _prepare(self, dataset, idx) -> tuple[dict, tuple]:
+        """The collated micro-batch of `idx` on the CPU and its FLOPs. For a GPU: page-locked, so that copying it
+        overlaps the GPU's work, and under pure bf16 with the pixels in bf16 (the model's first op casts them so)."""
+        import torch
         from qvl.data import collate, collate_packed
-        items = [self._item(dataset, i) for i in idx]
-        if flops is not None: flops.append(self._flops(items))
+        items = [dataset[i] for i in idx]
         b = collate_packed(items, self.module, self.image_type_id) if self.cfg.packing else \
             collate(items, self.pad_id, image_token_id=self.image_type_id)
-        return {k: v.to(self.device) for k, v in b.items()}
+        if self.device.type == 'cuda':
+            if self.precision == 'bf16' and 'pixel_values' in b: b['pixel_values'] = b['pixel_values'].to(torch.bfloat16)
+            b = {k: v.pin_memory() for k, v in b.items()}
+        return b, self._flops(items)
+
+    def _batch(self, dataset, idx, flops: list | None = None, position: int | None = None):
+        """The collated micro-batch of `idx` on the device (prepared ahead when it is the training set's at stream
+        `position` and `_read_ahead` started it); appends its model FLOPs to `flops` when given."""
+        f = self._ahead.pop((position, tuple(idx)), None) if dataset is self.train_set and position is not None else None
+        b, fl = f.result() if f is not None else self._prepare(dataset, idx)
+        if flops is not None: flops.append(fl)
+        return {k: v.to(self.device, non_blocking=True) for k, v in b.items()}
 
     def use_data(self, train_set, batch_size: int | None = None):
         "Train on `train_set` from the next step on, with another micro-batch size if given: measurements that keep one prepared model and optimizer use it."
@@ -615,7 +622,7 @@ class Trainer(_Checkpoints, _Evaluation):
         self.model.train()
         loss_sum, tokens, flops = 0.0, 0, []
         for m, mb in enumerate(mbs):
-            batch = self._batch(self.train_set, mb, flops)
+            batch = self._batch(self.train_set, mb, flops, self.position)
             tokens += int(batch['attention_mask'].sum()) if 'attention_mask' in batch else batch['input_ids'].numel()
             sync = m == cfg.grad_accum - 1 or W == 1 or not hasattr(self.model, 'no_sync')
             import contextlib
