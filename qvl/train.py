@@ -145,7 +145,7 @@ def latest_checkpoint(out_dir, report=print) -> Path | None:
 
 # may differ between a run and its --resume: they change what is written or how long it goes, not what it computes
 RESUMABLE_KEYS = ('steps', 'out_dir', 'log_every', 'eval_every', 'save_every', 'detail_budgets', 'eval_data', 'cache_dir',
-                  'lazy', 'strict', 'report_to', 'tracking_uri')
+                  'lazy', 'strict', 'report_to', 'tracking_uri', 'data_workers')
 
 def resume_conflicts(saved: dict, cfg: TrainConfig) -> list[str]:
     "Config keys whose values differ from the checkpoint's run (other than `RESUMABLE_KEYS`), as 'key: old -> new'."
