@@ -10,8 +10,8 @@ from pathlib import Path
 
 # %% auto #0
 __all__ = ['cmd_tiny_model', 'cmd_sample_data', 'cmd_info', 'cmd_resize', 'cmd_doctor', 'cmd_fix', 'cmd_fix_model', 'cmd_convert',
-           'cmd_train', 'cmd_sweep', 'cmd_estimate', 'cmd_calibrate', 'cmd_profile', 'cmd_export', 'cmd_eval',
-           'cmd_demo', 'Command', 'arg', 'commands', 'parser', 'main', 'error_line', 'console']
+           'cmd_train', 'cmd_sweep', 'cmd_estimate', 'cmd_calibrate', 'cmd_plan', 'cmd_profile', 'cmd_export',
+           'cmd_eval', 'cmd_demo', 'Command', 'arg', 'commands', 'parser', 'main', 'error_line', 'console']
 
 # %% ../nbs/13_cli.ipynb #b800730f
 def _size(text: str):
@@ -182,6 +182,11 @@ def cmd_train(a) -> int:
         from qvl.core import default_tiny_model
         over.setdefault('model', str(default_tiny_model(a.family)))
     cfg = load_config(a.config, **over) if a.config else tiny_run_config(**over)
+    if a.plan:
+        cfg, _ = _planned(cfg, a.plan, world_size(), {})
+        if rank() == 0:
+            print(f"planned for {a.plan:g} GB: micro-batch {cfg.batch_size} x {cfg.grad_accum}, "
+                  + ('no checkpointing' if not cfg.gradient_checkpointing else f"checkpoint_layers {cfg.checkpoint_layers or 'all'}"))
     tr = Trainer(cfg)
     if rank() == 0:
         print(f"{cfg.method} on {cfg.model}"
@@ -293,6 +298,36 @@ def cmd_calibrate(a) -> int:
           f"median {df.error_before.abs().median():.1%} -> {df.error_after.abs().median():.1%}, worst "
           f"{df.error_before.abs().max():.1%} -> {df.error_after.abs().max():.1%}")
     if not a.no_save: print(f"written to {Path(cfg.out_dir) / CALIBRATION_FILE}: `qvl estimate {a.config}` uses them")
+    return 0
+
+def _planned(cfg, gpu_memory: float, gpus: int, setup: dict):
+    "The run config `qvl.memory.plan_config` chooses for `gpus` GPUs of `gpu_memory` GB, and the table of candidates."
+    from qvl.core import QvlError
+    from qvl.memory import GB, plan_config
+    if gpu_memory <= 0: raise QvlError(f"--gpu-memory / --plan takes the GPU's size in GB, got {gpu_memory}")
+    return plan_config(cfg, gpu_memory * GB, gpus, **setup)
+
+def cmd_plan(a) -> int:
+    "Choose micro-batch x accumulation and checkpointed layers for the fastest run of RUN.yaml that fits; write it."
+    import dataclasses, yaml
+    from qvl.config import load_config
+    cfg = load_config(a.config, **_overrides(a.set))
+    setup = {k: getattr(a, k) for k in ('image_size', 'prompt_tokens', 'answer_tokens', 'images_per_sample') if hasattr(a, k)}
+    new, df = _planned(cfg, a.gpu_memory, a.gpus, setup)
+    show = df if a.all else df[df.fits | df.chosen].head(a.top)
+    cols = dict(micro_batch='micro-batch', grad_accum='accum', checkpoint_layers='k', peak_gb='peak GB', reserved_gb='reserved GB',
+                s_per_step='s/step', tokens_per_s='tokens/s', mfu='MFU', fits='fits', chosen='chosen')
+    print(f"{cfg.model} {cfg.method}, global batch {cfg.batch_size * cfg.grad_accum * a.gpus} on {a.gpus} GPU(s) of {a.gpu_memory:g} GB: "
+          f"{len(df)} candidates, {int(df.fits.sum())} fit" + ('' if cfg.fast else ' (the step-time model is the fast step\'s; this run takes the plain one)'))
+    print(show[list(cols)].rename(columns=cols).to_string(index=False, formatters={'MFU': '{:.1%}'.format, 'tokens/s': '{:,.0f}'.format},
+                                                          float_format=lambda v: f'{v:.2f}'))
+    c = df[df.chosen].iloc[0]
+    out = Path(a.out or Path(a.config).with_suffix('.plan.yaml'))
+    out.write_text(yaml.safe_dump(dataclasses.asdict(new), sort_keys=False))
+    print(f"chosen: micro-batch {new.batch_size} x {new.grad_accum}, "
+          + (f"{int(c.checkpoint_layers)} checkpointed layers" if c.checkpoint_layers else 'no checkpointing')
+          + f": {c.s_per_step:.2f} s/step, {c.tokens_per_s:,.0f} tokens/s, MFU {c.mfu:.1%}, peak {c.peak_gb:.1f} GB; written to {out} "
+          f"(`qvl train {out}`, or `qvl train {a.config} --plan {a.gpu_memory:g}`)")
     return 0
 
 def cmd_profile(a) -> int:
@@ -529,7 +564,9 @@ def commands() -> list[Command]:
             arg('--out-dir', '--out', dest='out', metavar='DIR', help='run directory (overrides out_dir)'),
             arg('--resume', action='store_true', help='continue from the last complete checkpoint in the run directory'),
             arg('--set', action='append', metavar='KEY=VALUE', help='override a config key (repeatable)'),
-            arg('--family', choices=TINY_FAMILIES, help="the built-in default run (no CONFIG) on this family's tiny model")]),
+            arg('--family', choices=TINY_FAMILIES, help="the built-in default run (no CONFIG) on this family's tiny model"),
+            arg('--plan', type=float, metavar='GB', help="first choose micro-batch x accumulation and checkpointed layers "
+                'for the fastest run that fits a GPU of GB (as `qvl plan`), the global batch kept')]),
         Command('estimate', cmd_estimate, help='predict the GPU memory of a training step (no GPU needed)',
                 description='Predict max_memory_allocated and max_memory_reserved of a steady-state training step, with every '
                     'component, from the model config alone; say whether it fits and what would.',
@@ -558,6 +595,20 @@ def commands() -> list[Command]:
             arg('--batches', type=_sides, metavar='SIZES', help="batch sizes to measure (default: 1 and the run's)"),
             arg('--no-save', action='store_true', help='report only; write nothing'),
             arg('--json', action='store_true', help='print one JSON object')]),
+        Command('plan', cmd_plan, help='choose the fastest run that fits a GPU (no GPU needed)',
+                description="Keep RUN.yaml's global batch and try every micro-batch x accumulation and every number of "
+                    'checkpointed decoder layers (0 to all): the memory estimate says what fits --gpu-memory, a step-time '
+                    'model fitted on H200 steps of the fast step says how fast each is. Prints the candidates that fit, '
+                    'fastest first (s/step, tokens/s, MFU, peak), and writes the chosen run config.',
+                args=[
+            arg('config', metavar='RUN.yaml', help='a `qvl train` config'),
+            arg('--gpu-memory', type=float, required=True, metavar='GB', help="each GPU's memory"),
+            arg('--gpus', type=_positive, default=1, metavar='N', help='GPUs the run is spread over (the global batch is kept)'),
+            arg('--set', action='append', metavar='KEY=VALUE', help='override a key of RUN.yaml (repeatable)'),
+            arg('--out', metavar='FILE', help='where to write the chosen config (default: RUN.plan.yaml beside RUN.yaml)'),
+            arg('--top', type=_positive, default=12, metavar='N', help='candidates shown'),
+            arg('--all', action='store_true', help='show every candidate, those that do not fit too'),
+            lambda s: _setup_flags(s, ('image_size', 'prompt_tokens', 'answer_tokens', 'images_per_sample'))]),
         Command('profile', cmd_profile, help='measure the GPU memory of real training steps (GPU)',
                 description='Build the model with random bf16 weights on the GPU (or load a checkpoint directory), prepare it '
                     'with `qvl train`\'s own code (method, checkpointing, fast step, optimizer), run a warm-up step and two '

@@ -334,8 +334,8 @@ def batch_flops(shape, rows, method: str = 'lora', lora_rank: int = 8, freeze_vi
     """FLOPs a training step needs (see above), by part, for `rows` of (tokens, [patches of each image], labelled
     tokens): one row per sample as the trainer sees it. `shape` is `qvl.memory.model_shape(model)`. `total` is the
     model's FLOPs (MFU's numerator); `recompute` what activation checkpointing runs again (the forward of the
-    `recompute_layers` checkpointed decoder layers, and of the vision tower with `recompute_vision`), and `hardware`
-    both (HFU's numerator)."""
+    `recompute_layers` checkpointed decoder layers, and of the vision tower with `recompute_vision`), `hardware`
+    both (HFU's numerator); `tokens` the rows' tokens."""
     lin = sum(i * o for i, o in shape.linear_shapes)             # LLM linear weights used per token
     lora = shape.lora_params(lora_rank)
     full = method == 'full'
@@ -353,16 +353,19 @@ def batch_flops(shape, rows, method: str = 'lora', lora_rank: int = 8, freeze_vi
             out['vision'] += vis_f * (1 if (freeze_vision or not full) else 3)
             if recompute_vision: again += vis_f
     out['total'] = sum(out.values())
-    out.update(recompute=again, hardware=out['total'] + again)
+    out.update(recompute=again, hardware=out['total'] + again, tokens=sum(T for T, _, _ in rows))
     return out
 
 def step_flops(model: str, image_size=(1344, 1344), batch_size: int = 1, method: str = 'lora', prompt_tokens: int = 64,
-               answer_tokens: int = 128, lora_rank: int = 8, freeze_vision: bool = True) -> dict:
-    "FLOPs one training step needs (see above), by part, for `batch_size` samples of one image each of `image_size` (as `ImageSize.of` reads it)."
+               answer_tokens: int = 128, lora_rank: int = 8, freeze_vision: bool = True, images_per_sample: int = 1,
+               recompute_layers: int = 0) -> dict:
+    """FLOPs one training step needs (see above), by part, for `batch_size` samples of `images_per_sample` images each of
+    `image_size` (as `ImageSize.of` reads it), with `recompute_layers` checkpointed decoder layers."""
     from qvl.core import ImageSize
     from qvl.model import model_shape
     from qvl.resize import Budget
     s, size = model_shape(model), ImageSize.of(image_size)
     img = Budget(factor=s.factor).tokens(size.height, size.width)
-    T = prompt_tokens + img + 2 + answer_tokens           # as `qvl.memory.synthetic_batch` builds a sample
-    return batch_flops(s, [(T, [img * 4], answer_tokens)] * batch_size, method, lora_rank, freeze_vision)
+    T = prompt_tokens + images_per_sample * (img + 2) + answer_tokens      # as `qvl.memory.synthetic_batch` builds a sample
+    return batch_flops(s, [(T, [img * 4] * images_per_sample, answer_tokens)] * batch_size, method, lora_rank, freeze_vision,
+                       recompute_layers, recompute_layers > 0 and not freeze_vision)

@@ -14,11 +14,12 @@ from .model import ModelShape, base_model, build_model, checkpointed_layers, dec
 
 # %% auto #0
 __all__ = ['OPTIMIZERS', 'STATE_BYTES', 'SHARDINGS', 'RUN_KEYS', 'COEFFICIENTS', 'CE_BYTES', 'LAYER_INPUT_BYTES',
-           'TIED_TABLE_BYTES', 'FAST_KEPT', 'TRACE_VOCAB', 'GB', 'GPU_SIZES', 'ACT_SCALE', 'CALIBRATION_FILE', 'Setup',
-           'Batch', 'nominal_batch', 'features', 'synthetic_batch', 'traced_activations', 'Estimate', 'estimate',
-           'estimate_setup', 'largest', 'what_fits', 'advise', 'article_table', 'SyntheticData', 'profile_config',
-           'estimate_run', 'estimate_data', 'profile_trainer', 'profile', 'profile_run', 'fit_coefficients', 'accuracy',
-           'fit_corrections', 'calibrate', 'load_corrections']
+           'TIED_TABLE_BYTES', 'FAST_KEPT', 'TRACE_VOCAB', 'GB', 'GPU_SIZES', 'ACT_SCALE', 'STEP_TIME',
+           'CALIBRATION_FILE', 'Setup', 'Batch', 'nominal_batch', 'features', 'synthetic_batch', 'traced_activations',
+           'Estimate', 'estimate', 'estimate_setup', 'largest', 'what_fits', 'advise', 'step_seconds', 'plan',
+           'plan_config', 'article_table', 'SyntheticData', 'profile_config', 'estimate_run', 'estimate_data',
+           'profile_trainer', 'profile', 'profile_run', 'fit_coefficients', 'accuracy', 'fit_corrections', 'calibrate',
+           'load_corrections']
 
 # %% ../nbs/10_memory.ipynb #5e2f005b
 OPTIMIZERS = {'adamw': 2, 'adamw8bit': 2, 'sgd': 0, 'sgd-momentum': 1, 'adafactor': 0}   # states per trainable parameter
@@ -518,6 +519,64 @@ def advise(e: Estimate, gpu_bytes: float = 141e9) -> str:
         combo.update(change); steps.append(label)
         if estimate(**combo).fits(gpu_bytes): return head + 'together: ' + ', '.join(steps)
     return head + 'even ' + ', '.join(steps) + ' do not fit: use several GPUs with ZeRO-3/FSDP or a smaller model'
+
+# %% ../nbs/10_memory.ipynb #b34b9010
+# seconds of the fast step per micro-batch: a fixed part, the model's FLOPs and the recomputed FLOPs each at an efficiency
+# of the GPU's dense bf16 peak. Fitted by least squares on benchmarks/step_time (`qvl train`'s step through `profile`)
+STEP_TIME = {'micro_batch_s': 0.0589, 'model_efficiency': 0.3996, 'recompute_efficiency': 0.6335,
+             'fitted_on': 'NVIDIA H200: the fast step of Qwen2.5-VL-7B LoRA at 1344 px, micro-batch 1-8, k 0/14/28 '
+                          '(12 points); its 896 px points held out'}
+
+def step_seconds(s: Setup, grad_accum: int = 1, peak: float | None = None, coefficients: dict | None = None) -> tuple[float, dict]:
+    """Predicted seconds of one optimizer step of `s` (`grad_accum` micro-batches of `s.batch_size` nominal samples) on a
+    GPU of `peak` dense bf16 FLOP/s (default: an H200's), and the micro-batch's FLOPs (`qvl.fast.step_flops`)."""
+    from qvl.fast import PEAK_BF16, step_flops
+    c, peak = coefficients or STEP_TIME, peak or PEAK_BF16['H200']
+    shape = model_shape(s.model)
+    f = step_flops(s.model, s.image_size, s.batch_size, s.method, s.prompt_tokens, s.answer_tokens, s.lora_rank,
+                   not (s.method == 'full' and not s.freeze_vision), s.images_per_sample, checkpointed_layers(s, shape.layers, shape.name))
+    micro = c['micro_batch_s'] + f['total'] / (peak * c['model_efficiency']) + f['recompute'] / (peak * c['recompute_efficiency'])
+    return grad_accum * micro, f
+
+def plan(s: Setup, gpu_bytes: float, global_batch: int | None = None, peak: float | None = None, coefficients: dict | None = None):
+    """Every way to run `s`'s step with the global batch kept (`global_batch`, default `s.batch_size`, over `s.gpus` GPUs):
+    micro-batch x accumulation x k checkpointed decoder layers (0 to N), with the estimated peak, whether it fits
+    `gpu_bytes`, the predicted s/step, tokens/s and MFU; fastest first, the chosen one (the fastest that fits) marked."""
+    import pandas as pd
+    from qvl.fast import PEAK_BF16
+    global_batch = global_batch or s.batch_size
+    if global_batch % s.gpus: raise QvlError(f"a global batch of {global_batch} does not split over {s.gpus} GPUs")
+    per_gpu, n = global_batch // s.gpus, model_shape(s.model).layers
+    rows = []
+    for b in (b for b in range(1, per_gpu + 1) if per_gpu % b == 0):
+        for k in range(n + 1):
+            st = dataclasses.replace(s, batch_size=b, gradient_checkpointing=k > 0, checkpoint_layers=k if k else None)
+            e = estimate_setup(st, coefficients)
+            sec, f = step_seconds(st, per_gpu // b, peak)
+            tokens = f['tokens'] * (per_gpu // b) * s.gpus
+            rows.append(dict(micro_batch=b, grad_accum=per_gpu // b, checkpoint_layers=k, peak_gb=e.peak_allocated_bytes / 1e9,
+                             reserved_gb=e.peak_reserved_bytes / 1e9, fits=e.fits(gpu_bytes), s_per_step=sec,
+                             tokens_per_s=tokens / sec, mfu=f['total'] * (per_gpu // b) / sec / (peak or PEAK_BF16['H200'])))
+    df = pd.DataFrame(rows).sort_values(['s_per_step', 'peak_gb'], ignore_index=True)
+    ok = df.index[df.fits]
+    if not len(ok):
+        raise QvlError(f"nothing fits {gpu_bytes / 1e9:.0f} GB: the smallest candidate (micro-batch 1, every layer checkpointed) "
+                       f"needs {df.reserved_gb.min() + 0.6:.1f} GB with the CUDA context (a smaller image budget, QLoRA or more "
+                       "GPUs would help)")
+    df['chosen'] = df.index == ok[0]
+    return df
+
+def plan_config(cfg: TrainConfig, gpu_bytes: float, gpus: int = 1, **setup) -> tuple:
+    """`plan` of a run config's step on `gpus` GPUs of `gpu_bytes` with its global batch kept (`setup`: other `Setup`
+    keys; the image size defaults to the config's `target`): the run config of the chosen candidate, and the table."""
+    if 'image_size' not in setup and cfg.target: setup['image_size'] = tuple(cfg.target)
+    s = Setup.of(cfg, gpus=gpus, **setup)
+    df = plan(s, gpu_bytes, cfg.batch_size * cfg.grad_accum * gpus)
+    c, n = df[df.chosen].iloc[0], model_shape(s.model).layers
+    k = int(c.checkpoint_layers)
+    return dataclasses.replace(cfg, batch_size=int(c.micro_batch), grad_accum=int(c.grad_accum), gradient_checkpointing=k > 0,
+                               checkpoint_layers=k if 0 < k < n else None), df
+
 
 # %% ../nbs/10_memory.ipynb #08f4a39d
 def article_table():

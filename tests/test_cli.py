@@ -4,7 +4,7 @@ import re, subprocess, sys
 import pytest
 from conftest import run_qvl
 
-SUBCOMMANDS = ['demo', 'info', 'tiny-model', 'sample-data', 'resize', 'doctor', 'fix', 'fix-model', 'convert']
+SUBCOMMANDS = ['demo', 'info', 'tiny-model', 'sample-data', 'resize', 'doctor', 'fix', 'fix-model', 'convert', 'plan']
 
 
 def test_help_lists_subcommands():

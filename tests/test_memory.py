@@ -273,3 +273,38 @@ def test_selective_checkpointing_measured_between_all_and_none(tmp_path):
                                      '--checkpoint-layers', k, '--json', timeout=900).stdout)
         assert rows[k]['status'] == 'ok' and abs(rows[k]['estimated_allocated'] / rows[k]['peak_allocated'] - 1) < 0.05, rows[k]
     assert rows[0]['peak_allocated'] > rows[18]['peak_allocated'] > rows[36]['peak_allocated']
+
+
+def test_plan_writes_the_fastest_config_that_fits(tmp_path):
+    "`qvl plan`: the global batch kept, the chosen config fits by the estimate, the source untouched; nothing fits: one line."
+    from qvl.config import load_config
+    from qvl.memory import Setup, estimate_setup
+    run = tmp_path / 'run.yaml'
+    run.write_text(yaml.safe_dump(dict(model='Qwen2.5-VL-7B', data='d.json', method='lora', batch_size=1, grad_accum=8,
+                                       target=[1344, 1344])))
+    before = run.read_text()
+    chosen = {}
+    for gb in (80, 24):
+        out = tmp_path / f'plan{gb}.yaml'
+        r = run_qvl('plan', run, '--gpu-memory', gb, '--out', out)
+        assert 'chosen: micro-batch' in r.stdout and str(out) in r.stdout
+        cfg = chosen[gb] = load_config(out)
+        assert cfg.batch_size * cfg.grad_accum == 8
+        assert estimate_setup(Setup.of(cfg, image_size=(1344, 1344))).fits(gb * 1e9)
+    # a larger GPU keeps fewer layers checkpointed: 80 GB runs none at micro-batch 4, 24 GB checkpoints
+    assert (chosen[80].batch_size, chosen[80].gradient_checkpointing) == (4, False) and chosen[24].gradient_checkpointing
+    assert run.read_text() == before
+    r = run_qvl('plan', run, '--gpu-memory', 10, '--out', tmp_path / 'none.yaml', check=False)
+    assert r.returncode == 2 and 'Traceback' not in r.stderr and not (tmp_path / 'none.yaml').exists()
+    assert r.stderr.strip().splitlines()[-1].startswith('qvl: error: nothing fits 10 GB'), r.stderr
+
+
+def test_train_plan_trains_the_planned_config(tiny_model, sample_data, tmp_path):
+    "`qvl train RUN.yaml --plan GB` trains with what `qvl plan` chooses: the tiny model's global batch in one micro-batch."
+    run = tmp_path / 'run.yaml'
+    run.write_text(yaml.safe_dump(dict(model=str(tiny_model), data=str(sample_data / 'train.json'), out_dir=str(tmp_path / 'out'),
+                                       batch_size=1, grad_accum=4, steps=1, cache_dir=str(tmp_path / 'cache'), report_to='none')))
+    r = run_qvl('train', run, '--plan', 80, timeout=600)
+    assert 'planned for 80 GB: micro-batch 4 x 1, no checkpointing' in r.stdout, r.stdout
+    saved = json.loads((tmp_path / 'out' / 'config.json').read_text())
+    assert (saved['batch_size'], saved['grad_accum'], saved['gradient_checkpointing']) == (4, 1, False)
