@@ -541,22 +541,23 @@ def step_seconds(s: Setup, grad_accum: int = 1, peak: float | None = None, coeff
 def plan(s: Setup, gpu_bytes: float, global_batch: int | None = None, peak: float | None = None, coefficients: dict | None = None):
     """Every way to run `s`'s step with the global batch kept (`global_batch`, default `s.batch_size`, over `s.gpus` GPUs):
     micro-batch x accumulation x k checkpointed decoder layers (0 to N), with the estimated peak, whether it fits
-    `gpu_bytes`, the predicted s/step, tokens/s and MFU; fastest first, the chosen one (the fastest that fits) marked."""
+    `gpu_bytes`, the predicted s/step, tokens/s and MFU on a GPU of `peak` FLOP/s (default: an H200's); fastest first, the
+    chosen one (the fastest that fits) marked. `coefficients`: the memory estimate's (`COEFFICIENTS`)."""
     import pandas as pd
     from qvl.fast import PEAK_BF16
-    global_batch = global_batch or s.batch_size
+    global_batch, peak = global_batch or s.batch_size, peak or PEAK_BF16['H200']
     if global_batch % s.gpus: raise QvlError(f"a global batch of {global_batch} does not split over {s.gpus} GPUs")
     per_gpu, n = global_batch // s.gpus, model_shape(s.model).layers
     rows = []
     for b in (b for b in range(1, per_gpu + 1) if per_gpu % b == 0):
+        acc = per_gpu // b
         for k in range(n + 1):
             st = dataclasses.replace(s, batch_size=b, gradient_checkpointing=k > 0, checkpoint_layers=k if k else None)
             e = estimate_setup(st, coefficients)
-            sec, f = step_seconds(st, per_gpu // b, peak)
-            tokens = f['tokens'] * (per_gpu // b) * s.gpus
-            rows.append(dict(micro_batch=b, grad_accum=per_gpu // b, checkpoint_layers=k, peak_gb=e.peak_allocated_bytes / 1e9,
+            sec, f = step_seconds(st, acc, peak)
+            rows.append(dict(micro_batch=b, grad_accum=acc, checkpoint_layers=k, peak_gb=e.peak_allocated_bytes / 1e9,
                              reserved_gb=e.peak_reserved_bytes / 1e9, fits=e.fits(gpu_bytes), s_per_step=sec,
-                             tokens_per_s=tokens / sec, mfu=f['total'] * (per_gpu // b) / sec / (peak or PEAK_BF16['H200'])))
+                             tokens_per_s=f['tokens'] * acc * s.gpus / sec, mfu=f['total'] * acc / sec / peak))
     df = pd.DataFrame(rows).sort_values(['s_per_step', 'peak_gb'], ignore_index=True)
     ok = df.index[df.fits]
     if not len(ok):
