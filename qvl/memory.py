@@ -431,6 +431,9 @@ def estimate_setup(s: Setup, coefficients: dict | None = None, batch: Batch | No
         k = corrections['activation_scale']
         llm_act, vision_act, logits = llm_act * k, vision_act * k, logits * k
     trains_table = s.method == 'full' and not s.freeze_llm and shape.lm_head == 0
+    # bf16-mixed: autocast casts the frozen fp32 LM head (the embedding table when tied) to bf16 for the loss and keeps
+    # that copy for backward; a trained head's copy is in `weights` already (2 bytes per trained weight)
+    head_cast = 2 * shape.vocab * shape.hidden if s.precision == 'bf16-mixed' and not (s.method == 'full' and not s.freeze_llm) else 0
     tied = TIED_TABLE_BYTES * shape.vocab * shape.hidden if s.fast and trains_table else 0
     # sharding: what each GPU holds of weights, gradients and states
     n = s.gpus
@@ -446,7 +449,7 @@ def estimate_setup(s: Setup, coefficients: dict | None = None, batch: Batch | No
     opt_temp = c['optimizer_temp'] * p['state_one'] / shard_s if OPTIMIZERS[s.optimizer] and not fused else 0
     const = g['const'] + (corrections['constant_bytes'] if corrections else 0)
     # peak 1: start of backward, before gradients of this step exist (set_to_none frees them after each step)
-    at_backward = weights + states + ddp_buckets + gather + llm_act + vision_act + logits + const
+    at_backward = weights + states + ddp_buckets + gather + llm_act + vision_act + logits + head_cast + const
     # peak 2: optimizer step, with every gradient and the foreach temporaries
     at_step = weights + states + grads + ddp_buckets + gather + opt_temp + tied / shard_g + const
     peak, phase = (at_backward, 'backward start') if at_backward >= at_step else (at_step, 'optimizer step')
@@ -454,7 +457,7 @@ def estimate_setup(s: Setup, coefficients: dict | None = None, batch: Batch | No
     frac, rconst = c['reserved'].get(f'fast-{rkey}', c['reserved'][rkey]) if s.fast else c['reserved'][rkey]
     reserved = peak + frac * (llm_act + vision_act + logits) + rconst
     comps = dict(weights=weights, gradients=grads, optimizer_states=states, llm_activations=llm_act,
-                 vision_activations=vision_act, logits_and_loss=logits, optimizer_temporaries=opt_temp,
+                 vision_activations=vision_act, logits_and_loss=logits, head_cast=head_cast, optimizer_temporaries=opt_temp,
                  ddp_buckets_and_gathers=ddp_buckets + gather, tied_table_gradients=tied / shard_g, fixed_overhead=const,
                  allocator_overhead=reserved - peak)
     return Estimate(s, comps, int(peak), int(reserved), phase, f, batch, corrections,
