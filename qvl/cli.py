@@ -183,7 +183,7 @@ def cmd_train(a) -> int:
         over.setdefault('model', str(default_tiny_model(a.family)))
     cfg = load_config(a.config, **over) if a.config else tiny_run_config(**over)
     if a.plan:
-        cfg, _ = _planned(cfg, a.plan, world_size(), {})
+        cfg, _ = _planned(cfg, a.plan, world_size(), {}, calibrated=True)
         if rank() == 0:
             print(f"planned for {a.plan:g} GB: micro-batch {cfg.batch_size} x {cfg.grad_accum}, "
                   + ('no checkpointing' if not cfg.gradient_checkpointing else f"checkpoint_layers {cfg.checkpoint_layers or 'all'}"))
@@ -297,15 +297,22 @@ def cmd_calibrate(a) -> int:
     print(f"corrections: activations x {corr['activation_scale']:.3f}, {corr['constant_bytes'] / 1e9:+.3f} GB; error "
           f"median {df.error_before.abs().median():.1%} -> {df.error_after.abs().median():.1%}, worst "
           f"{df.error_before.abs().max():.1%} -> {df.error_after.abs().max():.1%}")
-    if not a.no_save: print(f"written to {Path(cfg.out_dir) / CALIBRATION_FILE}: `qvl estimate {a.config}` uses them")
+    t = corr['step_time']
+    if t: print(f"step time: {t['micro_batch_s']:.3f} s per micro-batch + FLOPs at {t['model_efficiency']:.1%} of the peak "
+                f"(recomputed at {t['recompute_efficiency']:.1%}); error median {df.time_error_before.abs().median():.1%} -> "
+                f"{df.time_error_after.abs().median():.1%}, worst {df.time_error_before.abs().max():.1%} -> {df.time_error_after.abs().max():.1%}")
+    else: print("step time: not refitted (the steps measured have one size: give two --sides or --batches)")
+    if not a.no_save: print(f"written to {Path(cfg.out_dir) / CALIBRATION_FILE}: `qvl estimate {a.config}` and `qvl plan {a.config}` use them")
     return 0
 
-def _planned(cfg, gpu_memory: float, gpus: int, setup: dict):
-    "The run config `qvl.memory.plan_config` chooses for `gpus` GPUs of `gpu_memory` GB, and the table of candidates."
+def _planned(cfg, gpu_memory: float, gpus: int, setup: dict, min_side: int | None = None, calibrated: bool = True):
+    """The run config `qvl.memory.plan_config` chooses for `gpus` GPUs of `gpu_memory` GB (with `calibrated`, after the
+    corrections and step-time model `qvl calibrate` saved beside the run), and the table of candidates."""
     from qvl.core import QvlError
-    from qvl.memory import GB, plan_config
+    from qvl.memory import GB, load_corrections, plan_config
     if gpu_memory <= 0: raise QvlError(f"--gpu-memory / --plan takes the GPU's size in GB, got {gpu_memory}")
-    return plan_config(cfg, gpu_memory * GB, gpus, **setup)
+    cal = load_corrections(cfg) if calibrated else None
+    return plan_config(cfg, gpu_memory * GB, gpus, min_side, cal, **setup)
 
 def cmd_plan(a) -> int:
     "Choose micro-batch x accumulation and checkpointed layers for the fastest run of RUN.yaml that fits; write it."
@@ -313,18 +320,28 @@ def cmd_plan(a) -> int:
     from qvl.config import load_config
     cfg = load_config(a.config, **_overrides(a.set))
     setup = {k: getattr(a, k) for k in ('image_size', 'prompt_tokens', 'answer_tokens', 'images_per_sample') if hasattr(a, k)}
-    new, df = _planned(cfg, a.gpu_memory, a.gpus, setup)
+    from qvl.core import ImageSize
+    from qvl.memory import load_corrections
+    cal = None if a.no_calibration else load_corrections(cfg)
+    new, df = _planned(cfg, a.gpu_memory, a.gpus, setup, a.min_side, not a.no_calibration)
     show = df if a.all else df[df.fits | df.chosen].head(a.top)
     cols = dict(micro_batch='micro-batch', grad_accum='accum', checkpoint_layers='k', peak_gb='peak GB', reserved_gb='reserved GB',
                 s_per_step='s/step', tokens_per_s='tokens/s', mfu='MFU', fits='fits', chosen='chosen')
+    if df.image_size.nunique() > 1: cols = dict(image_size='image', **cols)
+    if cfg.packing: cols = dict(cols, micro_batch_tokens='packed length')    # each micro-batch is one packed row
     print(f"{cfg.model} {cfg.method}, global batch {cfg.batch_size * cfg.grad_accum * a.gpus} on {a.gpus} GPU(s) of {a.gpu_memory:g} GB: "
-          f"{len(df)} candidates, {int(df.fits.sum())} fit" + ('' if cfg.fast else ' (the step-time model is the fast step\'s; this run takes the plain one)'))
+          f"{len(df)} candidates, {int(df.fits.sum())} fit"
+          + (f"; calibrated on {cal['gpu']} ({cal['file']})" if cal else '')
+          + ('' if cfg.fast or (cal and cal.get('step_time')) else ' (the step-time model is the fast step\'s; this run takes the plain one: `qvl calibrate` refits it)'))
+    tried = sorted(df.image_size.unique(), key=lambda v: -ImageSize.of(v).width * ImageSize.of(v).height)
+    if len(tried) > 1:
+        print(f"nothing fits at {tried[0]}: smaller image budgets tried (--min-side {a.min_side}), {tried[-1]} is the largest that does")
     print(show[list(cols)].rename(columns=cols).to_string(index=False, formatters={'MFU': '{:.1%}'.format, 'tokens/s': '{:,.0f}'.format},
                                                           float_format=lambda v: f'{v:.2f}'))
     c = df[df.chosen].iloc[0]
     out = Path(a.out or Path(a.config).with_suffix('.plan.yaml'))
     out.write_text(yaml.safe_dump(dataclasses.asdict(new), sort_keys=False))
-    print(f"chosen: micro-batch {new.batch_size} x {new.grad_accum}, "
+    print(f"chosen: {c.image_size} images, micro-batch {new.batch_size} x {new.grad_accum}, "
           + (f"{int(c.checkpoint_layers)} checkpointed layers" if c.checkpoint_layers else 'no checkpointing')
           + f": {c.s_per_step:.2f} s/step, {c.tokens_per_s:,.0f} tokens/s, MFU {c.mfu:.1%}, peak {c.peak_gb:.1f} GB; written to {out} "
           f"(`qvl train {out}`, or `qvl train {a.config} --plan {a.gpu_memory:g}`)")
@@ -582,11 +599,12 @@ def commands() -> list[Command]:
             arg('--no-calibration', action='store_true', help="ignore the corrections `qvl calibrate` saved in RUN.yaml's out_dir"),
             arg('--json', action='store_true', help='print one JSON object'),
             lambda s: _setup_flags(s, Setup.__dataclass_fields__)]),
-        Command('calibrate', cmd_calibrate, help="fit the memory estimate to this GPU from a few short steps of a run (GPU)",
+        Command('calibrate', cmd_calibrate, help="fit the memory estimate and step-time model to this GPU from a few short steps of a run (GPU)",
                 description="Measure RUN.yaml's step (`qvl train`'s own, synthetic samples of one square image) on this GPU "
                     'at each side x batch size, fit two corrections of the estimate (a scale on the activations, loss and '
-                    "logits; a constant) and write them with the points to memory_calibration.json in the run's out_dir, "
-                    'where `qvl estimate RUN.yaml` finds them. Prints each step measured, estimated before and after. '
+                    "logits; a constant) and the step-time model (the fixed time per micro-batch, the efficiency of its "
+                    "FLOPs) and write them with the points to memory_calibration.json in the run's out_dir, "
+                    'where `qvl estimate RUN.yaml` and `qvl plan RUN.yaml` find them. Prints each step measured, estimated before and after. '
                     'Steps that run out of memory are reported and left out.',
                 args=[
             arg('config', metavar='RUN.yaml', help='a `qvl train` config'),
@@ -598,8 +616,10 @@ def commands() -> list[Command]:
         Command('plan', cmd_plan, help='choose the fastest run that fits a GPU (no GPU needed)',
                 description="Keep RUN.yaml's global batch and try every micro-batch x accumulation and every number of "
                     'checkpointed decoder layers (0 to all): the memory estimate says what fits --gpu-memory, a step-time '
-                    'model fitted on H200 steps of the fast step says how fast each is. Prints the candidates that fit, '
-                    'fastest first (s/step, tokens/s, MFU, peak), and writes the chosen run config.',
+                    'model fitted on H200 steps of the fast step says how fast each is (`qvl calibrate` refits both on your '
+                    'GPU; plan uses them). With packing, the micro-batch is the packed row, so this also picks the packed '
+                    'length. With --min-side, smaller image budgets are tried where nothing fits. Prints the candidates '
+                    'that fit, fastest first (s/step, tokens/s, MFU, peak), and writes the chosen run config.',
                 args=[
             arg('config', metavar='RUN.yaml', help='a `qvl train` config'),
             arg('--gpu-memory', type=float, required=True, metavar='GB', help="each GPU's memory"),
@@ -608,6 +628,9 @@ def commands() -> list[Command]:
             arg('--out', metavar='FILE', help='where to write the chosen config (default: RUN.plan.yaml beside RUN.yaml)'),
             arg('--top', type=_positive, default=12, metavar='N', help='candidates shown'),
             arg('--all', action='store_true', help='show every candidate, those that do not fit too'),
+            arg('--min-side', type=_positive, metavar='PX', help="where nothing fits at the run's image size, also try smaller "
+                'image budgets (aspect kept) down to this shorter side; the chosen one becomes the run\'s max_pixels'),
+            arg('--no-calibration', action='store_true', help="ignore what `qvl calibrate` saved in RUN.yaml's out_dir"),
             lambda s: _setup_flags(s, ('image_size', 'prompt_tokens', 'answer_tokens', 'images_per_sample'))]),
         Command('profile', cmd_profile, help='measure the GPU memory of real training steps (GPU)',
                 description='Build the model with random bf16 weights on the GPU (or load a checkpoint directory), prepare it '

@@ -16,10 +16,10 @@ from .model import ModelShape, base_model, build_model, checkpointed_layers, dec
 __all__ = ['OPTIMIZERS', 'STATE_BYTES', 'SHARDINGS', 'RUN_KEYS', 'COEFFICIENTS', 'CE_BYTES', 'LAYER_INPUT_BYTES',
            'TIED_TABLE_BYTES', 'FAST_KEPT', 'TRACE_VOCAB', 'GB', 'GPU_SIZES', 'ACT_SCALE', 'STEP_TIME',
            'CALIBRATION_FILE', 'Setup', 'Batch', 'nominal_batch', 'features', 'synthetic_batch', 'traced_activations',
-           'Estimate', 'estimate', 'estimate_setup', 'largest', 'what_fits', 'advise', 'step_seconds', 'plan',
-           'plan_config', 'article_table', 'SyntheticData', 'profile_config', 'estimate_run', 'estimate_data',
-           'profile_trainer', 'profile', 'profile_run', 'fit_coefficients', 'accuracy', 'fit_corrections', 'calibrate',
-           'load_corrections']
+           'Estimate', 'estimate', 'estimate_setup', 'largest', 'what_fits', 'advise', 'step_seconds', 'fit_step_time',
+           'image_sizes', 'plan', 'plan_config', 'article_table', 'SyntheticData', 'profile_config', 'estimate_run',
+           'estimate_data', 'profile_trainer', 'profile', 'profile_run', 'fit_coefficients', 'accuracy',
+           'fit_corrections', 'calibrate', 'load_corrections']
 
 # %% ../nbs/10_memory.ipynb #5e2f005b
 OPTIMIZERS = {'adamw': 2, 'adamw8bit': 2, 'sgd': 0, 'sgd-momentum': 1, 'adafactor': 0}   # states per trainable parameter
@@ -541,45 +541,109 @@ def step_seconds(s: Setup, grad_accum: int = 1, peak: float | None = None, coeff
     micro = c['micro_batch_s'] + f['total'] / (peak * c['model_efficiency']) + f['recompute'] / (peak * c['recompute_efficiency'])
     return grad_accum * micro, f
 
-def plan(s: Setup, gpu_bytes: float, global_batch: int | None = None, peak: float | None = None, coefficients: dict | None = None):
+def _nnls(A, y) -> list[float]:
+    "Least squares with non-negative coefficients (active set: drop the most negative, refit)."
+    import numpy as np
+    keep = list(range(A.shape[1]))
+    while True:
+        x = np.zeros(A.shape[1])
+        x[keep] = np.linalg.lstsq(A[:, keep], y, rcond=None)[0]
+        if (x >= 0).all() or not keep: return [float(v) for v in x]
+        keep.remove(int(np.argmin(np.where(np.isin(np.arange(len(x)), keep), x, np.inf))))
+
+def fit_step_time(points, peak: float | None = None, base: dict | None = None) -> dict:
+    """`STEP_TIME`'s coefficients from measured steps: `points` are (`Setup`, grad_accum, measured seconds per optimizer
+    step) on a GPU of `peak` dense bf16 FLOP/s (default: an H200's). Non-negative least squares on relative error of
+    the three terms where the points vary the recomputed FLOPs apart from the model's; where they do not (one k, as
+    `calibrate` measures), the fixed time and one factor on both efficiencies, their ratio kept from `base`
+    (default `STEP_TIME`)."""
+    import numpy as np
+    from qvl.fast import PEAK_BF16
+    peak, base = peak or PEAK_BF16['H200'], base or STEP_TIME
+    if len(points) < 2: raise QvlError(f"a step-time fit needs two measured steps or more, got {len(points)}")
+    A, y = [], []
+    for s, acc, sec in points:
+        _, f = step_seconds(s, 1, peak, base)
+        A.append([acc / sec, acc * f['total'] / peak / sec, acc * f['recompute'] / peak / sec]); y.append(1.0)
+    A, y = np.array(A), np.array(y)
+    if np.linalg.matrix_rank(A, tol=1e-9) == 3:
+        a, im, ir = _nnls(A, y)
+        if im > 0 and ir > 0: return dict(micro_batch_s=a, model_efficiency=1 / im, recompute_efficiency=1 / ir)
+    ratio = base['model_efficiency'] / base['recompute_efficiency']
+    a, i = _nnls(np.stack([A[:, 0], A[:, 1] + ratio * A[:, 2]], 1), y)
+    if i <= 0: raise QvlError("the measured steps do not grow with their FLOPs: measure steps of different sizes")
+    return dict(micro_batch_s=a, model_efficiency=1 / i, recompute_efficiency=1 / (i * ratio))
+
+def image_sizes(size, min_side: int | None, factor: int = 28) -> list:
+    """`size` and, down to a shorter side of `min_side`, smaller sizes of its aspect (multiples of `factor`, a step of
+    two factors apart): the image budgets `plan` may try, largest first."""
+    size = ImageSize.of(size)
+    short = min(size.width, size.height)
+    if min_side is None or min_side >= short: return [size]
+    if min_side < factor: raise QvlError(f"--min-side {min_side} is below one patch-merge unit ({factor} px)")
+    out = [size]
+    for side in range(short - 2 * factor, min_side - 1, -2 * factor):
+        r = side / short
+        out.append(ImageSize(max(factor, round(size.width * r / factor) * factor), max(factor, round(size.height * r / factor) * factor)))
+    return out
+
+def plan(s: Setup, gpu_bytes: float, global_batch: int | None = None, peak: float | None = None, coefficients: dict | None = None,
+         step_time: dict | None = None, corrections: dict | None = None, sizes=None):
     """Every way to run `s`'s step with the global batch kept (`global_batch`, default `s.batch_size`, over `s.gpus` GPUs):
     micro-batch x accumulation x k checkpointed decoder layers (0 to N), with the estimated peak, whether it fits
     `gpu_bytes`, the predicted s/step, tokens/s and MFU on a GPU of `peak` FLOP/s (default: an H200's); fastest first, the
-    chosen one (the fastest that fits) marked. `coefficients`: the memory estimate's (`COEFFICIENTS`)."""
+    chosen one (the fastest that fits) marked. `coefficients`: the memory estimate's (`COEFFICIENTS`); `corrections`:
+    `qvl calibrate`'s; `step_time`: the step-time model's (default `STEP_TIME`). `sizes`: image sizes to try, largest
+    first (`image_sizes`; default `s.image_size` alone): a smaller one only where nothing fits the one before."""
     import pandas as pd
     from qvl.fast import PEAK_BF16
     global_batch, peak = global_batch or s.batch_size, peak or PEAK_BF16['H200']
     if global_batch % s.gpus: raise QvlError(f"a global batch of {global_batch} does not split over {s.gpus} GPUs")
     per_gpu, n = global_batch // s.gpus, model_shape(s.model).layers
     rows = []
-    for b in (b for b in range(1, per_gpu + 1) if per_gpu % b == 0):
-        acc = per_gpu // b
-        for k in range(n + 1):
-            st = dataclasses.replace(s, batch_size=b, gradient_checkpointing=k > 0, checkpoint_layers=k if k else None)
-            e = estimate_setup(st, coefficients)
-            sec, f = step_seconds(st, acc, peak)
-            rows.append(dict(micro_batch=b, grad_accum=acc, checkpoint_layers=k, peak_gb=e.peak_allocated_bytes / 1e9,
-                             reserved_gb=e.peak_reserved_bytes / 1e9, fits=e.fits(gpu_bytes), s_per_step=sec,
-                             tokens_per_s=f['tokens'] * acc * s.gpus / sec, mfu=f['total'] * acc / sec / peak))
+    for size in sizes or [s.image_size]:
+        for b in (b for b in range(1, per_gpu + 1) if per_gpu % b == 0):
+            acc = per_gpu // b
+            for k in range(n + 1):
+                st = dataclasses.replace(s, image_size=size, batch_size=b, gradient_checkpointing=k > 0, checkpoint_layers=k if k else None)
+                e = estimate_setup(st, coefficients, corrections=corrections)
+                sec, f = step_seconds(st, acc, peak, step_time)
+                rows.append(dict(image_size=str(st.image_size), micro_batch=b, grad_accum=acc, checkpoint_layers=k, micro_batch_tokens=f['tokens'],
+                                 peak_gb=e.peak_allocated_bytes / 1e9, reserved_gb=e.peak_reserved_bytes / 1e9,
+                                 fits=e.fits(gpu_bytes), s_per_step=sec, tokens_per_s=f['tokens'] * acc * s.gpus / sec,
+                                 mfu=f['total'] * acc / sec / peak))
+        if any(r['fits'] for r in rows): break
     df = pd.DataFrame(rows).sort_values(['s_per_step', 'peak_gb'], ignore_index=True)
     ok = df.index[df.fits]
     if not len(ok):
-        raise QvlError(f"nothing fits {gpu_bytes / 1e9:.0f} GB: the smallest candidate (micro-batch 1, every layer checkpointed) "
-                       f"needs {df.reserved_gb.min() + 0.6:.1f} GB with the CUDA context (a smaller image budget, QLoRA or more "
-                       "GPUs would help)")
+        raise QvlError(f"nothing fits {gpu_bytes / 1e9:.0f} GB: the smallest candidate (micro-batch 1, every layer checkpointed"
+                       + (f", {rows[-1]['image_size']} images" if sizes and len(sizes) > 1 else '') +
+                       f") needs {df.reserved_gb.min() + 0.6:.1f} GB with the CUDA context (a smaller image budget (--min-side), "
+                       "QLoRA or more GPUs would help)")
     df['chosen'] = df.index == ok[0]
     return df
 
-def plan_config(cfg: TrainConfig, gpu_bytes: float, gpus: int = 1, **setup) -> tuple:
+def plan_config(cfg: TrainConfig, gpu_bytes: float, gpus: int = 1, min_side: int | None = None,
+                calibration: dict | None = None, **setup) -> tuple:
     """`plan` of a run config's step on `gpus` GPUs of `gpu_bytes` with its global batch kept (`setup`: other `Setup`
-    keys; the image size defaults to the config's `target`): the run config of the chosen candidate, and the table."""
+    keys; the image size defaults to the config's `target`), down to images of shorter side `min_side` where allowed;
+    `calibration`: `qvl calibrate`'s (`load_corrections`: the memory corrections, its step-time model and GPU peak).
+    The run config of the chosen candidate (its image budget the chosen size where smaller), and the table."""
     if 'image_size' not in setup and cfg.target: setup['image_size'] = tuple(cfg.target)
     s = Setup.of(cfg, gpus=gpus, **setup)
-    df = plan(s, gpu_bytes, cfg.batch_size * cfg.grad_accum * gpus)
-    c, n = df[df.chosen].iloc[0], model_shape(s.model).layers
-    k = int(c.checkpoint_layers)
-    return dataclasses.replace(cfg, batch_size=int(c.micro_batch), grad_accum=int(c.grad_accum), gradient_checkpointing=k > 0,
-                               checkpoint_layers=k if 0 < k < n else None), df
+    shape, cal = model_shape(s.model), calibration or {}
+    sizes = image_sizes(s.image_size, min_side, shape.factor)
+    df = plan(s, gpu_bytes, cfg.batch_size * cfg.grad_accum * gpus, cal.get('peak_flops'), step_time=cal.get('step_time'),
+              corrections=calibration, sizes=sizes)
+    c, n = df[df.chosen].iloc[0], shape.layers
+    k, size = int(c.checkpoint_layers), ImageSize.of(c.image_size)
+    new = dataclasses.replace(cfg, batch_size=int(c.micro_batch), grad_accum=int(c.grad_accum), gradient_checkpointing=k > 0,
+                              checkpoint_layers=k if 0 < k < n else None)
+    if size != sizes[0]:    # a smaller budget: the chosen size becomes the run's cap (its pixels and its long side)
+        px = size.width * size.height
+        new = dataclasses.replace(new, max_pixels=min(new.max_pixels or px, px),
+                                  target=[size.width, size.height] if new.target else None)
+    return new, df
 
 
 # %% ../nbs/10_memory.ipynb #08f4a39d
@@ -733,16 +797,6 @@ def _row_setup(r) -> dict:
                 fast=_row_flag(r, 'fast', False), freeze_projector=_row_flag(r, 'freeze_projector', True),
                 vision_in_graph=_row_flag(r, 'vision_in_graph', 'fast' not in r))
 
-def _nnls(A, y) -> list[float]:
-    "Least squares with non-negative coefficients (active set: drop the most negative, refit)."
-    import numpy as np
-    keep = list(range(A.shape[1]))
-    while True:
-        x = np.zeros(A.shape[1])
-        x[keep] = np.linalg.lstsq(A[:, keep], y, rcond=None)[0]
-        if (x >= 0).all() or not keep: return [float(v) for v in x]
-        keep.remove(int(np.argmin(np.where(np.isin(np.arange(len(x)), keep), x, np.inf))))
-
 def fit_coefficients(measured, base: dict | None = None) -> dict:
     "Coefficients fitted to measured rows (status ok) of pure-bf16 steps."
     import numpy as np
@@ -832,9 +886,11 @@ def fit_corrections(points) -> dict:
 def calibrate(cfg: TrainConfig, sides=(448, 896), batches=None, prompt_tokens: int = 64, answer_tokens: int = 128,
               save: bool = True, progress: bool = True):
     """`qvl calibrate`: measure the run `cfg`'s step (`profile`) on this GPU at square `sides` x `batches` (default: 1 and
-    the run's batch size), fit `fit_corrections`, and with `save` write them and the points to `out_dir/`
-    `CALIBRATION_FILE`. Returns (corrections, DataFrame: each point measured, estimated before and after)."""
+    the run's batch size), fit `fit_corrections` to the peaks and `fit_step_time` to the step times (`plan` takes them),
+    and with `save` write both and the points to `out_dir/``CALIBRATION_FILE`. Returns (corrections, DataFrame: each
+    point measured, estimated before and after)."""
     import pandas as pd, torch, transformers
+    from qvl.fast import PEAK_BF16, peak_flops
     if not torch.cuda.is_available():
         raise QvlError("calibrate measures training steps on a CUDA GPU: run it on the machine that will train")
     batches = tuple(batches or sorted({1, cfg.batch_size}))
@@ -850,13 +906,21 @@ def calibrate(cfg: TrainConfig, sides=(448, 896), batches=None, prompt_tokens: i
     if not ok: raise QvlError(f"every calibration step ran out of memory ({len(oom)}): give smaller --sides / --batches")
     uncorrected = [run(r) for r in ok]
     corr = fit_corrections([(float(r.peak_allocated), e) for r, e in zip(ok, uncorrected)])
+    # the step time: the fixed part and the efficiencies of this GPU and stack (the run's k throughout: their ratio kept)
+    peak = peak_flops(torch.cuda.get_device_name()) or PEAK_BF16['H200']
+    timed = [(Setup.of(dataclasses.replace(cfg, batch_size=int(r.batch_size)), ImageSize(int(r.image_w), int(r.image_h)),
+                       prompt_tokens=prompt_tokens, answer_tokens=answer_tokens), cfg.grad_accum, float(r.step_s)) for r in ok]
+    sizes = {round(step_seconds(s, acc, peak)[1]['total']) for s, acc, _ in timed}
+    step_time = fit_step_time(timed, peak) if len(sizes) > 1 else None
     rows = []
-    for r, e in zip(ok, uncorrected):
+    for r, e, (s, acc, sec) in zip(ok, uncorrected, timed):
         m, before, after = float(r.peak_allocated), e.peak_allocated_bytes, run(r, corr).peak_allocated_bytes
+        t0, t1 = step_seconds(s, acc, peak)[0], step_seconds(s, acc, peak, step_time)[0]
         rows.append(dict(image_size=f"{r.image_w}x{r.image_h}", batch_size=int(r.batch_size), measured_gb=m / GB,
-                         before_gb=before / GB, after_gb=after / GB, error_before=before / m - 1, error_after=after / m - 1))
+                         before_gb=before / GB, after_gb=after / GB, error_before=before / m - 1, error_after=after / m - 1,
+                         measured_s=sec, before_s=t0, after_s=t1, time_error_before=t0 / sec - 1, time_error_after=t1 / sec - 1))
     corr.update(gpu=torch.cuda.get_device_name(), torch=torch.__version__, transformers=transformers.__version__,
-                file=CALIBRATION_FILE, points=rows, out_of_memory=oom)
+                file=CALIBRATION_FILE, points=rows, out_of_memory=oom, step_time=step_time, peak_flops=peak)
     if save: atomic_file(Path(cfg.out_dir) / CALIBRATION_FILE, lambda tmp: Path(tmp).write_text(json.dumps(corr, indent=1)))
     return corr, pd.DataFrame(rows)
 

@@ -287,7 +287,7 @@ def test_plan_writes_the_fastest_config_that_fits(tmp_path):
     for gb in (80, 24):
         out = tmp_path / f'plan{gb}.yaml'
         r = run_qvl('plan', run, '--gpu-memory', gb, '--out', out)
-        assert 'chosen: micro-batch' in r.stdout and str(out) in r.stdout
+        assert 'chosen: 1344x1344 images, micro-batch' in r.stdout and str(out) in r.stdout
         cfg = chosen[gb] = load_config(out)
         assert cfg.batch_size * cfg.grad_accum == 8
         assert estimate_setup(Setup.of(cfg, image_size=(1344, 1344))).fits(gb * 1e9)
@@ -297,6 +297,41 @@ def test_plan_writes_the_fastest_config_that_fits(tmp_path):
     r = run_qvl('plan', run, '--gpu-memory', 10, '--out', tmp_path / 'none.yaml', check=False)
     assert r.returncode == 2 and 'Traceback' not in r.stderr and not (tmp_path / 'none.yaml').exists()
     assert r.stderr.strip().splitlines()[-1].startswith('qvl: error: nothing fits 10 GB'), r.stderr
+
+
+def test_plan_smaller_images_and_a_calibration(tmp_path):
+    """`qvl plan --min-side`: where nothing fits at the run's images, the largest smaller budget that does is written as
+    max_pixels; a calibration beside the run (its step-time model, slower than the H200 fit) changes s/step, not the fit."""
+    from qvl.config import load_config
+    from qvl.core import ImageSize
+    from qvl.memory import CALIBRATION_FILE, STEP_TIME, Setup, estimate_setup
+    run = tmp_path / 'run.yaml'
+    run.write_text(yaml.safe_dump(dict(model='Qwen2.5-VL-7B', data='d.json', method='lora', batch_size=1, grad_accum=8,
+                                       target=[1344, 1344], out_dir=str(tmp_path / 'out'))))
+    r = run_qvl('plan', run, '--gpu-memory', 18.5, '--out', tmp_path / 'kept.yaml', check=False)
+    assert r.returncode == 2 and 'nothing fits 18 GB' in r.stderr
+    r = run_qvl('plan', run, '--gpu-memory', 18.5, '--min-side', 896, '--out', tmp_path / 'small.yaml')
+    cfg = load_config(tmp_path / 'small.yaml')
+    size = ImageSize(*cfg.target)
+    assert 896 <= size.width < 1344 and size.width % 28 == 0 and cfg.max_pixels == size.width * size.height
+    assert f'nothing fits at 1344x1344' in r.stdout and f'chosen: {size} images' in r.stdout, r.stdout
+    assert estimate_setup(Setup.of(cfg, image_size=size)).fits(18.5e9)
+    bigger = ImageSize(size.width + 56, size.height + 56)      # the next size tried: it does not fit at any k
+    assert not estimate_setup(Setup.of(cfg, image_size=bigger, batch_size=1, checkpoint_layers=None)).fits(18.5e9)
+    # a GPU half as fast as the H200 fit: plan reads the calibration beside the run and says so
+    out = tmp_path / 'out'; out.mkdir()
+    slow = dict(micro_batch_s=2 * STEP_TIME['micro_batch_s'], model_efficiency=STEP_TIME['model_efficiency'] / 2,
+                recompute_efficiency=STEP_TIME['recompute_efficiency'] / 2)
+    (out / CALIBRATION_FILE).write_text(json.dumps(dict(activation_scale=1.0, constant_bytes=0.0, gpu='a slow GPU', step_time=slow,
+                                                        peak_flops=989.4e12)))
+    rows = lambda r: {l.split()[0] + ' ' + l.split()[1] + ' ' + l.split()[2]: float(l.split()[5]) for l in r.stdout.splitlines()
+                      if l.split() and l.split()[0].isdigit()}
+    cal = run_qvl('plan', run, '--gpu-memory', 80, '--out', tmp_path / 'c.yaml')
+    raw = run_qvl('plan', run, '--gpu-memory', 80, '--out', tmp_path / 'r.yaml', '--no-calibration')
+    assert 'calibrated on a slow GPU' in cal.stdout and 'calibrated' not in raw.stdout
+    a, b = rows(cal), rows(raw)
+    assert a and set(a) & set(b) and all(abs(a[k] / b[k] - 2) < 0.02 for k in set(a) & set(b)), (a, b)
+    assert load_config(tmp_path / 'c.yaml') == load_config(tmp_path / 'r.yaml')
 
 
 def test_train_plan_trains_the_planned_config(tiny_model, sample_data, tmp_path):
