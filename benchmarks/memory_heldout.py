@@ -1,6 +1,7 @@
 """Held-out memory of `qvl train`'s step: families, precisions, checkpointing, both steps, several images, text lengths.
 
     python benchmarks/memory_heldout.py measure --out DIR [--workers 4]     # on one GPU (CUDA), a few minutes
+    python benchmarks/memory_heldout.py measure --out DIR --only 4,5,6,7   # the second run
     python benchmarks/memory_heldout.py report DIR/rows_*.csv --out benchmarks/memory_heldout   # anywhere, no GPU
 
 `measure` runs GROUPS (below) in `--workers` processes on the same GPU, each capped to its share of the GPU's memory
@@ -34,6 +35,15 @@ PLAN = {
         + groups('Qwen3-VL-4B', points=SMALL[:3])
         + groups('Qwen3-VL-2B', precisions=('fp32',), steps=(True,), gcs=(True,), points=SMALL[:2])
         + [dict(model='qlora:Qwen2-VL-2B', method='qlora', precision='bf16', fast=True, gradient_checkpointing=True, points=SMALL[:3])]),
+    # the second run (`--only 4,5,6,7`): what worker 3 had no time for, and full fine-tuning of Qwen3-VL-4B
+    4: (0.24, groups('Qwen3-VL-4B', points=SMALL[:3])),
+    5: (0.24, groups('Qwen3-VL-2B', methods=('lora', 'full'), precisions=('fp32',), steps=(True,), points=SMALL[:3])
+        + groups('Qwen2-VL-2B', precisions=('fp32',), steps=(True,), points=SMALL[:2])),
+    6: (0.24, [dict(model=f'qlora:{m}', method='qlora', precision='bf16', fast=True, gradient_checkpointing=g, points=SMALL)
+               for m in ('Qwen2-VL-2B', 'Qwen3-VL-2B') for g in (True, False)]
+        + [dict(model='qlora:Qwen3-VL-4B', method='qlora', precision='bf16', fast=True, gradient_checkpointing=True, points=SMALL[:3])]),
+    7: (0.24, groups('Qwen3-VL-4B', methods=('full',), steps=(True,), points=SMALL[:3])
+        + groups('Qwen3-VL-2B', methods=('full',), precisions=('bf16-mixed',), steps=(False,), gcs=(True,), points=SMALL)),
 }
 FIELDS = ['model', 'method', 'precision', 'fast', 'gradient_checkpointing', 'image_w', 'image_h', 'batch_size',
           'images_per_sample', 'prompt_tokens', 'answer_tokens', 'lora_adapter_dtype', 'status', 'error',
@@ -97,8 +107,9 @@ def worker(a):
 
 def measure(a):
     Path(a.out).mkdir(parents=True, exist_ok=True)
+    which = [int(w) for w in a.only.split(',')] if a.only else range(a.workers)
     procs = [subprocess.Popen([sys.executable, __file__, 'worker', '--worker', str(i), '--out', a.out, '--budget-s', str(a.budget_s)])
-             for i in range(a.workers)]
+             for i in which]
     sys.exit(max(p.wait() for p in procs))
 
 def report(a):
@@ -138,7 +149,8 @@ def report(a):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest='cmd', required=True)
-    m = sub.add_parser('measure'); m.add_argument('--out', required=True); m.add_argument('--workers', type=int, default=len(PLAN))
+    m = sub.add_parser('measure'); m.add_argument('--out', required=True); m.add_argument('--workers', type=int, default=4)
+    m.add_argument('--only', metavar='W,W', help='run these workers of PLAN (default: 0 to --workers - 1)')
     m.add_argument('--budget-s', type=float, default=420, help='a worker starts no new group after this many seconds')
     w = sub.add_parser('worker'); w.add_argument('--worker', type=int, required=True); w.add_argument('--out', required=True)
     w.add_argument('--budget-s', type=float, default=420); w.add_argument('--smoke', action='store_true')

@@ -1,6 +1,8 @@
 """Step time of `qvl train`'s fast step against micro-batch, image size and checkpointed layers k (the planner's data).
 
     python benchmarks/step_time.py measure --out DIR        # one CUDA GPU, about 8 minutes on an H200
+    python benchmarks/step_time.py measure --grid holdout --out DIR   # the planner's held-out settings
+    python benchmarks/step_time.py report DIR/rows.csv ... --out DIR  # anywhere: the plan's prediction beside each row
     python benchmarks/step_time.py trace --out DIR          # where one step's time goes (torch.profiler), 7B LoRA 1344 b4 k=0
 
 Every point is `qvl.memory.profile` (the trainer's own preparation and step, synthetic samples of one image with 64
@@ -10,19 +12,25 @@ and not recomputation, HFU counts recomputation. k=0 is checkpointing off; k=N e
 import argparse, time
 from pathlib import Path
 
-# (model, method, side, batches, checkpointed layers k); in this order, until the time budget is spent
-GRID = [('Qwen2.5-VL-7B', 'lora', 1344, (1, 2, 4, 8), (28, 0, 14)),
-        ('Qwen2.5-VL-7B', 'lora', 896, (4, 8), (0, 28)),
-        ('Qwen2.5-VL-3B', 'lora', 1344, (4,), (0, 18, 36)),
-        ('Qwen2.5-VL-3B', 'full', 896, (4,), (0, 36)),
-        ('Qwen2.5-VL-7B', 'full', 1344, (2,), (0, 28))]
+# (model, method, side, batches, checkpointed layers k); in this order, until the time budget is spent.
+# fit: what STEP_TIME was fitted on (7B LoRA at 1344 px) and its first held-out points (896 px);
+# holdout: the planner's settings it never saw: another model size, full fine-tuning, both resolutions
+GRIDS = dict(
+    fit=[('Qwen2.5-VL-7B', 'lora', 1344, (1, 2, 4, 8), (28, 0, 14)),
+         ('Qwen2.5-VL-7B', 'lora', 896, (4, 8), (0, 28))],
+    holdout=[('Qwen2.5-VL-3B', 'lora', 1344, (4,), (0, 18, 36)),
+             ('Qwen2.5-VL-3B', 'full', 896, (4,), (0, 36)),
+             ('Qwen2.5-VL-7B', 'full', 1344, (2,), (28, 0)),
+             ('Qwen2.5-VL-3B', 'lora', 896, (8,), (0,)),
+             ('Qwen2.5-VL-7B', 'full', 896, (4,), (28,)),
+             ('Qwen3-VL-8B', 'lora', 1344, (4,), (0,))])
 
 def measure(a):
     import pandas as pd, torch
     from qvl.memory import profile
     out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
     t0, rows = time.time(), []
-    for model, method, side, batches, ks in GRID:
+    for model, method, side, batches, ks in GRIDS[a.grid]:
         for k in ks:
             if time.time() - t0 > a.budget_s: print(f'time budget spent: {model} {method} {side} k={k} left out', flush=True); continue
             kw = dict(checkpoint_layers=k) if k else {}
@@ -54,14 +62,45 @@ def trace(a):
             f"MFU {r['flops'] / r['seconds'] / tr.peak_flops:.1%}\n\n{table}")
     (out / 'trace_7b_lora_1344_b4_k0.txt').write_text(text); print(text[:6000])
 
+def report(a):
+    """Each measured row beside what `qvl plan` predicts for it (`estimate_setup` and `step_seconds` of the same Setup):
+    DIR/predicted.csv and a table; rows of 7B LoRA at 1344 px are the step-time model's fit, the rest held out."""
+    import pandas as pd
+    from qvl.memory import STEP_TIME, Setup, estimate_setup, step_seconds
+    df = pd.concat([pd.read_csv(p) for p in a.rows], ignore_index=True)
+    df = df[df.status == 'ok'].copy()
+    pk, ps = [], []
+    for r in df.itertuples():
+        s = Setup(model=r.model, method=r.method, image_size=(int(r.image_w), int(r.image_h)), batch_size=int(r.batch_size),
+                  gradient_checkpointing=r.k > 0, checkpoint_layers=int(r.k) or None, fast=bool(r.fast))
+        pk.append(estimate_setup(s).peak_allocated_bytes); ps.append(step_seconds(s)[0])
+    df['predicted_peak'], df['predicted_s'] = pk, ps
+    df['peak_error'], df['time_error'] = df.predicted_peak / df.peak_allocated - 1, df.predicted_s / df.step_s - 1
+    df['split'] = ['fit' if (r.model, r.method, r.image_h) == ('Qwen2.5-VL-7B', 'lora', 1344) else 'held out' for r in df.itertuples()]
+    out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
+    cols = ['split', 'model', 'method', 'image_h', 'batch_size', 'k', 'step_s', 'predicted_s', 'time_error', 'mfu',
+            'peak_allocated', 'predicted_peak', 'peak_error', 'gpu']
+    df[cols].to_csv(out / 'predicted.csv', index=False)
+    show = df[cols[:-1]].assign(peak_allocated=df.peak_allocated / 1e9, predicted_peak=df.predicted_peak / 1e9)
+    text = show.to_string(index=False, float_format=lambda v: f'{v:.3f}')
+    for split, g in df.groupby('split'):
+        text += (f"\n{split}: {len(g)} points; step time median {g.time_error.abs().median():.1%}, worst {g.time_error.abs().max():.1%} "
+                 f"({(g.time_error.abs() <= 0.10).sum()} within 10%); peak median {g.peak_error.abs().median():.1%}, worst "
+                 f"{g.peak_error.abs().max():.1%} ({(g.peak_error.abs() <= 0.03).sum()} within 3%)")
+    text += f"\nstep-time model: {STEP_TIME}"
+    (out / 'report.txt').write_text(text + '\n'); print(text)
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest='cmd', required=True)
     m = sub.add_parser('measure'); m.add_argument('--out', required=True)
     m.add_argument('--budget-s', type=float, default=420, help='no new group starts after this many seconds')
     m.add_argument('--warmup', type=int, default=2)
+    m.add_argument('--grid', choices=tuple(GRIDS), default='fit')
+    r = sub.add_parser('report', help="the planner's prediction (estimate and step-time model) beside measured rows")
+    r.add_argument('rows', nargs='+'); r.add_argument('--out', required=True)
     t = sub.add_parser('trace'); t.add_argument('--out', required=True)
     a = p.parse_args()
-    dict(measure=measure, trace=trace)[a.cmd](a)
+    dict(measure=measure, trace=trace, report=report)[a.cmd](a)
 
 if __name__ == '__main__': main()

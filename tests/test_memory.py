@@ -252,6 +252,11 @@ def test_calibrate_measures_a_run_and_its_estimate_uses_the_corrections(tmp_path
     e = json.loads(run_qvl('estimate', cfg, '--image-size', '896x896', '--batch-size', '2', '--json').stdout)
     p = next(p for p in pts if p['image_size'] == '896x896' and p['batch_size'] == 2)
     assert abs(e['peak_allocated_bytes'] / 1e9 - p['after_gb']) < 1e-6
+    # the step-time model refitted on the same steps, and `qvl plan` predicts with it
+    t = saved['step_time']
+    assert t and t['micro_batch_s'] >= 0 and 0 < t['model_efficiency'] and 0 < t['recompute_efficiency']
+    assert squares('time_error_after') <= squares('time_error_before') + 1e-12
+    assert f"calibrated on {out['gpu']}" in run_qvl('plan', cfg, '--gpu-memory', 80, '--out', tmp_path / 'p.yaml').stdout
 
 
 def test_selective_checkpointing_through_the_command():
