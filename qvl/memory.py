@@ -14,7 +14,7 @@ from .model import ModelShape, base_model, build_model, checkpointed_layers, dec
 
 # %% auto #0
 __all__ = ['OPTIMIZERS', 'STATE_BYTES', 'SHARDINGS', 'RUN_KEYS', 'COEFFICIENTS', 'CE_BYTES', 'LAYER_INPUT_BYTES',
-           'TIED_TABLE_BYTES', 'FAST_KEPT', 'TRACE_VOCAB', 'GB', 'GPU_SIZES', 'ACT_SCALE', 'STEP_TIME',
+           'TIED_TABLE_BYTES', 'FAST_KEPT', 'QLORA_KEPT', 'TRACE_VOCAB', 'GB', 'GPU_SIZES', 'ACT_SCALE', 'STEP_TIME',
            'CALIBRATION_FILE', 'Setup', 'Batch', 'nominal_batch', 'features', 'synthetic_batch', 'traced_activations',
            'Estimate', 'estimate', 'estimate_setup', 'largest', 'what_fits', 'advise', 'step_seconds', 'fit_step_time',
            'image_sizes', 'plan', 'plan_config', 'article_table', 'SyntheticData', 'profile_config', 'estimate_run',
@@ -164,6 +164,12 @@ TIED_TABLE_BYTES = 4
 # what the eager layers keep (`traced_activations`): a measured correction, 0.776-0.787 on the 12 no-checkpointing
 # steps of Qwen2.5-VL-3B/7B LoRA in benchmarks/fast_step_nocompile; held out: Qwen2-VL and Qwen3-VL (families_h200)
 FAST_KEPT = 0.78
+# QLoRA: peft's k-bit preparation upcasts every parameter that is not 4-bit (embeddings, norms) to fp32, so the residual
+# stream and the norms' outputs are fp32, and qvl.fast leaves 4-bit layers eager (no FAST_KEPT). Its decoder layers keep
+# this many times what `traced_activations` derives for bf16 LoRA: a measured correction, fitted on the four steps of
+# Qwen2-VL-2B QLoRA without checkpointing in benchmarks/memory_heldout (1.54-1.64); held out: its checkpointed steps,
+# Qwen3-VL-2B and Qwen3-VL-4B QLoRA
+QLORA_KEPT = 1.59
 
 # %% ../nbs/10_memory.ipynb #89daab1b
 def _text_id_range(config) -> tuple[int, int]:
@@ -377,6 +383,7 @@ def _llm_activations(s: Setup, shape: ModelShape, f: dict, c: dict) -> float:
     `traced_activations` (the fast step's fused and compiled layers keep `FAST_KEPT` of that)."""
     n, k = shape.layers, checkpointed_layers(s, shape.layers, shape.name)
     gc, no = _coefficients(c, s, True), _coefficients(c, s, False)
+    fast_kept = FAST_KEPT if s.fast and s.method != 'qlora' else 1      # 4-bit layers stay eager
     kept = 0.0
     if k:
         inputs = gc.get('hidden', 0) * f['hidden'] + (LAYER_INPUT_BYTES * f['hidden'] if s.fast else 0)   # fast: not fitted
@@ -384,8 +391,8 @@ def _llm_activations(s: Setup, shape: ModelShape, f: dict, c: dict) -> float:
     if k < n and 'layer_all' in no: kept += no['layer_all'] * f['layer_all'] * (n - k) / n * ACT_SCALE[s.precision]
     elif k < n:
         t = _traced(s)
-        kept += sum(t['llm'][kind][0] * f['tokens'] + t['llm'][kind][1] for kind in t['layers'][k:]) * (FAST_KEPT if s.fast else 1)
-    return kept
+        kept += sum(t['llm'][kind][0] * f['tokens'] + t['llm'][kind][1] for kind in t['layers'][k:]) * fast_kept
+    return kept * (QLORA_KEPT if s.method == 'qlora' else 1)
 
 def _vision_kept(s: Setup) -> bool:
     "Whether the vision tower is in autograd: it trains, or the plain step keeps the frozen tower in (`vision_in_graph`)."
