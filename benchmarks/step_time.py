@@ -65,7 +65,7 @@ def trace(a):
 
 def report(a):
     """Each measured row beside what `qvl plan` predicts for it (`estimate_setup` and `step_seconds` of the same Setup):
-    DIR/predicted.csv and a table; rows of 7B LoRA at 1344 px are the step-time model's fit, the rest held out."""
+    DIR/predicted.csv and a table; Qwen2.5-VL rows at 1344 px are the step-time model's fit, the rest held out."""
     import pandas as pd
     from qvl.memory import STEP_TIME, Setup, estimate_setup, step_seconds
     df = pd.concat([pd.read_csv(p) for p in a.rows], ignore_index=True)
@@ -77,7 +77,7 @@ def report(a):
         pk.append(estimate_setup(s).peak_allocated_bytes); ps.append(step_seconds(s)[0])
     df['predicted_peak'], df['predicted_s'] = pk, ps
     df['peak_error'], df['time_error'] = df.predicted_peak / df.peak_allocated - 1, df.predicted_s / df.step_s - 1
-    df['split'] = ['fit' if (r.model, r.method, r.image_h) == ('Qwen2.5-VL-7B', 'lora', 1344) else 'held out' for r in df.itertuples()]
+    df['split'] = ['fit' if r.image_h == 1344 and r.model.startswith('Qwen2.5-VL') else 'held out' for r in df.itertuples()]   # STEP_TIME's
     out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
     cols = ['split', 'model', 'method', 'image_h', 'batch_size', 'k', 'step_s', 'predicted_s', 'time_error', 'mfu',
             'peak_allocated', 'predicted_peak', 'peak_error', 'gpu']

@@ -15,11 +15,11 @@ from .model import ModelShape, base_model, build_model, checkpointed_layers, dec
 # %% auto #0
 __all__ = ['OPTIMIZERS', 'STATE_BYTES', 'SHARDINGS', 'RUN_KEYS', 'COEFFICIENTS', 'CE_BYTES', 'LAYER_INPUT_BYTES',
            'TIED_TABLE_BYTES', 'FAST_KEPT', 'QLORA_KEPT', 'TRACE_VOCAB', 'GB', 'GPU_SIZES', 'ACT_SCALE', 'STEP_TIME',
-           'CALIBRATION_FILE', 'Setup', 'Batch', 'nominal_batch', 'features', 'synthetic_batch', 'traced_activations',
-           'Estimate', 'estimate', 'estimate_setup', 'largest', 'what_fits', 'advise', 'step_seconds', 'fit_step_time',
-           'image_sizes', 'plan', 'plan_config', 'article_table', 'SyntheticData', 'profile_config', 'estimate_run',
-           'estimate_data', 'profile_trainer', 'profile', 'profile_run', 'fit_coefficients', 'accuracy',
-           'fit_corrections', 'calibrate', 'load_corrections']
+           'TIME_TERMS', 'CALIBRATION_FILE', 'Setup', 'Batch', 'nominal_batch', 'features', 'synthetic_batch',
+           'traced_activations', 'Estimate', 'estimate', 'estimate_setup', 'largest', 'what_fits', 'advise',
+           'step_seconds', 'fit_step_time', 'image_sizes', 'plan', 'plan_config', 'article_table', 'SyntheticData',
+           'profile_config', 'estimate_run', 'estimate_data', 'profile_trainer', 'profile', 'profile_run',
+           'fit_coefficients', 'accuracy', 'fit_corrections', 'calibrate', 'load_corrections']
 
 # %% ../nbs/10_memory.ipynb #5e2f005b
 OPTIMIZERS = {'adamw': 2, 'adamw8bit': 2, 'sgd': 0, 'sgd-momentum': 1, 'adafactor': 0}   # states per trainable parameter
@@ -531,22 +531,40 @@ def advise(e: Estimate, gpu_bytes: float = 141e9) -> str:
     return head + 'even ' + ', '.join(steps) + ' do not fit: use several GPUs with ZeRO-3/FSDP or a smaller model'
 
 # %% ../nbs/10_memory.ipynb #b34b9010
-# seconds of the fast step per micro-batch: a fixed part, the model's FLOPs and the recomputed FLOPs each at an efficiency
-# of the GPU's dense bf16 peak. Fitted by least squares on benchmarks/step_time (`qvl train`'s step through `profile`)
-STEP_TIME = {'micro_batch_s': 0.0589, 'model_efficiency': 0.3996, 'recompute_efficiency': 0.6335,
-             'fitted_on': 'NVIDIA H200: the fast step of Qwen2.5-VL-7B LoRA at 1344 px, micro-batch 1-8, k 0/14/28 '
-                          '(12 points); its 896 px points held out'}
+# seconds of the fast step per micro-batch, five terms: a fixed part; the model's FLOPs and the recomputed FLOPs, each at
+# an efficiency of the GPU's dense bf16 peak; and two memory-bound parts that FLOPs do not see, per layer and token:
+# LoRA's adapters (every decoder layer), and full fine-tuning's checkpointed layers (their recomputation costs far more
+# than its FLOPs). Fitted by non-negative least squares on relative error (`fit_step_time`) on benchmarks/step_time's
+# 1344 px steps (`qvl train`'s step through `profile`); 896 px and Qwen3-VL held out (benchmarks/step_time_holdout)
+STEP_TIME = {'micro_batch_s': 0.07303, 'model_efficiency': 0.4781, 'recompute_efficiency': 0.7457,
+             'lora_layer_token_s': 5.003e-07, 'full_checkpointed_layer_token_s': 1.6615e-06,
+             'fitted_on': 'NVIDIA H200, 17 steps at 1344 px: Qwen2.5-VL-7B LoRA micro-batch 1-8 x k 0/14/28, Qwen2.5-VL-3B '
+                          'LoRA b4 k 0/18/36, Qwen2.5-VL-7B full b2 k 0/28; held out: 896 px (7B and 3B, LoRA and full) '
+                          'and Qwen3-VL-8B LoRA'}
+TIME_TERMS = ('micro_batch_s', 'model_efficiency', 'recompute_efficiency', 'lora_layer_token_s', 'full_checkpointed_layer_token_s')
+
+def _time_features(s: Setup, peak: float) -> tuple[list, dict]:
+    "The step-time model's features of one micro-batch of `s` (seconds = features . `_time_vector`), and its FLOPs."
+    from qvl.fast import step_flops
+    shape = model_shape(s.model)
+    k = checkpointed_layers(s, shape.layers, shape.name)
+    f = step_flops(s.model, s.image_size, s.batch_size, s.method, s.prompt_tokens, s.answer_tokens, s.lora_rank,
+                   not (s.method == 'full' and not s.freeze_vision), s.images_per_sample, k)
+    full = s.method == 'full'
+    return [1.0, f['total'] / peak, f['recompute'] / peak, 0.0 if full else f['tokens'] * shape.layers,
+            f['tokens'] * k if full else 0.0], f
+
+def _time_vector(c: dict) -> list:
+    "A step-time model's coefficients as the linear ones `_time_features` multiply (efficiencies inverted)."
+    return [c['micro_batch_s'], 1 / c['model_efficiency'], 1 / c['recompute_efficiency'], c.get('lora_layer_token_s', 0.0),
+            c.get('full_checkpointed_layer_token_s', 0.0)]
 
 def step_seconds(s: Setup, grad_accum: int = 1, peak: float | None = None, coefficients: dict | None = None) -> tuple[float, dict]:
     """Predicted seconds of one optimizer step of `s` (`grad_accum` micro-batches of `s.batch_size` nominal samples) on a
     GPU of `peak` dense bf16 FLOP/s (default: an H200's), and the micro-batch's FLOPs (`qvl.fast.step_flops`)."""
-    from qvl.fast import PEAK_BF16, step_flops
-    c, peak = coefficients or STEP_TIME, peak or PEAK_BF16['H200']
-    shape = model_shape(s.model)
-    f = step_flops(s.model, s.image_size, s.batch_size, s.method, s.prompt_tokens, s.answer_tokens, s.lora_rank,
-                   not (s.method == 'full' and not s.freeze_vision), s.images_per_sample, checkpointed_layers(s, shape.layers, shape.name))
-    micro = c['micro_batch_s'] + f['total'] / (peak * c['model_efficiency']) + f['recompute'] / (peak * c['recompute_efficiency'])
-    return grad_accum * micro, f
+    from qvl.fast import PEAK_BF16
+    x, f = _time_features(s, peak or PEAK_BF16['H200'])
+    return grad_accum * sum(a * b for a, b in zip(x, _time_vector(coefficients or STEP_TIME))), f
 
 def _nnls(A, y) -> list[float]:
     "Least squares with non-negative coefficients (active set: drop the most negative, refit)."
@@ -561,25 +579,25 @@ def _nnls(A, y) -> list[float]:
 def fit_step_time(points, peak: float | None = None, base: dict | None = None) -> dict:
     """`STEP_TIME`'s coefficients from measured steps: `points` are (`Setup`, grad_accum, measured seconds per optimizer
     step) on a GPU of `peak` dense bf16 FLOP/s (default: an H200's). Non-negative least squares on relative error of
-    the three terms where the points vary the recomputed FLOPs apart from the model's; where they do not (one k, as
-    `calibrate` measures), the fixed time and one factor on both efficiencies, their ratio kept from `base`
-    (default `STEP_TIME`)."""
+    every term the points tell apart (a term none of them has keeps `base`'s value, default `STEP_TIME`); where they do
+    not tell the rest apart (one method at one k, as `calibrate` measures), the fixed time and one factor on all the
+    others, their ratios kept from `base`."""
     import numpy as np
     from qvl.fast import PEAK_BF16
     peak, base = peak or PEAK_BF16['H200'], base or STEP_TIME
     if len(points) < 2: raise QvlError(f"a step-time fit needs two measured steps or more, got {len(points)}")
-    A, y = [], []
-    for s, acc, sec in points:
-        _, f = step_seconds(s, 1, peak, base)
-        A.append([acc / sec, acc * f['total'] / peak / sec, acc * f['recompute'] / peak / sec]); y.append(1.0)
-    A, y = np.array(A), np.array(y)
-    if np.linalg.matrix_rank(A, tol=1e-9) == 3:
-        a, im, ir = _nnls(A, y)
-        if im > 0 and ir > 0: return dict(micro_batch_s=a, model_efficiency=1 / im, recompute_efficiency=1 / ir)
-    ratio = base['model_efficiency'] / base['recompute_efficiency']
-    a, i = _nnls(np.stack([A[:, 0], A[:, 1] + ratio * A[:, 2]], 1), y)
-    if i <= 0: raise QvlError("the measured steps do not grow with their FLOPs: measure steps of different sizes")
-    return dict(micro_batch_s=a, model_efficiency=1 / i, recompute_efficiency=1 / (i * ratio))
+    A = np.array([[acc * v / sec for v in _time_features(s, peak)[0]] for s, acc, sec in points])
+    y, b = np.ones(len(points)), np.array(_time_vector(base))
+    live = [j for j in range(A.shape[1]) if A[:, j].any()]
+    x = b.copy()
+    if np.linalg.matrix_rank(A[:, live], tol=1e-9) == len(live):
+        x[live] = _nnls(A[:, live], y)
+    if not (x[1] > 0 and x[2] > 0) or not np.linalg.matrix_rank(A[:, live], tol=1e-9) == len(live):
+        rest = A[:, 1:] @ b[1:]
+        a, i = _nnls(np.stack([A[:, 0], rest], 1), y)
+        if i <= 0: raise QvlError("the measured steps do not grow with their size: measure steps of different sizes")
+        x = np.concatenate([[a], i * b[1:]])
+    return dict(zip(TIME_TERMS, [float(x[0]), 1 / float(x[1]), 1 / float(x[2]), float(x[3]), float(x[4])]))
 
 def image_sizes(size, min_side: int | None, factor: int = 28) -> list:
     """`size` and, down to a shorter side of `min_side`, smaller sizes of its aspect (multiples of `factor`, a step of

@@ -346,8 +346,7 @@ def test_plan_smaller_images_and_a_calibration(tmp_path):
     assert not estimate_setup(Setup.of(cfg, image_size=bigger, batch_size=1, checkpoint_layers=None)).fits(18.5e9)
     # a GPU half as fast as the H200 fit: plan reads the calibration beside the run and says so
     out = tmp_path / 'out'; out.mkdir()
-    slow = dict(micro_batch_s=2 * STEP_TIME['micro_batch_s'], model_efficiency=STEP_TIME['model_efficiency'] / 2,
-                recompute_efficiency=STEP_TIME['recompute_efficiency'] / 2)
+    slow = {k: v / 2 if k.endswith('efficiency') else 2 * v for k, v in STEP_TIME.items() if k != 'fitted_on'}
     (out / CALIBRATION_FILE).write_text(json.dumps(dict(activation_scale=1.0, constant_bytes=0.0, gpu='a slow GPU', step_time=slow,
                                                         peak_flops=989.4e12)))
     rows = lambda r: {l.split()[0] + ' ' + l.split()[1] + ' ' + l.split()[2]: float(l.split()[5]) for l in r.stdout.splitlines()
