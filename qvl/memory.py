@@ -41,6 +41,8 @@ class Setup:
     image_size: ImageSize = _key(ImageSize(448, 448), 'each image after resizing, WIDTHxHEIGHT (one number: a square)')
     images_per_sample: int = _key(1, 'images in each sample')
     batch_size: int = _key(_RUN['batch_size'], 'samples per GPU and micro-step')
+    grad_accum: int = _key(_RUN['grad_accum'], 'micro-batches per optimizer step: after the first, backward starts with '
+                           'the gradients accumulated so far')
     prompt_tokens: int = _key(64, 'text tokens of each prompt')
     answer_tokens: int = _key(128, 'labelled answer tokens of each sample')
     lora_rank: int = _key(_RUN['lora_rank'], 'LoRA rank')
@@ -74,7 +76,7 @@ class Setup:
         dtypes = Setup.__dataclass_fields__['lora_adapter_dtype'].metadata['choices']
         if self.lora_adapter_dtype not in (None, *dtypes):
             bad(f"lora_adapter_dtype is {', '.join(dtypes)} or None, got {self.lora_adapter_dtype!r}")
-        for k in ('batch_size', 'gpus', 'lora_rank'):
+        for k in ('batch_size', 'gpus', 'lora_rank', 'grad_accum'):
             if getattr(self, k) < 1: bad(f"{k} must be at least 1, got {getattr(self, k)}")
         for k in ('prompt_tokens', 'answer_tokens', 'images_per_sample'):
             if getattr(self, k) < 0: bad(f"{k} must not be negative, got {getattr(self, k)}")
@@ -455,8 +457,10 @@ def estimate_setup(s: Setup, coefficients: dict | None = None, batch: Batch | No
     fused = s.fast and s.optimizer == 'adamw' and s.sharding not in ('fsdp', 'zero3')
     opt_temp = c['optimizer_temp'] * p['state_one'] / shard_s if OPTIMIZERS[s.optimizer] and not fused else 0
     const = g['const'] + (corrections['constant_bytes'] if corrections else 0)
-    # peak 1: start of backward, before gradients of this step exist (set_to_none frees them after each step)
-    at_backward = weights + states + ddp_buckets + gather + llm_act + vision_act + logits + head_cast + const
+    # peak 1: start of backward: the first micro-batch's before gradients exist (set_to_none frees them after each step);
+    # with accumulation, the later ones' with the gradients summed so far
+    at_backward = (weights + states + ddp_buckets + gather + llm_act + vision_act + logits + head_cast + const
+                   + (grads if s.grad_accum > 1 else 0))
     # peak 2: optimizer step, with every gradient and the foreach temporaries
     at_step = weights + states + grads + ddp_buckets + gather + opt_temp + tied / shard_g + const
     peak, phase = (at_backward, 'backward start') if at_backward >= at_step else (at_step, 'optimizer step')
@@ -630,7 +634,8 @@ def plan(s: Setup, gpu_bytes: float, global_batch: int | None = None, peak: floa
         for b in (b for b in range(1, per_gpu + 1) if per_gpu % b == 0):
             acc = per_gpu // b
             for k in range(n + 1):
-                st = dataclasses.replace(s, image_size=size, batch_size=b, gradient_checkpointing=k > 0, checkpoint_layers=k if k else None)
+                st = dataclasses.replace(s, image_size=size, batch_size=b, grad_accum=acc, gradient_checkpointing=k > 0,
+                                     checkpoint_layers=k if k else None)
                 e = estimate_setup(st, coefficients, corrections=corrections)
                 sec, f = step_seconds(st, acc, peak, step_time)
                 rows.append(dict(image_size=str(st.image_size), micro_batch=b, grad_accum=acc, checkpoint_layers=k, micro_batch_tokens=f['tokens'],
