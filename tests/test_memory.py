@@ -340,7 +340,7 @@ def test_plan_smaller_images_and_a_calibration(tmp_path):
     cfg = load_config(tmp_path / 'small.yaml')
     size = ImageSize(*cfg.target)
     assert 896 <= size.width < 1344 and size.width % 28 == 0 and cfg.max_pixels == size.width * size.height
-    assert f'nothing fits at 1344x1344' in r.stdout and f'chosen: {size} images' in r.stdout, r.stdout
+    assert 'nothing fits at 1344x1344' in r.stdout and f'chosen: {size} images' in r.stdout, r.stdout
     assert estimate_setup(Setup.of(cfg, image_size=size)).fits(18.5e9)
     bigger = ImageSize(size.width + 56, size.height + 56)      # the next size tried: it does not fit at any k
     assert not estimate_setup(Setup.of(cfg, image_size=bigger, batch_size=1, checkpoint_layers=None)).fits(18.5e9)
