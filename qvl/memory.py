@@ -14,12 +14,12 @@ from .model import ModelShape, base_model, build_model, checkpointed_layers, dec
 
 # %% auto #0
 __all__ = ['OPTIMIZERS', 'STATE_BYTES', 'SHARDINGS', 'RUN_KEYS', 'COEFFICIENTS', 'CE_BYTES', 'LAYER_INPUT_BYTES',
-           'TIED_TABLE_BYTES', 'FAST_KEPT', 'QLORA_KEPT', 'TRACE_VOCAB', 'GB', 'GPU_SIZES', 'ACT_SCALE', 'STEP_TIME',
-           'TIME_TERMS', 'CALIBRATION_FILE', 'Setup', 'Batch', 'nominal_batch', 'features', 'synthetic_batch',
-           'traced_activations', 'Estimate', 'estimate', 'estimate_setup', 'largest', 'what_fits', 'advise',
-           'step_seconds', 'fit_step_time', 'image_sizes', 'plan', 'plan_config', 'article_table', 'SyntheticData',
-           'profile_config', 'estimate_run', 'estimate_data', 'profile_trainer', 'profile', 'profile_run',
-           'fit_coefficients', 'accuracy', 'fit_corrections', 'calibrate', 'load_corrections']
+           'TIED_TABLE_BYTES', 'FAST_KEPT', 'FAST_KEPT_COMPILED_LORA', 'QLORA_KEPT', 'TRACE_VOCAB', 'GB', 'GPU_SIZES',
+           'ACT_SCALE', 'STEP_TIME', 'TIME_TERMS', 'CALIBRATION_FILE', 'Setup', 'Batch', 'nominal_batch', 'features',
+           'synthetic_batch', 'traced_activations', 'Estimate', 'estimate', 'estimate_setup', 'largest', 'what_fits',
+           'advise', 'step_seconds', 'fit_step_time', 'image_sizes', 'plan', 'plan_config', 'article_table',
+           'SyntheticData', 'profile_config', 'estimate_run', 'estimate_data', 'profile_trainer', 'profile',
+           'profile_run', 'fit_coefficients', 'accuracy', 'fit_corrections', 'calibrate', 'load_corrections']
 
 # %% ../nbs/10_memory.ipynb #5e2f005b
 OPTIMIZERS = {'adamw': 2, 'adamw8bit': 2, 'sgd': 0, 'sgd-momentum': 1, 'adafactor': 0}   # states per trainable parameter
@@ -64,6 +64,8 @@ class Setup:
     gpus: int = _key(1, 'GPUs the run is spread over')
     sharding: str = _key('none', 'how weights, gradients and states are spread over the GPUs (zero2/zero3: DeepSpeed)', SHARDINGS)
     fast: bool = _key(_RUN['fast'], "qvl.fast's step, which `qvl train` takes by default; no: the plain step")
+    compiled_layers: bool = _key(True, "the fast step's decoder layers compiled, as `qvl train` runs them on a GPU with "
+                                 "Triton (4-bit layers stay eager); no: eager")
 
     def __post_init__(self):
         def bad(msg): raise QvlError(msg)
@@ -166,6 +168,12 @@ TIED_TABLE_BYTES = 4
 # what the eager layers keep (`traced_activations`): a measured correction, 0.776-0.787 on the 12 no-checkpointing
 # steps of Qwen2.5-VL-3B/7B LoRA in benchmarks/fast_step_nocompile; held out: Qwen2-VL and Qwen3-VL (families_h200)
 FAST_KEPT = 0.78
+# LoRA's decoder layers compiled (what `qvl train` runs on a GPU with Triton) keep more than its eager fused ones: this
+# fraction, fitted on the four no-checkpointing steps of Qwen2.5-VL-7B LoRA at 1344 px b1-8 in benchmarks/step_time
+# (transformers 5.24; 0.858-0.862 each); held out: 896 px, Qwen2.5-VL-3B, Qwen3-VL-8B (step_time_holdout) and the
+# compiled LoRA rows of memory_heldout and memory/families_h200. Full fine-tuning's compiled layers keep FAST_KEPT
+# (within 5% on those sets).
+FAST_KEPT_COMPILED_LORA = 0.86
 # QLoRA: peft's k-bit preparation upcasts every parameter that is not 4-bit (embeddings, norms) to fp32, so the residual
 # stream and the norms' outputs are fp32, and qvl.fast leaves 4-bit layers eager (no FAST_KEPT). Its decoder layers keep
 # this many times what `traced_activations` derives for bf16 LoRA: a measured correction, fitted on the four steps of
@@ -385,7 +393,8 @@ def _llm_activations(s: Setup, shape: ModelShape, f: dict, c: dict) -> float:
     `traced_activations` (the fast step's fused and compiled layers keep `FAST_KEPT` of that)."""
     n, k = shape.layers, checkpointed_layers(s, shape.layers, shape.name)
     gc, no = _coefficients(c, s, True), _coefficients(c, s, False)
-    fast_kept = FAST_KEPT if s.fast and s.method != 'qlora' else 1      # 4-bit layers stay eager
+    fast_kept = (1 if not s.fast or s.method == 'qlora' else       # 4-bit layers stay eager and unfused
+                 FAST_KEPT_COMPILED_LORA if s.method == 'lora' and s.compiled_layers else FAST_KEPT)
     kept = 0.0
     if k:
         inputs = gc.get('hidden', 0) * f['hidden'] + (LAYER_INPUT_BYTES * f['hidden'] if s.fast else 0)   # fast: not fitted
