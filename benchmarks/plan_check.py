@@ -8,7 +8,7 @@ the split and the checkpointed layers); its summary.json gives the steady steps'
 prediction is `qvl.memory.plan_config` of the same config (a nominal sample of the run's image size and 64 + 128 text
 tokens). Rows: DIR/runs.json.
 """
-import argparse, json, subprocess, sys, time
+import argparse, json, sys, time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -19,9 +19,9 @@ def main():
     p.add_argument('--work', required=True); p.add_argument('--out', required=True)
     p.add_argument('--steps', type=int, default=6); p.add_argument('--budget-s', type=float, default=400)
     a = p.parse_args()
-    import yaml
     from fast_step import prepare
-    from qvl.config import load_config
+    from train_mfu import train_run
+    from qvl.config import config_from_dict
     from qvl.memory import GB, plan_config
     t0 = time.time()
     work, out = Path(a.work), Path(a.out); out.mkdir(parents=True, exist_ok=True)
@@ -32,17 +32,13 @@ def main():
         name = f'{model}-{method}-{side}-{gb}GB'
         cfg = dict(model=str(d['checkpoint']), data=str(d['data'][side]), out_dir=str(work / name), method=method, steps=a.steps,
                    batch_size=1, grad_accum=8, cutoff_len=8192, target=[side, side], report_to='none', log_every=1)
-        y = work / f'{name}.yaml'; y.write_text(yaml.safe_dump(cfg))
-        new, df = plan_config(load_config(y), gb * GB)
+        _, df = plan_config(config_from_dict(cfg), gb * GB)
         c = df[df.chosen].iloc[0]
-        t = time.time()
-        res = subprocess.run(['qvl', 'train', str(y), '--plan', str(gb)], capture_output=True, text=True)
-        (out / f'log_{name}.txt').write_text(res.stdout[-20000:] + res.stderr[-20000:])
-        s = json.loads((work / name / 'summary.json').read_text()) if res.returncode == 0 else {}
-        row = dict(run=name, rc=res.returncode, wall_s=round(time.time() - t), micro_batch=int(c.micro_batch),
-                   grad_accum=int(c.grad_accum), checkpoint_layers=int(c.checkpoint_layers), predicted_s_per_step=round(c.s_per_step, 4),
-                   predicted_peak_gb=round(c.peak_gb, 3), **s)
-        if s: row.update(time_error=round(c.s_per_step / s['steady_s_per_step'] - 1, 4), peak_error=round(c.peak_gb / s['max_allocated_gb'] - 1, 4))
+        row = dict(run=name, micro_batch=int(c.micro_batch), grad_accum=int(c.grad_accum), checkpoint_layers=int(c.checkpoint_layers),
+                   predicted_s_per_step=round(c.s_per_step, 4), predicted_peak_gb=round(c.peak_gb, 3),
+                   **train_run(cfg, name, work, out, '--plan', str(gb)))
+        if row['rc'] == 0: row.update(time_error=round(c.s_per_step / row['steady_s_per_step'] - 1, 4),
+                                      peak_error=round(c.peak_gb / row['max_allocated_gb'] - 1, 4))
         rows.append(row); print(row, flush=True)
         (out / 'runs.json').write_text(json.dumps(rows, indent=1))
 

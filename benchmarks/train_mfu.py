@@ -15,12 +15,21 @@ RUNS = [dict(name='b4x2-k0-workers4', batch_size=4, grad_accum=2, gradient_check
         dict(name='b4x2-k0-workers0', batch_size=4, grad_accum=2, gradient_checkpointing=False, data_workers=0),
         dict(name='b8x1-k14-workers4', batch_size=8, grad_accum=1, gradient_checkpointing=True, checkpoint_layers=14, data_workers=4)]
 
+def train_run(cfg: dict, name: str, work: Path, out: Path, *args) -> dict:
+    "`qvl train` of `cfg` (written to WORK/NAME.yaml; `args`: more flags) in its own process: rc, wall time, its summary.json."
+    import yaml
+    y = work / f'{name}.yaml'; y.write_text(yaml.safe_dump(cfg))
+    t = time.time()
+    res = subprocess.run(['qvl', 'train', str(y), *args], capture_output=True, text=True)
+    (out / f'log_{name}.txt').write_text(res.stdout[-20000:] + res.stderr[-20000:])
+    s = json.loads((Path(cfg['out_dir']) / 'summary.json').read_text()) if res.returncode == 0 else {}
+    return dict(rc=res.returncode, wall_s=round(time.time() - t), **s)
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--work', required=True); p.add_argument('--out', required=True)
     p.add_argument('--steps', type=int, default=8); p.add_argument('--budget-s', type=float, default=400)
     a = p.parse_args()
-    import yaml
     from fast_step import prepare
     t0 = time.time()
     work, out = Path(a.work), Path(a.out); out.mkdir(parents=True, exist_ok=True)
@@ -32,12 +41,7 @@ def main():
         cfg = dict(model=str(d['checkpoint']), data=str(d['data'][1344]), out_dir=str(work / r['name']), method='lora',
                    steps=a.steps, cutoff_len=8192, target=[1344, 1344], report_to='none', log_every=1,
                    **{k: v for k, v in r.items() if k != 'name'})
-        y = work / f"{r['name']}.yaml"; y.write_text(yaml.safe_dump(cfg))
-        t = time.time()
-        res = subprocess.run(['qvl', 'train', str(y)], capture_output=True, text=True)
-        (out / f"log_{r['name']}.txt").write_text(res.stdout[-20000:] + res.stderr[-20000:])
-        s = json.loads((work / r['name'] / 'summary.json').read_text()) if res.returncode == 0 else {}
-        rows.append(dict(run=r['name'], rc=res.returncode, wall_s=round(time.time() - t), **s))
+        rows.append(dict(run=r['name'], **train_run(cfg, r['name'], work, out)))
         print(rows[-1], flush=True)
         (out / 'runs.json').write_text(json.dumps(rows, indent=1))
 

@@ -183,7 +183,8 @@ def cmd_train(a) -> int:
         over.setdefault('model', str(default_tiny_model(a.family)))
     cfg = load_config(a.config, **over) if a.config else tiny_run_config(**over)
     if a.plan:
-        cfg, _ = _planned(cfg, a.plan, world_size(), {}, calibrated=True)
+        from qvl.memory import load_corrections
+        cfg, _ = _planned(cfg, a.plan, world_size(), {}, calibration=load_corrections(cfg))
         if rank() == 0:
             print(f"planned for {a.plan:g} GB: micro-batch {cfg.batch_size} x {cfg.grad_accum}, "
                   + ('no checkpointing' if not cfg.gradient_checkpointing else f"checkpoint_layers {cfg.checkpoint_layers or 'all'}"))
@@ -305,25 +306,24 @@ def cmd_calibrate(a) -> int:
     if not a.no_save: print(f"written to {Path(cfg.out_dir) / CALIBRATION_FILE}: `qvl estimate {a.config}` and `qvl plan {a.config}` use them")
     return 0
 
-def _planned(cfg, gpu_memory: float, gpus: int, setup: dict, min_side: int | None = None, calibrated: bool = True):
-    """The run config `qvl.memory.plan_config` chooses for `gpus` GPUs of `gpu_memory` GB (with `calibrated`, after the
-    corrections and step-time model `qvl calibrate` saved beside the run), and the table of candidates."""
+def _planned(cfg, gpu_memory: float, gpus: int, setup: dict, min_side: int | None = None, calibration: dict | None = None):
+    """The run config `qvl.memory.plan_config` chooses for `gpus` GPUs of `gpu_memory` GB (after `calibration`: the
+    corrections and step-time model `qvl calibrate` saved beside the run, `load_corrections`), and the table of candidates."""
     from qvl.core import QvlError
-    from qvl.memory import GB, load_corrections, plan_config
+    from qvl.memory import GB, plan_config
     if gpu_memory <= 0: raise QvlError(f"--gpu-memory / --plan takes the GPU's size in GB, got {gpu_memory}")
-    cal = load_corrections(cfg) if calibrated else None
-    return plan_config(cfg, gpu_memory * GB, gpus, min_side, cal, **setup)
+    return plan_config(cfg, gpu_memory * GB, gpus, min_side, calibration, **setup)
 
 def cmd_plan(a) -> int:
     "Choose micro-batch x accumulation and checkpointed layers for the fastest run of RUN.yaml that fits; write it."
     import dataclasses, yaml
     from qvl.config import load_config
-    cfg = load_config(a.config, **_overrides(a.set))
-    setup = {k: getattr(a, k) for k in ('image_size', 'prompt_tokens', 'answer_tokens', 'images_per_sample') if hasattr(a, k)}
     from qvl.core import ImageSize
     from qvl.memory import load_corrections
+    cfg = load_config(a.config, **_overrides(a.set))
+    setup = {k: getattr(a, k) for k in ('image_size', 'prompt_tokens', 'answer_tokens', 'images_per_sample') if hasattr(a, k)}
     cal = None if a.no_calibration else load_corrections(cfg)
-    new, df = _planned(cfg, a.gpu_memory, a.gpus, setup, a.min_side, not a.no_calibration)
+    new, df = _planned(cfg, a.gpu_memory, a.gpus, setup, a.min_side, cal)
     show = df if a.all else df[df.fits | df.chosen].head(a.top)
     cols = dict(micro_batch='micro-batch', grad_accum='accum', checkpoint_layers='k', peak_gb='peak GB', reserved_gb='reserved GB',
                 s_per_step='s/step', tokens_per_s='tokens/s', mfu='MFU', fits='fits', chosen='chosen')

@@ -602,10 +602,9 @@ def fit_step_time(points, peak: float | None = None, base: dict | None = None) -
     A = np.array([[acc * v / sec for v in _time_features(s, peak)[0]] for s, acc, sec in points])
     y, b = np.ones(len(points)), np.array(_time_vector(base))
     live = [j for j in range(A.shape[1]) if A[:, j].any()]
-    x = b.copy()
-    if np.linalg.matrix_rank(A[:, live], tol=1e-9) == len(live):
-        x[live] = _nnls(A[:, live], y)
-    if not (x[1] > 0 and x[2] > 0) or not np.linalg.matrix_rank(A[:, live], tol=1e-9) == len(live):
+    x, apart = b.copy(), np.linalg.matrix_rank(A[:, live], tol=1e-9) == len(live)
+    if apart: x[live] = _nnls(A[:, live], y)
+    if not (apart and x[1] > 0 and x[2] > 0):
         rest = A[:, 1:] @ b[1:]
         a, i = _nnls(np.stack([A[:, 0], rest], 1), y)
         if i <= 0: raise QvlError("the measured steps do not grow with their size: measure steps of different sizes")
