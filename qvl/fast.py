@@ -10,8 +10,9 @@ from .core import QvlError
 from .model import base_model, decoder_layers
 
 # %% auto #0
-__all__ = ['GPU_ROUTES', 'ROUTES', 'PEAK_BF16', 'grouped_attention', 'labeled_loss', 'rms_norm', 'swiglu', 'device_routes',
-           'FastPath', 'compilable_layers', 'enable', 'disable', 'peak_flops', 'batch_flops', 'step_flops']
+__all__ = ['GPU_ROUTES', 'ROUTES', 'PEAK_BF16', 'grouped_attention', 'labeled_loss', 'right_padded', 'rms_norm', 'swiglu',
+           'device_routes', 'FastPath', 'compilable_layers', 'enable', 'disable', 'peak_flops', 'batch_flops',
+           'step_flops']
 
 # %% ../nbs/08_fast.ipynb #6f73da1e
 def grouped_attention(q, k, v, cu_seqlens, scale: float | None = None):
@@ -80,6 +81,14 @@ def labeled_loss(hidden, labels, head, num_items_in_batch=None, chunk: int = 409
 
 _LOSS_ONLY = ('logits_to_keep', 'return_dict', 'output_attentions', 'output_hidden_states')
 
+def right_padded(mask) -> bool:
+    """Whether a (rows, tokens) attention mask pads each row only after its last real token (as `qvl.data.collate`
+    pads for training): then causal attention alone keeps the padding out of every real token's attention, and the
+    mask changes nothing the loss sees."""
+    if mask is None or mask.dim() != 2: return False
+    m = mask.bool()
+    return not bool((m[:, 1:] & ~m[:, :-1]).any())
+
 def _labeled_forward(self, *args, labels=None, num_items_in_batch=None, **kwargs):
     "The model's forward; with labels under autograd (training), the loss comes from `labeled_loss` and no logits are made."
     import torch
@@ -88,6 +97,7 @@ def _labeled_forward(self, *args, labels=None, num_items_in_batch=None, **kwargs
         return plain(*args, labels=labels, num_items_in_batch=num_items_in_batch, **kwargs)
     from transformers.modeling_outputs import CausalLMOutputWithPast
     for k in _LOSS_ONLY: kwargs.pop(k, None)
+    if self.__dict__.get('_qvl_causal') and right_padded(kwargs.get('attention_mask')): kwargs['attention_mask'] = None
     hidden = self.model(**kwargs)[0]
     return CausalLMOutputWithPast(loss=labeled_loss(hidden, labels, self.lm_head, num_items_in_batch))
 
@@ -232,7 +242,7 @@ def _patch(module, fn):
 def _unpatch(module):
     if '_qvl_plain_forward' in module.__dict__:
         module.__dict__.pop('forward', None); module.__dict__.pop('_qvl_plain_forward')
-    for k in ('_qvl_compiled', '_qvl_fused', '_qvl_pad'): module.__dict__.pop(k, None)
+    for k in ('_qvl_compiled', '_qvl_fused', '_qvl_pad', '_qvl_causal'): module.__dict__.pop(k, None)
     _COMPILED_LAYERS.discard(module)
 
 # Each route's installer: patches `base` and returns None when the route is on, else why it is off.
@@ -253,6 +263,17 @@ def _install_frozen_vision(base, visual, on_device, fp):
 def _install_labeled_loss(base, visual, on_device, fp):
     if not hasattr(base, 'lm_head') or not hasattr(base, 'model'): return f'{type(base).__name__} has no lm_head over an inner model'
     _patch(base, _labeled_forward)
+
+def _text_attention(base) -> str:
+    "The language model's attention implementation."
+    c = getattr(base.config, 'text_config', None) or base.config
+    return getattr(c, '_attn_implementation', None) or getattr(base.config, '_attn_implementation', None) or 'eager'
+
+def _install_causal_attention(base, visual, on_device, fp):
+    if '_qvl_plain_forward' not in base.__dict__: return 'it drops the mask in labeled_loss, which is off'
+    impl = _text_attention(base)
+    if impl != 'sdpa': return f'{impl} attention: only SDPA trades a mask for a faster causal kernel'
+    base.__dict__['_qvl_causal'] = True
 
 def _install_fused_kernels(base, visual, on_device, fp):
     if on_device['fused_kernels']: return on_device['fused_kernels']
@@ -295,7 +316,8 @@ def _install_compiled_layers(base, visual, on_device, fp):
         _COMPILED_LAYERS.add(m)
 
 _INSTALLERS = dict(vision_attention=_install_vision_attention, frozen_vision=_install_frozen_vision,
-                   labeled_loss=_install_labeled_loss, fused_kernels=_install_fused_kernels,
+                   labeled_loss=_install_labeled_loss, causal_attention=_install_causal_attention,
+                   fused_kernels=_install_fused_kernels,
                    aligned_matmuls=_install_aligned_matmuls, fused_lora=_install_fused_lora,
                    compiled_layers=_install_compiled_layers)
 ROUTES = tuple(_INSTALLERS)
