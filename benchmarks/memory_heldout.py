@@ -114,14 +114,14 @@ def measure(a):
 
 def report(a):
     import pandas as pd
-    from qvl.memory import Setup, estimate_setup
+    from qvl.memory import Setup, estimate_setup, row_attention_mask
     df = pd.concat([pd.read_csv(p).assign(worker=int(Path(p).stem.split('_')[-1])) for p in a.rows], ignore_index=True)
     est = []
     for _, r in df.iterrows():
         s = Setup(model=r.model, method=r.method, precision=r.precision, fast=bool(r.fast),
                   gradient_checkpointing=bool(r.gradient_checkpointing), image_size=(int(r.image_w), int(r.image_h)),
                   batch_size=int(r.batch_size), images_per_sample=int(r.images_per_sample), prompt_tokens=int(r.prompt_tokens),
-                  answer_tokens=int(r.answer_tokens), freeze_projector=False)
+                  answer_tokens=int(r.answer_tokens), freeze_projector=False, attention_mask=row_attention_mask(r))
         est.append(estimate_setup(s).peak_allocated_bytes)
     df['estimated_allocated'] = est
     # each worker's cap: its share of the GPU's memory (PLAN); an out-of-memory row is right when its estimate is above it

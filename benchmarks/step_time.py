@@ -25,6 +25,17 @@ GRIDS = dict(
              ('Qwen2.5-VL-7B', 'full', 896, (4,), (28,)),
              ('Qwen3-VL-8B', 'lora', 1344, (4,), (0,))])
 GRIDS['holdout2'] = GRIDS['holdout'][3:]      # what the first run's time budget left out
+# after the fast step's causal_attention route (no padding mask): the fit's 7B LoRA 1344 px steps and held-out ones again
+GRIDS['causal'] = [('Qwen2.5-VL-7B', 'lora', 1344, (2, 4, 8), (0, 28, 14)),
+                   ('Qwen2.5-VL-3B', 'lora', 1344, (4,), (0, 36)),
+                   ('Qwen2.5-VL-3B', 'full', 896, (4,), (0,)),
+                   ('Qwen3-VL-8B', 'lora', 1344, (4,), (0,)),
+                   ('Qwen2.5-VL-7B', 'full', 1344, (2,), (0,))]
+GRIDS['causal2'] = [('Qwen2.5-VL-7B', 'full', 1344, (2,), (28,)),
+                    ('Qwen2.5-VL-7B', 'lora', 896, (4, 8), (0, 28)),
+                    ('Qwen2.5-VL-3B', 'lora', 896, (8,), (0,)),
+                    ('Qwen2.5-VL-7B', 'full', 896, (4,), (28,)),
+                    ('Qwen2.5-VL-3B', 'full', 896, (4,), (36,))]
 
 def measure(a):
     import pandas as pd, torch
@@ -67,7 +78,7 @@ def report(a):
     """Each measured row beside what `qvl plan` predicts for it (`estimate_setup` and `step_seconds` of the same Setup):
     DIR/predicted.csv and a table; Qwen2.5-VL rows at 1344 px are the step-time model's fit, the rest held out."""
     import pandas as pd
-    from qvl.memory import STEP_TIME, Setup, estimate_setup, step_seconds
+    from qvl.memory import STEP_TIME, Setup, estimate_setup, row_attention_mask, step_seconds
     df = pd.concat([pd.read_csv(p) for p in a.rows], ignore_index=True)
     df = df[df.status == 'ok'].copy()
     pk, ps = [], []

@@ -29,6 +29,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--work', required=True); p.add_argument('--out', required=True)
     p.add_argument('--steps', type=int, default=8); p.add_argument('--budget-s', type=float, default=400)
+    p.add_argument('--runs', nargs='+', choices=[r['name'] for r in RUNS], help='only these runs (default: all)')
     a = p.parse_args()
     from fast_step import prepare
     t0 = time.time()
@@ -36,7 +37,7 @@ def main():
     d = prepare(work, 'Qwen2.5-VL-7B', [1344], n=16)
     print(f'checkpoint and data ready in {time.time() - t0:.0f} s', flush=True)
     rows = []
-    for r in RUNS:
+    for r in (r for r in RUNS if not a.runs or r['name'] in a.runs):
         if time.time() - t0 > a.budget_s: print(f"time budget spent: {r['name']} left out"); continue
         cfg = dict(model=str(d['checkpoint']), data=str(d['data'][1344]), out_dir=str(work / r['name']), method='lora',
                    steps=a.steps, cutoff_len=8192, target=[1344, 1344], report_to='none', log_every=1,

@@ -16,10 +16,11 @@ from .model import ModelShape, base_model, build_model, checkpointed_layers, dec
 __all__ = ['OPTIMIZERS', 'STATE_BYTES', 'SHARDINGS', 'RUN_KEYS', 'COEFFICIENTS', 'CE_BYTES', 'LAYER_INPUT_BYTES',
            'TIED_TABLE_BYTES', 'FAST_KEPT', 'FAST_KEPT_COMPILED_LORA', 'QLORA_KEPT', 'TRACE_VOCAB', 'GB', 'GPU_SIZES',
            'ACT_SCALE', 'STEP_TIME', 'TIME_TERMS', 'CALIBRATION_FILE', 'Setup', 'Batch', 'nominal_batch', 'features',
-           'synthetic_batch', 'traced_activations', 'Estimate', 'estimate', 'estimate_setup', 'largest', 'what_fits',
-           'advise', 'step_seconds', 'fit_step_time', 'image_sizes', 'plan', 'plan_config', 'article_table',
-           'SyntheticData', 'profile_config', 'estimate_run', 'estimate_data', 'profile_trainer', 'profile',
-           'profile_run', 'fit_coefficients', 'accuracy', 'fit_corrections', 'calibrate', 'load_corrections']
+           'synthetic_batch', 'traced_activations', 'Estimate', 'padding_mask_bytes', 'kept_fraction', 'estimate',
+           'estimate_setup', 'largest', 'what_fits', 'advise', 'step_seconds', 'fit_step_time', 'image_sizes', 'plan',
+           'plan_config', 'article_table', 'SyntheticData', 'profile_config', 'estimate_run', 'estimate_data',
+           'profile_trainer', 'profile', 'profile_run', 'row_attention_mask', 'fit_coefficients', 'accuracy',
+           'fit_corrections', 'calibrate', 'load_corrections']
 
 # %% ../nbs/10_memory.ipynb #5e2f005b
 OPTIMIZERS = {'adamw': 2, 'adamw8bit': 2, 'sgd': 0, 'sgd-momentum': 1, 'adafactor': 0}   # states per trainable parameter
@@ -66,6 +67,11 @@ class Setup:
     fast: bool = _key(_RUN['fast'], "qvl.fast's step, which `qvl train` takes by default; no: the plain step")
     compiled_layers: bool = _key(True, "the fast step's decoder layers compiled, as `qvl train` runs them on a GPU with "
                                  "Triton (4-bit layers stay eager); no: eager")
+    attention_mask: str | None = _key(None, "SDPA in the language model with a padding mask (padded: transformers' own "
+                                      "step on rows padded to one length: each layer keeps key and value heads repeated "
+                                      "to the query heads and a bias of seq x seq per row) or without (causal: the fast "
+                                      "step's causal_attention, or rows with no padding); default: causal for the fast "
+                                      "step, padded for the plain one", ('causal', 'padded'))
 
     def __post_init__(self):
         def bad(msg): raise QvlError(msg)
@@ -90,6 +96,9 @@ class Setup:
         precision = resolve_precision(self.precision, 'cuda')
         put('precision', 'bf16-mixed' if precision == 'fp16-mixed' else precision)
         if self.lora_adapter_dtype is None: put('lora_adapter_dtype', 'bf16' if self.precision == 'bf16' else 'fp32')
+        masks = Setup.__dataclass_fields__['attention_mask'].metadata['choices']
+        if self.attention_mask not in (None, *masks): bad(f"attention_mask is {', '.join(masks)} or None, got {self.attention_mask!r}")
+        if self.attention_mask is None: put('attention_mask', 'causal' if self.fast else 'padded')
         if self.gpus > 1 and self.sharding == 'none': put('sharding', 'ddp')
 
     @classmethod
@@ -164,16 +173,18 @@ LAYER_INPUT_BYTES = 2
 # table entry. Measured as the fast step's excess over the plain step of the same run (Qwen2.5-VL-3B +1.32 GB,
 # Qwen3-VL-2B +1.31 GB: 4.2 bytes per entry; benchmarks/memory/fast_vs_plain_full)
 TIED_TABLE_BYTES = 4
-# without checkpointing, the fast step's layers (fused RMSNorm, SwiGLU and LoRA kernels, compiled) keep this fraction of
-# what the eager layers keep (`traced_activations`): a measured correction, 0.776-0.787 on the 12 no-checkpointing
-# steps of Qwen2.5-VL-3B/7B LoRA in benchmarks/fast_step_nocompile; held out: Qwen2-VL and Qwen3-VL (families_h200)
-FAST_KEPT = 0.78
+# without checkpointing, the fast step's layers (fused RMSNorm, SwiGLU and LoRA kernels) keep this fraction of what the
+# eager layers keep (`traced_activations`): a measured correction (`kept_fraction`), 0.715-0.725 on the 12
+# no-checkpointing steps of Qwen2.5-VL-3B/7B LoRA in benchmarks/fast_step_nocompile (eager layers, padding mask:
+# `padding_mask_bytes` taken out); held out: Qwen2-VL and Qwen3-VL (families_h200), and full fine-tuning's compiled
+# layers (0.71-0.74: step_time_holdout, step_time_causal)
+FAST_KEPT = 0.72
 # LoRA's decoder layers compiled (what `qvl train` runs on a GPU with Triton) keep more than its eager fused ones: this
-# fraction, fitted on the four no-checkpointing steps of Qwen2.5-VL-7B LoRA at 1344 px b1-8 in benchmarks/step_time
-# (transformers 5.24; 0.858-0.862 each); held out: 896 px, Qwen2.5-VL-3B, Qwen3-VL-8B (step_time_holdout) and the
-# compiled LoRA rows of memory_heldout and memory/families_h200. Full fine-tuning's compiled layers keep FAST_KEPT
-# (within 5% on those sets).
-FAST_KEPT_COMPILED_LORA = 0.86
+# fraction (`kept_fraction`), fitted on the six no-checkpointing steps of Qwen2.5-VL-7B LoRA in benchmarks/step_time
+# (1344 and 896 px, b1-8, padding mask taken out: 0.772-0.781); held out: the same steps without the mask
+# (step_time_causal, 0.772-0.778), Qwen2.5-VL-3B and Qwen3-VL-8B (step_time_holdout, step_time_causal) and the compiled
+# LoRA rows of memory_heldout and memory/families_h200
+FAST_KEPT_COMPILED_LORA = 0.78
 # QLoRA: peft's k-bit preparation upcasts every parameter that is not 4-bit (embeddings, norms) to fp32, so the residual
 # stream and the norms' outputs are fp32, and qvl.fast leaves 4-bit layers eager (no FAST_KEPT). Its decoder layers keep
 # this many times what `traced_activations` derives for bf16 LoRA: a measured correction, fitted on the four steps of
@@ -387,23 +398,52 @@ def _traced(s: Setup) -> dict:
     return traced_activations(s.model, s.method, s.precision, s.lora_adapter_dtype, s.vision_in_graph and not s.fast,
                               lora_rank=s.lora_rank)
 
+def _fast_kept(s: Setup) -> float:
+    "The fraction of `traced_activations` the step's not-checkpointed decoder layers keep."
+    if not s.fast or s.method == 'qlora': return 1        # 4-bit layers stay eager and unfused
+    return FAST_KEPT_COMPILED_LORA if s.method == 'lora' and s.compiled_layers else FAST_KEPT
+
+def _traced_layers(s: Setup, shape: ModelShape, f: dict) -> float:
+    "What `traced_activations` derives for the decoder layers that are not checkpointed."
+    t, k = _traced(s), checkpointed_layers(s, shape.layers, shape.name)
+    return sum(t['llm'][kind][0] * f['tokens'] + t['llm'][kind][1] for kind in t['layers'][k:])
+
+def padding_mask_bytes(s: Setup, shape: ModelShape, f: dict) -> float:
+    """What SDPA with a padding mask (`Setup.attention_mask` padded) keeps beyond the causal kernel: in each decoder layer
+    that is not checkpointed, the key and value heads repeated to the query heads (transformers repeats them when a mask
+    is given), and the mask as an additive bias of seq x seq per row: made once for all layers, but by each compiled
+    layer (the fast step's `compiled_layers`) for itself. Derived from the architecture, not fitted."""
+    if s.attention_mask != 'padded' or s.attn_implementation != 'sdpa': return 0.0
+    width = 4 if s.precision == 'fp32' else 2
+    rows, kept = f['tokens'] // f['seq_len'], shape.layers - checkpointed_layers(s, shape.layers, shape.name)
+    if not kept: return 0.0
+    bias = rows * f['seq_len'] ** 2 * width * (kept if s.fast and s.compiled_layers and s.method != 'qlora' else 1)
+    return f['tokens'] * 2 * (shape.heads - shape.kv_heads) * shape.head_width * width * kept + bias
+
 def _llm_activations(s: Setup, shape: ModelShape, f: dict, c: dict) -> float:
     """What the language model's layers keep for backward: each checkpointed layer its input, plus one layer's working
     set while it is recomputed (fitted, scaled by precision); each other layer what its ops save, derived by
-    `traced_activations` (the fast step's fused and compiled layers keep `FAST_KEPT` of that)."""
+    `traced_activations` (the fast step's fused and compiled layers keep `_fast_kept` of that), and what a padding mask
+    adds (`padding_mask_bytes`)."""
     n, k = shape.layers, checkpointed_layers(s, shape.layers, shape.name)
     gc, no = _coefficients(c, s, True), _coefficients(c, s, False)
-    fast_kept = (1 if not s.fast or s.method == 'qlora' else       # 4-bit layers stay eager and unfused
-                 FAST_KEPT_COMPILED_LORA if s.method == 'lora' and s.compiled_layers else FAST_KEPT)
     kept = 0.0
     if k:
         inputs = gc.get('hidden', 0) * f['hidden'] + (LAYER_INPUT_BYTES * f['hidden'] if s.fast else 0)   # fast: not fitted
         kept += (inputs * k / n + gc.get('layer', 0) * f['layer']) * ACT_SCALE[s.precision]
     if k < n and 'layer_all' in no: kept += no['layer_all'] * f['layer_all'] * (n - k) / n * ACT_SCALE[s.precision]
-    elif k < n:
-        t = _traced(s)
-        kept += sum(t['llm'][kind][0] * f['tokens'] + t['llm'][kind][1] for kind in t['layers'][k:]) * fast_kept
-    return kept * (QLORA_KEPT if s.method == 'qlora' else 1)
+    elif k < n: kept += _traced_layers(s, shape, f) * _fast_kept(s)
+    return kept * (QLORA_KEPT if s.method == 'qlora' else 1) + padding_mask_bytes(s, shape, f)
+
+def kept_fraction(row) -> float | None:
+    """What a measured fast step's not-checkpointed decoder layers kept, as a fraction of `traced_activations`: its peak
+    less every other term of its estimate, over the traced bytes (how `FAST_KEPT` and `FAST_KEPT_COMPILED_LORA` are
+    fitted). None for a row whose estimated peak is not the start of backward, or with every layer checkpointed."""
+    s = Setup(**_row_setup(row))
+    e = estimate_setup(s)
+    traced = _traced_layers(s, model_shape(s.model), e.features) * (QLORA_KEPT if s.method == 'qlora' else 1)
+    if e.peak_phase != 'backward start' or not traced: return None
+    return (float(row['peak_allocated']) - e.peak_allocated_bytes + traced * _fast_kept(s)) / traced
 
 def _vision_kept(s: Setup) -> bool:
     "Whether the vision tower is in autograd: it trains, or the plain step keeps the frozen tower in (`vision_in_graph`)."
@@ -547,12 +587,12 @@ def advise(e: Estimate, gpu_bytes: float = 141e9) -> str:
 # seconds of the fast step per micro-batch, five terms: a fixed part; the model's FLOPs and the recomputed FLOPs, each at
 # an efficiency of the GPU's dense bf16 peak; and two memory-bound parts that FLOPs do not see, per layer and token:
 # LoRA's adapters (every decoder layer), and full fine-tuning's checkpointed layers (their recomputation costs far more
-# than its FLOPs). Fitted by non-negative least squares on relative error (`fit_step_time`) on benchmarks/step_time's
-# 1344 px steps (`qvl train`'s step through `profile`); 896 px and Qwen3-VL held out (benchmarks/step_time_holdout)
-STEP_TIME = {'micro_batch_s': 0.07303, 'model_efficiency': 0.4781, 'recompute_efficiency': 0.7457,
-             'lora_layer_token_s': 5.003e-07, 'full_checkpointed_layer_token_s': 1.6615e-06,
-             'fitted_on': 'NVIDIA H200, 17 steps at 1344 px: Qwen2.5-VL-7B LoRA micro-batch 1-8 x k 0/14/28, Qwen2.5-VL-3B '
-                          'LoRA b4 k 0/18/36, Qwen2.5-VL-7B full b2 k 0/28; held out: 896 px (7B and 3B, LoRA and full) '
+# than its FLOPs). Fitted by non-negative least squares on relative error (`fit_step_time`) on benchmarks/step_time_causal's
+# 1344 px steps (`qvl train`'s step through `profile`, with `causal_attention`); 896 px and Qwen3-VL held out
+STEP_TIME = {'micro_batch_s': 0.0747, 'model_efficiency': 0.5374, 'recompute_efficiency': 0.7398,
+             'lora_layer_token_s': 3.354e-07, 'full_checkpointed_layer_token_s': 1.697e-06,
+             'fitted_on': 'NVIDIA H200, 13 steps at 1344 px: Qwen2.5-VL-7B LoRA micro-batch 2/4/8 x k 0/14/28, Qwen2.5-VL-3B '
+                          'LoRA b4 k 0/36, Qwen2.5-VL-7B full b2 k 0/28; held out: 896 px (7B and 3B, LoRA and full) '
                           'and Qwen3-VL-8B LoRA'}
 TIME_TERMS = ('micro_batch_s', 'model_efficiency', 'recompute_efficiency', 'lora_layer_token_s', 'full_checkpointed_layer_token_s')
 
@@ -799,8 +839,10 @@ def profile(model: str = 'Qwen2.5-VL-3B', method: str = 'lora', settings=((448, 
         for size, b in pts:
             tr.use_data(SyntheticData(tr.module.config, size, b, prompt_tokens, answer_tokens), b)
             r = tr.measure(steps, warmup, snapshot)
+            mask = 'causal' if tr.fast and 'causal_attention' in tr.fast.on else 'padded'    # synthetic rows are padded to 8
             rows.append(dict(model=model, method=method, image_h=size.height, image_w=size.width, batch_size=b, gradient_checkpointing=gc_on,
-                             fast=fast, freeze_projector=cfg.freeze_projector, after_load=loaded, gpu=torch.cuda.get_device_name(dev), **r))
+                             fast=fast, freeze_projector=cfg.freeze_projector, attention_mask=mask, after_load=loaded,
+                             gpu=torch.cuda.get_device_name(dev), **r))
             bar.update()
         del tr; gc.collect(); torch.cuda.empty_cache()
         torch._dynamo.reset()      # the next model's compiled layers start afresh (not against this one's recompile limit)
@@ -833,7 +875,14 @@ def _row_setup(r) -> dict:
     return dict(model=r['model'], method=r['method'], image_size=ImageSize(int(r['image_w']), int(r['image_h'])),
                 batch_size=int(r['batch_size']), gradient_checkpointing=bool(r['gradient_checkpointing']),
                 fast=_row_flag(r, 'fast', False), freeze_projector=_row_flag(r, 'freeze_projector', True),
-                vision_in_graph=_row_flag(r, 'vision_in_graph', 'fast' not in r))
+                vision_in_graph=_row_flag(r, 'vision_in_graph', 'fast' not in r), attention_mask=row_attention_mask(r),
+                compiled_layers=_row_flag(r, 'compiled_layers', True))
+
+def row_attention_mask(r) -> str:
+    """A row's `Setup.attention_mask`: its column; before it existed, padded for `profile`'s rows (synthetic rows were
+    padded to a multiple of 8 and the fast step kept the mask) and causal for the plain-step harness's (no padding)."""
+    v = r.get('attention_mask')
+    return v if isinstance(v, str) else 'padded' if 'fast' in r else 'causal'
 
 def fit_coefficients(measured, base: dict | None = None) -> dict:
     "Coefficients fitted to measured rows (status ok) of pure-bf16 steps."

@@ -119,6 +119,10 @@ class ModelShape:
     quantizable: int            # parameters in linear layers outside lm_head (what 4-bit quantizes)
     vision_window: int = 0      # patches a windowed vision attention attends within (0: no windows, Qwen2-VL, Qwen3-VL)
     vision_full_layers: int = 0 # vision blocks with full attention when there are windows
+    head_dim: int = 0           # width of one attention head (0: hidden // heads)
+
+    @property
+    def head_width(self) -> int: return self.head_dim or self.hidden // self.heads
 
     @property
     def total(self) -> int: return self.vision + self.merger + self.llm + self.lm_head
@@ -143,7 +147,8 @@ def model_shape(model: str) -> ModelShape:
                       t.intermediate_size, t.num_hidden_layers, t.num_attention_heads, t.num_key_value_heads, t.vocab_size,
                       getattr(v, 'hidden_size', getattr(v, 'embed_dim', 1280)), v.depth,
                       getattr(v, 'intermediate_size', None) or int(getattr(v, 'mlp_ratio', 4) * getattr(v, 'embed_dim', 1280)),
-                      image_factor(c), tuple(lin), quant, window, len(getattr(v, 'fullatt_block_indexes', None) or range(v.depth)))
+                      image_factor(c), tuple(lin), quant, window, len(getattr(v, 'fullatt_block_indexes', None) or range(v.depth)),
+                      getattr(t, 'head_dim', None) or t.hidden_size // t.num_attention_heads)
 
 # %% ../nbs/06_model.ipynb #aed956ae
 def build_model(model: str, device='cuda', attn_implementation: str = 'sdpa', dtype: str = 'bf16'):
