@@ -2,6 +2,7 @@
 
     python benchmarks/step_time.py measure --out DIR        # one CUDA GPU, about 8 minutes on an H200
     python benchmarks/step_time.py measure --grid holdout --out DIR   # the planner's held-out settings
+    python benchmarks/step_time.py measure --grid causal --out DIR    # after causal_attention: fit and held-out steps
     python benchmarks/step_time.py report DIR/rows.csv ... --out DIR  # anywhere: the plan's prediction beside each row
     python benchmarks/step_time.py trace --out DIR          # where one step's time goes (torch.profiler), 7B LoRA 1344 b4 k=0
 
@@ -84,7 +85,8 @@ def report(a):
     pk, ps = [], []
     for r in df.itertuples():
         s = Setup(model=r.model, method=r.method, image_size=(int(r.image_w), int(r.image_h)), batch_size=int(r.batch_size),
-                  gradient_checkpointing=r.k > 0, checkpoint_layers=int(r.k) or None, fast=bool(r.fast))
+                  gradient_checkpointing=r.k > 0, checkpoint_layers=int(r.k) or None, fast=bool(r.fast),
+                  attention_mask=row_attention_mask(r._asdict()))
         pk.append(estimate_setup(s).peak_allocated_bytes); ps.append(step_seconds(s)[0])
     df['predicted_peak'], df['predicted_s'] = pk, ps
     df['peak_error'], df['time_error'] = df.predicted_peak / df.peak_allocated - 1, df.predicted_s / df.step_s - 1
