@@ -100,8 +100,8 @@ def full_run(setup):
 def test_default_fast_lora_step_trains(setup, lora_run):
     out = lora_run.stdout
     routes = next(l for l in out.splitlines() if l.startswith('fast step:'))
-    for route in ('vision_attention', 'frozen_vision', 'labeled_loss', 'fused_kernels', 'aligned_matmuls', 'fused_lora',
-                  'compiled_layers'):
+    for route in ('vision_attention', 'frozen_vision', 'labeled_loss', 'causal_attention', 'fused_kernels', 'aligned_matmuls',
+                  'fused_lora', 'compiled_layers'):
         assert route in routes, out
     rows = log(setup, 'lora')
     assert [r['step'] for r in rows] == list(range(1, STEPS + 1))
