@@ -1,5 +1,12 @@
-"SDPA backends at the shapes of Qwen2.5-VL-7B's step at 1344 px: fwd and fwd+bwd time, TFLOP/s."
-import torch, json, sys, os, torch.nn.functional as F
+"""SDPA's kernels (cuDNN, flash, memory-efficient and the default choice) alone, at the shapes of Qwen2.5-VL-7B's step at
+1344 px: the language model's causal attention over 4 or 8 rows of 2,500 tokens (28 query and 4 key/value heads, GQA by
+`enable_gqa` or by repeated heads), forward and forward + backward; the vision tower's full and windowed attention,
+forward. Prints one JSON line per case (milliseconds, TFLOP/s counted as causal where it is) and writes them to
+OUT/sdpa_bench.json.
+
+    OUT=DIR python benchmarks/sdpa_backends.py      # one CUDA GPU, about a minute
+"""
+import torch, json, os, torch.nn.functional as F
 from torch.nn.attention import sdpa_kernel, SDPBackend
 dev = 'cuda'; bf = torch.bfloat16
 def timeit(fn, n=8):
