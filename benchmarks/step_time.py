@@ -5,6 +5,7 @@
     python benchmarks/step_time.py measure --grid causal --out DIR    # after causal_attention: fit and held-out steps
     python benchmarks/step_time.py report DIR/rows.csv ... --out DIR  # anywhere: the plan's prediction beside each row
     python benchmarks/step_time.py trace --out DIR          # where one step's time goes (torch.profiler), 7B LoRA 1344 b4 k=0
+    python benchmarks/step_time.py plan-plot --runs benchmarks/train_mfu_causal/runs.json --out DIR   # the planner's plot
 
 Every point is `qvl.memory.profile` (the trainer's own preparation and step, synthetic samples of one image with 64
 prompt and 128 answer tokens): warm-up step(s), then the median of 3 timed steps; MFU counts the vision tower's FLOPs
@@ -104,6 +105,37 @@ def report(a):
     text += f"\nstep-time model: {STEP_TIME}"
     (out / 'report.txt').write_text(text + '\n'); print(text)
 
+def plan_plot(a):
+    """`qvl plan`'s candidates for 7B LoRA at 1344 px, global batch 8, at 80 and 24 GB: predicted tokens/s against the
+    estimated peak, the chosen point and the budget line of each; with the `qvl train` runs of RUNS (train_mfu's
+    runs.json) measured beside them. DIR/plan_7b_lora_1344.png."""
+    import json, matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    from qvl.memory import Setup, plan
+    s = Setup(model='Qwen2.5-VL-7B', method='lora', image_size=(1344, 1344), batch_size=8, fast=True)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), sharey=True)
+    runs = {r['run']: r for r in json.loads(Path(a.runs).read_text())} if a.runs else {}
+    for ax, gb, run in zip(axes, (80, 24), ('b4x2-k0-workers4', 'b4x2-k28-workers4')):
+        p = plan(s, gb * 1e9)
+        for fits, g in p.groupby('fits'):
+            ax.scatter(g.peak_gb, g.tokens_per_s, s=12, c='tab:blue' if fits else 'lightgray', label='fits' if fits else 'does not fit')
+        c = p[p.chosen].iloc[0]
+        ax.scatter([c.peak_gb], [c.tokens_per_s], s=90, marker='*', c='tab:red', zorder=3,
+                   label=f'chosen: {c.micro_batch} x {c.grad_accum}, k={c.checkpoint_layers}')
+        if run in runs:
+            m = runs[run]
+            ax.scatter([m['max_allocated_gb']], [m['tokens_per_s']], s=70, marker='D', c='tab:green', zorder=3,
+                       label=f"qvl train {run.split('-workers')[0]}: MFU {m['mfu']:.1%}")
+        ax.axvline(gb, ls='--', c='k', lw=1, label=f'budget ({gb} GB)')
+        ax.set(xlabel='peak allocated, GB (estimated; diamonds measured)', title=f'{gb} GB')
+        ax.legend(fontsize=8)
+    axes[0].set_ylabel('tokens/s (predicted; diamonds measured)')
+    fig.suptitle('Qwen2.5-VL-7B LoRA, 1344 px, global batch 8: qvl plan candidates (one H200)')
+    out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout(); fig.savefig(out / 'plan_7b_lora_1344.png', dpi=110)
+    print(out / 'plan_7b_lora_1344.png')
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest='cmd', required=True)
@@ -114,7 +146,9 @@ def main():
     r = sub.add_parser('report', help="the planner's prediction (estimate and step-time model) beside measured rows")
     r.add_argument('rows', nargs='+'); r.add_argument('--out', required=True)
     t = sub.add_parser('trace'); t.add_argument('--out', required=True)
+    pp = sub.add_parser('plan-plot', help="qvl plan's candidates at 80 and 24 GB, with measured qvl train runs")
+    pp.add_argument('--out', required=True); pp.add_argument('--runs', help="train_mfu.py's runs.json")
     a = p.parse_args()
-    dict(measure=measure, trace=trace, report=report)[a.cmd](a)
+    {'measure': measure, 'trace': trace, 'report': report, 'plan-plot': plan_plot}[a.cmd](a)
 
 if __name__ == '__main__': main()
