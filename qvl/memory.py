@@ -14,7 +14,7 @@ from .model import ModelShape, base_model, build_model, checkpointed_layers, dec
 
 # %% auto #0
 __all__ = ['OPTIMIZERS', 'STATE_BYTES', 'SHARDINGS', 'RUN_KEYS', 'COEFFICIENTS', 'CE_BYTES', 'LAYER_INPUT_BYTES',
-           'TIED_TABLE_BYTES', 'FAST_KEPT', 'FAST_KEPT_COMPILED_LORA', 'QLORA_KEPT', 'TRACE_VOCAB', 'GB', 'GPU_SIZES',
+           'TIED_TABLE_GRADS', 'FAST_KEPT', 'FAST_KEPT_COMPILED_LORA', 'QLORA_KEPT', 'TRACE_VOCAB', 'GB', 'GPU_SIZES',
            'ACT_SCALE', 'STEP_TIME', 'TIME_TERMS', 'CALIBRATION_FILE', 'Setup', 'Batch', 'nominal_batch', 'features',
            'synthetic_batch', 'traced_activations', 'Estimate', 'padding_mask_bytes', 'kept_fraction', 'estimate',
            'estimate_setup', 'largest', 'what_fits', 'advise', 'step_seconds', 'fit_step_time', 'image_sizes', 'plan',
@@ -169,10 +169,11 @@ CE_BYTES = 12
 # with checkpointing, each decoder layer keeps its bf16 input (2 bytes per token and hidden unit, per layer)
 LAYER_INPUT_BYTES = 2
 # full fine-tuning of a model whose LM head shares the embedding table: at the end of the fast step's backward the LM
-# head's and the embedding's bf16 gradients of the table are both alive beside the one being accumulated: 2 x 2 bytes per
-# table entry. Measured as the fast step's excess over the plain step of the same run (Qwen2.5-VL-3B +1.32 GB,
-# Qwen3-VL-2B +1.31 GB: 4.2 bytes per entry; benchmarks/memory/fast_vs_plain_full)
-TIED_TABLE_BYTES = 4
+# head's and the embedding's gradients of the table are both alive beside the one being accumulated: two gradients per
+# table entry, in the trained weights' width (bf16: 2 x 2 bytes). Measured in pure bf16 as the fast step's excess over
+# the plain step of the same run (Qwen2.5-VL-3B +1.32 GB, Qwen3-VL-2B +1.31 GB: 4.2 bytes per entry;
+# benchmarks/memory/fast_vs_plain_full); held out: Qwen3-VL-2B full in fp32 (memory_heldout), 2 x 4 bytes
+TIED_TABLE_GRADS = 2
 # without checkpointing, the fast step's layers (fused RMSNorm, SwiGLU and LoRA kernels) keep this fraction of what the
 # eager layers keep (`traced_activations`): a measured correction (`kept_fraction`), 0.715-0.725 on the 12
 # no-checkpointing steps of Qwen2.5-VL-3B/7B LoRA in benchmarks/fast_step_nocompile (eager layers, padding mask:
@@ -492,7 +493,8 @@ def estimate_setup(s: Setup, coefficients: dict | None = None, batch: Batch | No
     # bf16-mixed: autocast casts the frozen fp32 LM head (the embedding table when tied) to bf16 for the loss and keeps
     # that copy for backward; a trained head's copy is in `weights` already (2 bytes per trained weight)
     head_cast = 2 * shape.vocab * shape.hidden if s.precision == 'bf16-mixed' and not (s.method == 'full' and not s.freeze_llm) else 0
-    tied = TIED_TABLE_BYTES * shape.vocab * shape.hidden if s.fast and trains_table else 0
+    grad_width = p['grads'] / p['trainable'] if s.method == 'full' else 0
+    tied = TIED_TABLE_GRADS * grad_width * shape.vocab * shape.hidden if s.fast and trains_table else 0
     # sharding: what each GPU holds of weights, gradients and states
     n = s.gpus
     shard_w = n if s.sharding in ('fsdp', 'zero3') else 1
