@@ -399,10 +399,14 @@ def _traced(s: Setup) -> dict:
     return traced_activations(s.model, s.method, s.precision, s.lora_adapter_dtype, s.vision_in_graph and not s.fast,
                               lora_rank=s.lora_rank)
 
+def _compiled(s: Setup) -> bool:
+    "Whether the step's decoder layers are compiled: the fast step's, unless 4-bit (qvl.fast leaves those eager)."
+    return s.fast and s.compiled_layers and s.method != 'qlora'
+
 def _fast_kept(s: Setup) -> float:
     "The fraction of `traced_activations` the step's not-checkpointed decoder layers keep."
     if not s.fast or s.method == 'qlora': return 1        # 4-bit layers stay eager and unfused
-    return FAST_KEPT_COMPILED_LORA if s.method == 'lora' and s.compiled_layers else FAST_KEPT
+    return FAST_KEPT_COMPILED_LORA if s.method == 'lora' and _compiled(s) else FAST_KEPT
 
 def _traced_layers(s: Setup, shape: ModelShape, f: dict) -> float:
     "What `traced_activations` derives for the decoder layers that are not checkpointed."
@@ -418,7 +422,7 @@ def padding_mask_bytes(s: Setup, shape: ModelShape, f: dict) -> float:
     width = 4 if s.precision == 'fp32' else 2
     rows, kept = f['tokens'] // f['seq_len'], shape.layers - checkpointed_layers(s, shape.layers, shape.name)
     if not kept: return 0.0
-    bias = rows * f['seq_len'] ** 2 * width * (kept if s.fast and s.compiled_layers and s.method != 'qlora' else 1)
+    bias = rows * f['seq_len'] ** 2 * width * (kept if _compiled(s) else 1)
     return f['tokens'] * 2 * (shape.heads - shape.kv_heads) * shape.head_width * width * kept + bias
 
 def _llm_activations(s: Setup, shape: ModelShape, f: dict, c: dict) -> float:
