@@ -19,8 +19,8 @@ __all__ = ['OPTIMIZERS', 'STATE_BYTES', 'SHARDINGS', 'RUN_KEYS', 'COEFFICIENTS',
            'synthetic_batch', 'traced_activations', 'Estimate', 'padding_mask_bytes', 'kept_fraction', 'estimate',
            'estimate_setup', 'largest', 'what_fits', 'advise', 'step_seconds', 'fit_step_time', 'image_sizes', 'plan',
            'plan_config', 'article_table', 'SyntheticData', 'profile_config', 'estimate_run', 'estimate_data',
-           'profile_trainer', 'profile', 'profile_run', 'row_attention_mask', 'fit_coefficients', 'accuracy',
-           'fit_corrections', 'calibrate', 'load_corrections']
+           'step_attention_mask', 'profile_trainer', 'profile', 'profile_run', 'row_attention_mask', 'fit_coefficients',
+           'accuracy', 'fit_corrections', 'calibrate', 'load_corrections']
 
 # %% ../nbs/10_memory.ipynb #5e2f005b
 OPTIMIZERS = {'adamw': 2, 'adamw8bit': 2, 'sgd': 0, 'sgd-momentum': 1, 'adafactor': 0}   # states per trainable parameter
@@ -811,6 +811,11 @@ def estimate_data(cfg: TrainConfig, setup: Setup | None = None, steps: int | Non
     return estimate_setup(s, batch=b, corrections=corrections), dict(step=step, gpu=gpu, samples=[ex.index[i] for i in mb], ids=[ex.ids[i] for i in mb],
                                             distinct_batches=len(peaks), examples=len(ex), skipped=len(ex.skipped))
 
+def step_attention_mask(fast_path) -> str:
+    """`Setup.attention_mask` of a trainer's step from its fast path (`Trainer.fast`, None for the plain step): causal
+    where the `causal_attention` route is on, else padded (`qvl.data.collate` pads every batch to a multiple of 8)."""
+    return 'causal' if fast_path and 'causal_attention' in fast_path.on else 'padded'
+
 def profile_trainer(cfg, image_size, batch_size: int, prompt_tokens: int = 64, answer_tokens: int = 128, device='cuda'):
     """A `qvl.train.Trainer` for `cfg` on synthetic data: the model prepared, the fast step installed and the optimizer
     made by the trainer's own code. A shipped model name gets random weights built on the device; a checkpoint
@@ -845,7 +850,7 @@ def profile(model: str = 'Qwen2.5-VL-3B', method: str = 'lora', settings=((448, 
         for size, b in pts:
             tr.use_data(SyntheticData(tr.module.config, size, b, prompt_tokens, answer_tokens), b)
             r = tr.measure(steps, warmup, snapshot)
-            mask = 'causal' if tr.fast and 'causal_attention' in tr.fast.on else 'padded'    # synthetic rows are padded to 8
+            mask = step_attention_mask(tr.fast)
             rows.append(dict(model=model, method=method, image_h=size.height, image_w=size.width, batch_size=b, gradient_checkpointing=gc_on,
                              fast=fast, freeze_projector=cfg.freeze_projector, attention_mask=mask, after_load=loaded,
                              gpu=torch.cuda.get_device_name(dev), **r))
