@@ -76,7 +76,8 @@ def checkpoint_first(model, run) -> int:
     return len(layers)
 
 def keep_vision_out_of_autograd(model) -> int:
-    """Remove the hooks `enable_input_require_grads` put on `model`'s input embeddings (peft does so when checkpointing):
+    """Remove the hooks `enable_input_require_grads` put on `model`'s input embeddings (transformers' checkpointing and
+    peft add them):
     they make a frozen vision tower's patch embedding output require grad, so the whole tower joins autograd
     (`qvl.memory.Setup.vision_in_graph` says what that costs). Returns how many were removed."""
     base = base_model(model)
@@ -202,13 +203,14 @@ def prepare_model(cfg: TrainConfig, device, precision: str, model=None):
                         task_type='CAUSAL_LM')
         # pure bf16 keeps the adapters in bf16 too: peft's fp32 adapters keep fp32 copies of every input
         model = get_peft_model(model, lc, autocast_adapter_dtype=precision != 'bf16')
-        # with checkpointing, peft makes the output of every input embedding require grad (a crutch for reentrant
-        # checkpointing), the vision tower's patch embedding among them: the frozen tower then joins autograd, keeps its
-        # activations and runs its backward for nothing. Non-reentrant checkpointing needs no such crutch.
-        keep_vision_out_of_autograd(model)
     else:
         frozen = dict(vision=cfg.freeze_vision, merger=cfg.freeze_projector, llm=cfg.freeze_llm, lm_head=cfg.freeze_llm)
         for n, p in model.named_parameters(): p.requires_grad_(not frozen[param_part(n)])
+    # with checkpointing, transformers (and peft again, for adapters) make the output of every input embedding require
+    # grad (a crutch for reentrant checkpointing), the vision tower's patch embedding among them: a frozen tower then
+    # joins autograd, keeps its activations and runs its backward for nothing, in full fine-tuning too (where the merger
+    # trains, the fast step cannot run the tower under no_grad). Non-reentrant checkpointing needs no such crutch.
+    keep_vision_out_of_autograd(model)
     if not any(p.requires_grad for p in model.parameters()): raise QvlError("nothing to train: every part is frozen")
     if cfg.gradient_checkpointing and cfg.checkpoint_layers is not None:     # last: k-bit preparation re-enables every layer
         checkpoint_first(model, cfg)
