@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING: import pandas as pd      # names in annotations only
 from .config import TrainConfig, config_from_dict, device_type, rank, resolve_precision, sharding_mode, world_size
 from .core import QvlError, atomic_dir, atomic_file, check_model_dir
+from .memory import GB
 from .model import checkpointed_layers, decoder_layers, model_shape, param_part, prepare_model, tied_names, token_type_id
 from .resize import Budget
 
@@ -189,7 +190,7 @@ def summary_line(s: dict) -> str:
     if 'steady_s_per_step' in s:
         parts.append(f"steady state {s['steady_s_per_step']:.3f} s/step, {s['tokens_per_s']:,.0f} tokens/s, "
                      f"{s['tflops']:.1f} TFLOP/s" + (f", MFU {s['mfu']:.1%}, HFU {s['hfu']:.1%}" if 'mfu' in s else ''))
-    if 'max_allocated_gb' in s: parts.append(f"peak {s['max_allocated_gb']:.2f} GiB allocated, {s['max_reserved_gb']:.2f} GiB reserved")
+    if 'max_allocated_gb' in s: parts.append(f"peak {s['max_allocated_gb']:.2f} GB allocated, {s['max_reserved_gb']:.2f} GB reserved")
     return '; '.join(parts)
 
 class _FlopCounter:
@@ -722,8 +723,9 @@ class Trainer(_Checkpoints, _Evaluation):
                            loss=sum(w['loss'] for w in window) / len(window), lr=r['lr'],
                            **step_rates(window, self.peak_flops), seconds=round(sum(w['seconds'] for w in window), 4))
                 if cuda:
-                    rec.update(max_allocated_gb=torch.cuda.max_memory_allocated(self.device) / 2 ** 30,
-                               max_reserved_gb=torch.cuda.max_memory_reserved(self.device) / 2 ** 30)
+                    # GB (10^9 bytes), the unit of `qvl estimate` and `qvl plan`, so that the two compare as they stand
+                    rec.update(max_allocated_gb=torch.cuda.max_memory_allocated(self.device) / GB,
+                               max_reserved_gb=torch.cuda.max_memory_reserved(self.device) / GB)
                     torch.cuda.reset_peak_memory_stats(self.device)
                 if self.eval_set is not None and ((cfg.eval_every and self.step % cfg.eval_every == 0) or self.step == total):
                     rec['eval_loss'] = self.evaluate()
