@@ -2,6 +2,7 @@
 
     python benchmarks/memory_heldout.py measure --out DIR [--workers 4]     # on one GPU (CUDA), a few minutes
     python benchmarks/memory_heldout.py measure --out DIR --only 4,5,6,7   # the second run
+    python benchmarks/memory_heldout.py measure --out DIR --only 8,9,10,11   # the third run (full, checkpointing)
     python benchmarks/memory_heldout.py report DIR/rows_*.csv --out benchmarks/memory_heldout   # anywhere, no GPU
 
 `measure` runs GROUPS (below) in `--workers` processes on the same GPU, each capped to its share of the GPU's memory
@@ -44,6 +45,14 @@ PLAN = {
         + [dict(model='qlora:Qwen3-VL-4B', method='qlora', precision='bf16', fast=True, gradient_checkpointing=True, points=SMALL[:3])]),
     7: (0.24, groups('Qwen3-VL-4B', methods=('full',), steps=(True,), points=SMALL[:3])
         + groups('Qwen3-VL-2B', methods=('full',), precisions=('bf16-mixed',), steps=(False,), gcs=(True,), points=SMALL)),
+    # the third run (`--only 8,9,10,11`): every group of full fine-tuning with checkpointing again, after `prepare_model`
+    # took the frozen vision tower out of autograd for full fine-tuning too; their earlier rows: superseded_full_gc.csv
+    8: (0.24, groups('Qwen2-VL-2B', methods=('full',), gcs=(True,))),
+    9: (0.24, groups('Qwen3-VL-2B', methods=('full',), gcs=(True,))),
+    10: (0.24, groups('Qwen3-VL-4B', methods=('full',), steps=(True,), gcs=(True,), points=SMALL[:3])
+         + groups('Qwen3-VL-2B', methods=('full',), precisions=('fp32',), steps=(True,), gcs=(True,), points=SMALL[:3])),
+    11: (0.24, groups('Qwen3-VL-2B', methods=('full',), precisions=('bf16-mixed',), gcs=(True,), points=SMALL)
+         + groups('Qwen2-VL-2B', methods=('full',), precisions=('bf16-mixed',), gcs=(True,), points=SMALL)),
 }
 FIELDS = ['model', 'method', 'precision', 'fast', 'gradient_checkpointing', 'image_w', 'image_h', 'batch_size',
           'images_per_sample', 'prompt_tokens', 'answer_tokens', 'lora_adapter_dtype', 'status', 'error',
@@ -116,21 +125,22 @@ def report(a):
     import pandas as pd
     from qvl.memory import Setup, estimate_setup, row_attention_mask
     df = pd.concat([pd.read_csv(p).assign(worker=int(Path(p).stem.split('_')[-1])) for p in a.rows], ignore_index=True)
-    est = []
+    est, res = [], []
     for _, r in df.iterrows():
         s = Setup(model=r.model, method=r.method, precision=r.precision, fast=bool(r.fast),
                   gradient_checkpointing=bool(r.gradient_checkpointing), image_size=(int(r.image_w), int(r.image_h)),
                   batch_size=int(r.batch_size), images_per_sample=int(r.images_per_sample), prompt_tokens=int(r.prompt_tokens),
                   answer_tokens=int(r.answer_tokens), freeze_projector=False, attention_mask=row_attention_mask(r))
-        est.append(estimate_setup(s).peak_allocated_bytes)
-    df['estimated_allocated'] = est
-    # each worker's cap: its share of the GPU's memory (PLAN); an out-of-memory row is right when its estimate is above it
+        e = estimate_setup(s); est.append(e.peak_allocated_bytes); res.append(e.peak_reserved_bytes)
+    df['estimated_allocated'], df['estimated_reserved'] = est, res
+    # each worker's cap: its share of the GPU's memory (PLAN), which bounds what the allocator reserves; an out-of-memory
+    # row is right when the estimate of the reserved peak is above it
     total = 143771 * 2**20      # NVIDIA H200, MiB as nvidia-smi reports it
     df['cap'] = [PLAN[int(str(w))][0] * total for w in df.worker] if 'worker' in df else float('nan')
     oom = df[df.status == 'oom']
-    print(f"out of memory: {len(oom)} points; the estimate is above the cap for {(oom.estimated_allocated > oom.cap).sum()}"
+    print(f"out of memory: {len(oom)} points; the estimate (reserved) is above the cap for {(oom.estimated_reserved > oom.cap).sum()}"
           + ''.join(f"\n  {r.model} {r.method} {r.precision} {'fast' if r.fast else 'plain'} gc={r.gradient_checkpointing} "
-                    f"{r.image_w} b{r.batch_size}: estimate {r.estimated_allocated / 1e9:.1f} GB, cap {r.cap / 1e9:.1f} GB"
+                    f"{r.image_w} b{r.batch_size}: estimate {r.estimated_allocated / 1e9:.1f} GB allocated, {r.estimated_reserved / 1e9:.1f} reserved; cap {r.cap / 1e9:.1f} GB"
                     for _, r in oom.iterrows()))
     ok = df[df.status == 'ok'].copy()
     ok['error'] = ok.estimated_allocated / ok.peak_allocated - 1

@@ -170,9 +170,11 @@ CE_BYTES = 12
 LAYER_INPUT_BYTES = 2
 # full fine-tuning of a model whose LM head shares the embedding table: at the end of the fast step's backward the LM
 # head's and the embedding's gradients of the table are both alive beside the one being accumulated: two gradients per
-# table entry, in the trained weights' width (bf16: 2 x 2 bytes). Measured in pure bf16 as the fast step's excess over
-# the plain step of the same run (Qwen2.5-VL-3B +1.32 GB, Qwen3-VL-2B +1.31 GB: 4.2 bytes per entry;
-# benchmarks/memory/fast_vs_plain_full); held out: Qwen3-VL-2B full in fp32 (memory_heldout), 2 x 4 bytes
+# table entry, in the width the step computes in (bf16, and bf16-mixed under autocast: 2 x 2 bytes; fp32: 2 x 4).
+# Measured in pure bf16 as the fast step's excess over the plain step of the same run (Qwen2.5-VL-3B +1.32 GB,
+# Qwen3-VL-2B +1.31 GB: 4.2 bytes per entry; benchmarks/memory/fast_vs_plain_full); held out: Qwen3-VL-2B full in fp32
+# (memory_heldout: 8.3 bytes per entry). bf16-mixed (Qwen2-VL-2B, Qwen3-VL-2B: 4.3-4.5 bytes per entry) chose the
+# compute width over the fp32 master weights' width; nothing was fitted on it
 TIED_TABLE_GRADS = 2
 # without checkpointing, the fast step's layers (fused RMSNorm, SwiGLU and LoRA kernels) keep this fraction of what the
 # eager layers keep (`traced_activations`): a measured correction (`kept_fraction`), 0.715-0.725 on the 12
@@ -372,7 +374,7 @@ def _param_bytes(s: Setup, shape: ModelShape) -> dict:
                      + (0 if s.freeze_llm else shape.llm + shape.lm_head))
         if trainable == 0: raise QvlError("nothing to train: every part is frozen")
         master = 4 if s.precision == 'bf16-mixed' else wbytes       # mixed: fp32 master weights and states
-        weights = (shape.total - trainable) * wbytes + trainable * (master + (2 if s.precision == 'bf16-mixed' else 0))
+        weights = (shape.total - trainable) * wbytes + trainable * master
         grads = trainable * master
         state_w = STATE_BYTES.get(s.optimizer, master)
     else:
@@ -493,12 +495,14 @@ def estimate_setup(s: Setup, coefficients: dict | None = None, batch: Batch | No
     if corrections:
         k = corrections['activation_scale']
         llm_act, vision_act, logits = llm_act * k, vision_act * k, logits * k
-    trains_table = s.method == 'full' and not s.freeze_llm and shape.lm_head == 0
-    # bf16-mixed: autocast casts the frozen fp32 LM head (the embedding table when tied) to bf16 for the loss and keeps
-    # that copy for backward; a trained head's copy is in `weights` already (2 bytes per trained weight)
-    head_cast = 2 * shape.vocab * shape.hidden if s.precision == 'bf16-mixed' and not (s.method == 'full' and not s.freeze_llm) else 0
-    grad_width = p['grads'] / p['trainable'] if s.method == 'full' else 0
-    tied = TIED_TABLE_GRADS * grad_width * shape.vocab * shape.hidden if s.fast and trains_table else 0
+    trains_table = s.method == 'full' and not s.freeze_llm and shape.lm_head == 0      # the LM head is the embedding table
+    # bf16-mixed: autocast keeps a bf16 copy of every fp32 weight that trains (its cache, 2 bytes per weight) and of the
+    # frozen LM head it casts for the loss (the embedding table when tied) from forward through backward; they are gone
+    # by the optimizer step
+    trains_head = s.method == 'full' and not s.freeze_llm
+    autocast = (2 * p['trainable'] * (s.method == 'full') + 2 * shape.vocab * shape.hidden * (not trains_head)
+                if s.precision == 'bf16-mixed' else 0)
+    tied = TIED_TABLE_GRADS * (4 if s.precision == 'fp32' else 2) * shape.vocab * shape.hidden if s.fast and trains_table else 0
     # sharding: what each GPU holds of weights, gradients and states
     n = s.gpus
     shard_w = n if s.sharding in ('fsdp', 'zero3') else 1
@@ -514,7 +518,7 @@ def estimate_setup(s: Setup, coefficients: dict | None = None, batch: Batch | No
     const = g['const'] + (corrections['constant_bytes'] if corrections else 0)
     # peak 1: start of backward: the first micro-batch's before gradients exist (set_to_none frees them after each step);
     # with accumulation, the later ones' with the gradients summed so far
-    at_backward = (weights + states + ddp_buckets + gather + llm_act + vision_act + logits + head_cast + const
+    at_backward = (weights + states + ddp_buckets + gather + llm_act + vision_act + logits + autocast / shard_w + const
                    + (grads if s.grad_accum > 1 else 0))
     # peak 2: optimizer step, with every gradient and the foreach temporaries
     at_step = weights + states + grads + ddp_buckets + gather + opt_temp + tied / shard_g + const
@@ -523,7 +527,8 @@ def estimate_setup(s: Setup, coefficients: dict | None = None, batch: Batch | No
     frac, rconst = c['reserved'].get(f'fast-{rkey}', c['reserved'][rkey]) if s.fast else c['reserved'][rkey]
     reserved = peak + frac * (llm_act + vision_act + logits) + rconst
     comps = dict(weights=weights, gradients=grads, optimizer_states=states, llm_activations=llm_act,
-                 vision_activations=vision_act, logits_and_loss=logits, head_cast=head_cast, optimizer_temporaries=opt_temp,
+                 vision_activations=vision_act, logits_and_loss=logits, autocast_copies=autocast / shard_w,
+                 optimizer_temporaries=opt_temp,
                  ddp_buckets_and_gathers=ddp_buckets + gather, tied_table_gradients=tied / shard_g, fixed_overhead=const,
                  allocator_overhead=reserved - peak)
     return Estimate(s, comps, int(peak), int(reserved), phase, f, batch, corrections,

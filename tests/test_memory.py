@@ -77,24 +77,25 @@ def test_estimate_on_families_no_coefficient_was_fitted_on():
 
 
 def test_held_out_set_through_the_trainers_preparation(tmp_path):
-    """benchmarks/memory_heldout (H200, `qvl train`'s preparation, 179 points of Qwen2-VL, Qwen3-VL 2B/4B/8B, bf16,
-    bf16-mixed, fp32, QLoRA, checkpointing on and off, both steps): the shipped estimate of every row. QLoRA's one
-    correction (`QLORA_KEPT`) was fitted on Qwen2-VL-2B without checkpointing; its other rows are held out."""
+    """benchmarks/memory_heldout (H200, `qvl train`'s preparation, 191 points of Qwen2-VL, Qwen3-VL 2B/4B/8B, bf16,
+    bf16-mixed, fp32, QLoRA, checkpointing on and off, both steps): the shipped estimate of every row meets the goal of
+    3% median and 8% worst. QLoRA's one correction (`QLORA_KEPT`) was fitted on Qwen2-VL-2B without checkpointing; its
+    other rows are held out."""
     import subprocess, sys
     rows = sorted((BENCH / 'memory_heldout').glob('rows_*.csv'))
     out = subprocess.run([sys.executable, BENCH / 'memory_heldout.py', 'report', *rows, '--out', tmp_path],
                          capture_output=True, text=True, check=True).stdout
     a = pd.read_csv(tmp_path / 'accuracy.csv')
-    assert len(a) >= 170 and {'fp32', 'bf16-mixed', 'bf16'} <= set(a.precision) and 'qlora' in set(a.method)
+    assert len(a) >= 190 and {'fp32', 'bf16-mixed', 'bf16'} <= set(a.precision) and 'qlora' in set(a.method)
     err = a.error.abs()
-    assert err.median() < 0.03 and err.max() < 0.12, out
+    assert err.median() < 0.03 and err.max() < 0.08, out
     q = a[a.method == 'qlora']
     held = q[~((q.model == 'Qwen2-VL-2B') & ~q.gradient_checkpointing)]
     assert len(held) >= 11 and held.error.abs().max() < 0.06 and held.error.abs().median() < 0.03
-    # every point that ran out of its process's memory cap was predicted above the cap, but for three
+    # every point that ran out of its process's memory cap was predicted (reserved) above the cap, but for two
     line = next(l for l in out.splitlines() if l.startswith('out of memory'))
     n, above = (int(w) for w in line.replace(';', ' ').split() if w.isdigit())
-    assert n >= 24 and above >= n - 3
+    assert n >= 18 and above >= n - 2
 
 
 def test_estimate_cli_json_and_components():
