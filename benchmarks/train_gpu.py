@@ -1,5 +1,7 @@
 """The GPU tests of `qvl train` (tests/test_train_gpu.py) as a table: each run's losses, warm-up, steady-state speed
-and memory, from the records the tests write when QVL_GPU_REPORT names a file.
+and memory (GB, 10^9 bytes; records before 2026-11-29 were written in GiB and are converted), with `qvl estimate` of
+the same config and data beside the peak where the record has it, from the records the tests write when
+QVL_GPU_REPORT names a file.
 
     QVL_GPU_REPORT=runs.jsonl python -m pytest -m gpu tests/test_train_gpu.py     # on a machine with 2 GPUs
     python benchmarks/train_gpu.py runs.jsonl
@@ -10,10 +12,10 @@ from pathlib import Path
 
 def table(records: list[dict]) -> str:
     lines = ['| session | run | method | GPUs x batch | steps | loss first -> last | warm-up s | steady s/step | tokens/s | MFU | '
-             'peak alloc GiB | peak reserved GiB | check |',
-             '|---|---|---|---|---|---|---|---|---|---|---|---|---|']
+             'peak alloc GB | `qvl estimate` GB | peak reserved GB | check |',
+             '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|']
     for r in records:
-        s, c = r['summary'], r['config']
+        s, c, m = r['summary'], r['config'], r.get('memory')
         check = ', '.join(f"{k.replace('largest_rel_diff_', 'max rel. loss diff ').replace('_', ' ')} {v:.2e}" if isinstance(v, float)
                           else f"{k.replace('_', ' ')} {v}" for k, v in r.items() if k.startswith(('largest', 'killed')))
         lines.append(f"| {r.get('session_run', '')} | {r['run']} | {c['method']}{' fast' if c.get('fast', True) else ' plain'}"
@@ -21,7 +23,8 @@ def table(records: list[dict]) -> str:
                      f"{r['gpus']} x {c['batch_size']} | {len(r['losses'])} | {r['losses'][0]:.3f} -> {r['losses'][-1]:.3f} | "
                      f"{s.get('warmup_s', float('nan')):.1f} | {s.get('steady_s_per_step', float('nan')):.3f} | "
                      f"{s.get('tokens_per_s', 0):,.0f} | {s.get('mfu', float('nan')) * 100:.1f}% | {s.get('max_allocated_gb', float('nan')):.2f} | "
-                     f"{s.get('max_reserved_gb', float('nan')):.2f} | {check} |")
+                     + (f"{m['estimated_gb']:.2f} ({m['estimate_error']:+.1%}) | " if m else "| ")
+                     + f"{s.get('max_reserved_gb', float('nan')):.2f} | {check} |")
     return '\n'.join(lines)
 
 
