@@ -149,22 +149,24 @@ def features(s: Setup, shape: ModelShape, batch: Batch | None = None) -> dict:
 # %% ../nbs/10_memory.ipynb #eee8d061
 COEFFICIENTS = {
     # bytes per feature unit, fitted by benchmarks/memory_accuracy.py (fit split only)
-    'gc': {'hidden': 2.005, 'layer': 0.8309, 'logits': 10.79, 'vision': 13.53, 'vision_mlp': 36.36, 'const': 67860000.0},
-    'nogc': {'logits': 11.45, 'const': 0.0},     # beside what `traced_activations` derives for the layers and vision blocks
+    # (the loss is derived: `CE_BYTES` per token and vocabulary entry, every token's logits in the plain step)
+    'gc': {'hidden': 0.0, 'layer': 5.740, 'vision': 11.20, 'vision_mlp': 29.94, 'const': 32280000.0},
+    'nogc': {'const': 0.0},     # beside what `traced_activations` derives for the layers and vision blocks
     # the fast step (qvl.fast): logits of labelled tokens only, the frozen vision tower outside autograd
     # (fitted on benchmarks/fast_step_nocompile's steps at batch 1 and 4; batch 2 held out)
     'fast-gc': {'layer': 8.06, 'vision': 0.0, 'vision_mlp': 0.0, 'const': 0.0},
     'fast-nogc': {'vision': 0.0, 'vision_mlp': 0.0, 'const': 0.0},   # its layers: FAST_KEPT x what `traced_activations` derives
-    'optimizer_temp': 1.005,   # bytes of foreach temporaries per byte of one optimizer state
+    'optimizer_temp': 1.007,   # bytes of foreach temporaries per byte of one optimizer state
     # max_memory_reserved = peak allocated + frac * activations + const, by method and checkpointing:
     # freed activation blocks stay cached (fragmentation), more so when gradients are allocated among them
-    'reserved': {'lora-gc': [0.1464, 166700000.0], 'lora-nogc': [0.02861, 73600000.0], 'full-gc': [0.2449, 0.0], 'full-nogc': [0.03093, 283900000.0],
+    'reserved': {'lora-gc': [0.1463, 161900000.0], 'lora-nogc': [0.02841, 73270000.0], 'full-gc': [0.2441, 0.0], 'full-nogc': [0.03073, 283400000.0],
                  'fast-lora-gc': [0.04494, 5.145e+07], 'fast-lora-nogc': [0.007104, 2.699e+07]},
     'fitted_on': 'NVIDIA H200, 38 measured plain steps and 16 fast steps',
 }
-# Terms of the fast step taken from what it computes, not fitted:
-# its loss over labelled tokens keeps the fp32 logits, their log-softmax and that one's gradient alive together where
-# backward begins: 3 x 4 bytes per labelled token and vocabulary entry (12 x labeled)
+# Terms taken from what the step computes, not fitted:
+# the loss keeps the fp32 logits, their log-softmax and that one's gradient alive together in backward: 3 x 4 bytes per
+# token and vocabulary entry, over the labelled tokens in the fast step and over every token in the plain step
+# (transformers projects every position and takes the loss in fp32)
 CE_BYTES = 12
 # with checkpointing, each decoder layer keeps its bf16 input (2 bytes per token and hidden unit, per layer)
 LAYER_INPUT_BYTES = 2
@@ -491,7 +493,7 @@ def estimate_setup(s: Setup, coefficients: dict | None = None, batch: Batch | No
     llm_act = _llm_activations(s, shape, f, c) + _eager_scores(s, shape, f)
     vision_act = _vision_activations(s, f, c)
     # the plain step's logits (every token) are fitted; the fast step's (labelled tokens only) follow from its loss
-    logits = CE_BYTES * f['labeled'] if s.fast else g.get('logits', 0) * f['logits']
+    logits = CE_BYTES * (f['labeled'] if s.fast else f['logits'])
     if corrections:
         k = corrections['activation_scale']
         llm_act, vision_act, logits = llm_act * k, vision_act * k, logits * k
@@ -915,8 +917,8 @@ def fit_coefficients(measured, base: dict | None = None) -> dict:
             e = estimate(**_row_setup(r), coefficients=c)
             if r['method'] == 'full' and e.peak_phase == 'optimizer step': continue
             fixed = e.components['weights'] + e.components['optimizer_states'] + e.components['ddp_buckets_and_gathers']
-            if is_fast:          # the fast step's loss term and checkpointed layer inputs are not fitted
-                fixed += e.components['logits_and_loss'] + (LAYER_INPUT_BYTES * e.features['hidden'] if gc_on else 0)
+            fixed += e.components['logits_and_loss']        # the loss is derived (`CE_BYTES`), not fitted
+            if is_fast and gc_on: fixed += LAYER_INPUT_BYTES * e.features['hidden']     # nor are the fast step's layer inputs
             if not gc_on:        # derived, not fitted: the layers' and the vision blocks' kept tensors
                 fixed += (e.components['llm_activations'] if 'layer_all' not in names else 0) + e.components['vision_activations']
             f = e.features
