@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 # %% auto #0
-__all__ = ['QWEN_TOKEN_IDS', 'QWEN35_TOKEN_IDS', 'ARCHITECTURES', 'CHECKSUMS', 'SPECIAL_TOKENS', 'CHAT_TEMPLATE',
+__all__ = ['QWEN_TOKEN_IDS', 'QWEN35_TOKEN_IDS', 'ARCHITECTURES', 'GB', 'CHECKSUMS', 'SPECIAL_TOKENS', 'CHAT_TEMPLATE',
            'CHECKPOINT_MIN_PIXELS', 'CHECKPOINT_MAX_PIXELS', 'TINY_FAMILIES', 'QvlError', 'Arch', 'known_models',
            'resolve_arch', 'arch_config', 'load_config', 'count_parameters', 'image_factor', 'ImageSize', 'qvl_home',
            'seed_everything', 'atomic_file', 'atomic_dir', 'file_fingerprint', 'file_digest', 'write_checksums',
@@ -197,6 +197,8 @@ class ImageSize(NamedTuple):
 def qvl_home() -> Path:
     "Where qvl keeps its caches and built-in assets: `$QVL_HOME`, else `~/.cache/qvl`."
     return Path(os.environ.get('QVL_HOME', Path.home() / '.cache' / 'qvl')).expanduser()
+
+GB = 1e9        # qvl's one unit of memory (estimates, plans, training logs): 10^9 bytes
 
 def seed_everything(seed: int) -> None:
     "Seed Python, NumPy and (if imported) torch."

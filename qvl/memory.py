@@ -9,12 +9,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from .config import ATTENTIONS, METHODS, PRECISIONS, SHARDINGS as RUN_SHARDINGS, TrainConfig, config_from_dict, resolve_precision, \
     sharding_mode
-from .core import ImageSize, QvlError, atomic_file, load_config
+from .core import GB, ImageSize, QvlError, atomic_file, load_config
 from .model import ModelShape, base_model, build_model, checkpointed_layers, decoder_layers, model_shape, prepare_model
 
 # %% auto #0
 __all__ = ['OPTIMIZERS', 'STATE_BYTES', 'SHARDINGS', 'RUN_KEYS', 'COEFFICIENTS', 'CE_BYTES', 'LAYER_INPUT_BYTES',
-           'TIED_TABLE_GRADS', 'FAST_KEPT', 'FAST_KEPT_COMPILED_LORA', 'QLORA_KEPT', 'TRACE_VOCAB', 'GB', 'GPU_SIZES',
+           'TIED_TABLE_GRADS', 'FAST_KEPT', 'FAST_KEPT_COMPILED_LORA', 'QLORA_KEPT', 'TRACE_VOCAB', 'GPU_SIZES',
            'ACT_SCALE', 'STEP_TIME', 'TIME_TERMS', 'CALIBRATION_FILE', 'Setup', 'Batch', 'nominal_batch', 'features',
            'synthetic_batch', 'traced_activations', 'Estimate', 'padding_mask_bytes', 'kept_fraction', 'estimate',
            'estimate_setup', 'largest', 'what_fits', 'advise', 'step_seconds', 'fit_step_time', 'image_sizes', 'plan',
@@ -326,7 +326,6 @@ def traced_activations(model: str, method: str = 'lora', precision: str = 'bf16'
 
 
 # %% ../nbs/10_memory.ipynb #a5950874
-GB = 1e9
 GPU_SIZES = {'24 GB': 24e9, '40 GB': 40e9, '80 GB': 80e9, '141 GB (H200)': 141e9}
 
 @dataclass

@@ -9,8 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 if TYPE_CHECKING: import pandas as pd      # names in annotations only
 from .config import TrainConfig, config_from_dict, device_type, rank, resolve_precision, sharding_mode, world_size
-from .core import QvlError, atomic_dir, atomic_file, check_model_dir
-from .memory import GB
+from .core import GB, QvlError, atomic_dir, atomic_file, check_model_dir
 from .model import checkpointed_layers, decoder_layers, model_shape, param_part, prepare_model, tied_names, token_type_id
 from .resize import Budget
 
