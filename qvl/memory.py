@@ -402,6 +402,10 @@ def _traced(s: Setup) -> dict:
     return traced_activations(s.model, s.method, s.precision, s.lora_adapter_dtype, s.vision_in_graph and not s.fast,
                               lora_rank=s.lora_rank)
 
+def _compute_width(s: Setup) -> int:
+    "Bytes per value the step computes in: fp32's 4, else bf16's 2 (bf16-mixed computes in bf16 under autocast)."
+    return 4 if s.precision == 'fp32' else 2
+
 def _compiled(s: Setup) -> bool:
     "Whether the step's decoder layers are compiled: the fast step's, unless 4-bit (qvl.fast leaves those eager)."
     return s.fast and s.compiled_layers and s.method != 'qlora'
@@ -422,7 +426,7 @@ def padding_mask_bytes(s: Setup, shape: ModelShape, f: dict) -> float:
     is given), and the mask as an additive bias of seq x seq per row: made once for all layers, but by each compiled
     layer (the fast step's `compiled_layers`) for itself. Derived from the architecture, not fitted."""
     if s.attention_mask != 'padded' or s.attn_implementation != 'sdpa': return 0.0
-    width = 4 if s.precision == 'fp32' else 2
+    width = _compute_width(s)
     rows, kept = f['tokens'] // f['seq_len'], shape.layers - checkpointed_layers(s, shape.layers, shape.name)
     if not kept: return 0.0
     bias = rows * f['seq_len'] ** 2 * width * (kept if _compiled(s) else 1)
@@ -491,19 +495,19 @@ def estimate_setup(s: Setup, coefficients: dict | None = None, batch: Batch | No
     g = _coefficients(c, s, s.gradient_checkpointing)
     llm_act = _llm_activations(s, shape, f, c) + _eager_scores(s, shape, f)
     vision_act = _vision_activations(s, f, c)
-    # the plain step's logits (every token) are fitted; the fast step's (labelled tokens only) follow from its loss
+    # the loss: over the labelled tokens in the fast step, over every token in the plain step
     logits = CE_BYTES * (f['labeled'] if s.fast else f['logits'])
     if corrections:
         k = corrections['activation_scale']
         llm_act, vision_act, logits = llm_act * k, vision_act * k, logits * k
-    trains_table = s.method == 'full' and not s.freeze_llm and shape.lm_head == 0      # the LM head is the embedding table
+    trains_head = s.method == 'full' and not s.freeze_llm
+    trains_table = trains_head and shape.lm_head == 0      # the LM head is the embedding table
     # bf16-mixed: autocast keeps a bf16 copy of every fp32 weight that trains (its cache, 2 bytes per weight) and of the
     # frozen LM head it casts for the loss (the embedding table when tied) from forward through backward; they are gone
     # by the optimizer step
-    trains_head = s.method == 'full' and not s.freeze_llm
     autocast = (2 * p['trainable'] * (s.method == 'full') + 2 * shape.vocab * shape.hidden * (not trains_head)
                 if s.precision == 'bf16-mixed' else 0)
-    tied = TIED_TABLE_GRADS * (4 if s.precision == 'fp32' else 2) * shape.vocab * shape.hidden if s.fast and trains_table else 0
+    tied = TIED_TABLE_GRADS * _compute_width(s) * shape.vocab * shape.hidden if s.fast and trains_table else 0
     # sharding: what each GPU holds of weights, gradients and states
     n = s.gpus
     shard_w = n if s.sharding in ('fsdp', 'zero3') else 1

@@ -61,9 +61,10 @@ _estimates = {}
 def peak_vs_estimate(setup, name, gpus=1) -> dict:
     """The largest memory peak the run logged (GB, every step) beside `qvl estimate` of the same config and data (its
     largest micro-batch, on `gpus` GPUs), each taken once."""
+    from qvl.core import GB
     if name not in _estimates:
         cfg = setup[0] / 'configs' / f'{name}.yaml'
-        e = json.loads(run_qvl('estimate', cfg, '--gpus', gpus, '--json', timeout=600).stdout)['peak_allocated_bytes'] / 1e9
+        e = json.loads(run_qvl('estimate', cfg, '--gpus', gpus, '--json', timeout=600).stdout)['peak_allocated_bytes'] / GB
         m = max(r['max_allocated_gb'] for r in log(setup, name))
         _estimates[name] = dict(measured_gb=round(m, 3), estimated_gb=round(e, 3), estimate_error=round(e / m - 1, 4))
     return _estimates[name]
