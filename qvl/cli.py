@@ -41,8 +41,9 @@ def cmd_tiny_model(a) -> int:
         raise QvlError(f"{out} exists and is not empty: choose a new directory or pass --force")
     if a.like:
         from qvl.core import build_random_checkpoint
-        path = build_random_checkpoint(a.like, out, a.device, a.seed)
-        print(f"{a.like}-sized model with random weights written to {path}")
+        path = build_random_checkpoint(a.like, out, a.device, a.seed, weights=not a.no_weights)
+        print(f"{a.like}-sized model " + ("config and tokenizer (no weights)" if a.no_weights else "with random weights")
+              + f" written to {path}")
         return 0
     path = build_tiny_model(out, a.family, a.seed)
     print(f"tiny {a.family} model written to {path} (load it with AutoProcessor / AutoModelForImageTextToText)")
@@ -184,10 +185,13 @@ def cmd_train(a) -> int:
     cfg = load_config(a.config, **over) if a.config else tiny_run_config(**over)
     if a.plan:
         from qvl.memory import load_corrections
-        cfg, _ = _planned(cfg, a.plan, world_size(), {}, calibration=load_corrections(cfg))
+        cfg, plan = _planned(cfg, a.plan, world_size(), {}, calibration=load_corrections(cfg), progress=rank() == 0)
         if rank() == 0:
+            c = plan[plan.chosen].iloc[0]
             print(f"planned for {a.plan:g} GB: micro-batch {cfg.batch_size} x {cfg.grad_accum}, "
-                  + ('no checkpointing' if not cfg.gradient_checkpointing else f"checkpoint_layers {cfg.checkpoint_layers or 'all'}"))
+                  + ('no checkpointing' if not cfg.gradient_checkpointing else f"checkpoint_layers {cfg.checkpoint_layers or 'all'}")
+                  + f", {c.image_size} images: predicted {c.s_per_step:.2f} s/step, {c.reserved_gb:.1f} GB reserved")
+            for line in _plan_lines(plan): print(line)
     tr = Trainer(cfg)
     if rank() == 0:
         print(f"{cfg.method} on {cfg.model}"
@@ -255,16 +259,14 @@ def _setup(a):
     cfg = load_config(a.config, **{**_overrides(a.set), **{k: v for k, v in given.items() if k in RUN_KEYS}})
     return Setup.of(cfg, **{k: v for k, v in given.items() if k not in RUN_KEYS}), cfg
 
-_NOMINAL = ('image_size', 'images_per_sample', 'prompt_tokens', 'answer_tokens')    # a made-up sample instead of the data
-
 def cmd_estimate(a) -> int:
     import dataclasses, json
     from qvl.memory import GB, advise, estimate_data, estimate_setup, what_fits
-    from qvl.memory import load_corrections
+    from qvl.memory import NOMINAL_KEYS, load_corrections
     s, cfg = _setup(a)
     where = None
     corr = load_corrections(cfg) if cfg is not None and not a.no_calibration else None
-    if cfg is not None and not any(hasattr(a, k) for k in _NOMINAL):
+    if cfg is not None and not any(hasattr(a, k) for k in NOMINAL_KEYS):
         if Path(cfg.data).exists(): e, where = estimate_data(cfg, s, progress=not a.json, corrections=corr)
         else:
             print(f"{cfg.data} not found: the estimate of a nominal sample ({s.image_size} image, {s.prompt_tokens} + "
@@ -274,9 +276,9 @@ def cmd_estimate(a) -> int:
     if a.json:
         print(json.dumps(dict(e.to_json(), largest_batch=where), indent=1, default=str)); return 0
     if where:
-        print(f"the largest micro-batch of {where['examples']} training examples over the run's {cfg.steps} steps "
-              f"({where['distinct_batches']} distinct shapes): step {where['step']}, GPU {where['gpu']}, samples "
-              + ', '.join(f"#{i}" + (f" (id {n})" if n is not None else '') for i, n in zip(where['samples'], where['ids'])))
+        print(f"the largest micro-batch of {where['examples']} training examples ({where['skipped_summary']}) over the run's "
+              f"{cfg.steps} steps ({where['distinct_batches']} shapes that could set the peak): step {where['step']}, GPU "
+              f"{where['gpu']}, samples " + _samples(where['samples'], where['ids']))
     print(e)
     print(advise(e, a.gpu_memory * GB))
     if a.fits:
@@ -306,13 +308,30 @@ def cmd_calibrate(a) -> int:
     if not a.no_save: print(f"written to {Path(cfg.out_dir) / CALIBRATION_FILE}: `qvl estimate {a.config}` and `qvl plan {a.config}` use them")
     return 0
 
-def _planned(cfg, gpu_memory: float, gpus: int, setup: dict, min_side: int | None = None, calibration: dict | None = None):
-    """The run config `qvl.memory.plan_config` chooses for `gpus` GPUs of `gpu_memory` GB (after `calibration`: the
-    corrections and step-time model `qvl calibrate` saved beside the run, `load_corrections`), and the table of candidates."""
+def _samples(samples, ids) -> str:
+    "Samples by position in the data file, with their ids where they have one."
+    return ', '.join(f"#{i}" + (f" (id {n})" if n is not None else '') for i, n in zip(samples, ids))
+
+def _planned(cfg, gpu_memory: float, gpus: int, setup: dict, min_side: int | None = None, calibration: dict | None = None,
+             margin: float | None = None, progress: bool = True):
+    """The run config `qvl.memory.plan_config` chooses for `gpus` GPUs of `gpu_memory` GB on the run's own data (after
+    `calibration`: the corrections and step-time model `qvl calibrate` saved beside the run, `load_corrections`), and
+    the table of candidates."""
     from qvl.core import QvlError
-    from qvl.memory import GB, plan_config
+    from qvl.memory import GB, PLAN_MARGIN, plan_config
     if gpu_memory <= 0: raise QvlError(f"--gpu-memory / --plan takes the GPU's size in GB, got {gpu_memory}")
-    return plan_config(cfg, gpu_memory * GB, gpus, min_side, calibration, **setup)
+    if margin is not None and not 0 <= margin < 1: raise QvlError(f"--margin is a fraction from 0 to below 1, got {margin}")
+    return plan_config(cfg, gpu_memory * GB, gpus, min_side, calibration, PLAN_MARGIN if margin is None else margin,
+                       progress, **setup)
+
+def _plan_lines(df) -> list[str]:
+    "What a plan was made on: the data (and what the run skips) or a nominal sample, and the micro-batch that sets its peak."
+    c = df[df.chosen].iloc[0]
+    lines = [f"planned on {df.attrs['planned_on']}"]
+    if c.largest is not None:
+        step, gpu, mb = c.largest
+        lines.append(f"its largest micro-batch: step {step}, GPU {gpu}, {len(mb)} example(s) ({int(c.micro_batch_tokens):,} tokens)")
+    return lines
 
 def cmd_plan(a) -> int:
     "Choose micro-batch x accumulation and checkpointed layers for the fastest run of RUN.yaml that fits; write it."
@@ -320,10 +339,20 @@ def cmd_plan(a) -> int:
     from qvl.config import load_config
     from qvl.core import ImageSize
     from qvl.memory import load_corrections
+    from qvl.memory import NOMINAL_KEYS
     cfg = load_config(a.config, **_overrides(a.set))
-    setup = {k: getattr(a, k) for k in ('image_size', 'prompt_tokens', 'answer_tokens', 'images_per_sample') if hasattr(a, k)}
+    setup = {k: getattr(a, k) for k in NOMINAL_KEYS if hasattr(a, k)}
     cal = None if a.no_calibration else load_corrections(cfg)
-    new, df = _planned(cfg, a.gpu_memory, a.gpus, setup, a.min_side, cal)
+    new, df = _planned(cfg, a.gpu_memory, a.gpus, setup, a.min_side, cal, a.margin, progress=not a.json)
+    c = df[df.chosen].iloc[0]
+    out = Path(a.out or Path(a.config).with_suffix('.plan.yaml'))
+    if a.json:
+        import json
+        out.write_text(yaml.safe_dump(dataclasses.asdict(new), sort_keys=False))
+        pick = lambda r: {k: (v.item() if hasattr(v, 'item') else v) for k, v in r.items()}
+        print(json.dumps(dict(planned_on=df.attrs['planned_on'], skipped=df.attrs['skipped'], margin=df.attrs['margin'],
+                              written=str(out), chosen=pick(c), candidates=[pick(r) for _, r in df.iterrows()]), default=str))
+        return 0
     show = df if a.all else df[df.fits | df.chosen].head(a.top)
     cols = dict(micro_batch='micro-batch', grad_accum='accum', checkpoint_layers='k', peak_gb='peak GB', reserved_gb='reserved GB',
                 s_per_step='s/step', tokens_per_s='tokens/s', mfu='MFU', fits='fits', chosen='chosen')
@@ -338,12 +367,12 @@ def cmd_plan(a) -> int:
         print(f"nothing fits at {tried[0]}: smaller image budgets tried (--min-side {a.min_side}), {tried[-1]} is the largest that does")
     print(show[list(cols)].rename(columns=cols).to_string(index=False, formatters={'MFU': '{:.1%}'.format, 'tokens/s': '{:,.0f}'.format},
                                                           float_format=lambda v: f'{v:.2f}'))
-    c = df[df.chosen].iloc[0]
-    out = Path(a.out or Path(a.config).with_suffix('.plan.yaml'))
+    for line in _plan_lines(df): print(line)
     out.write_text(yaml.safe_dump(dataclasses.asdict(new), sort_keys=False))
     print(f"chosen: {c.image_size} images, micro-batch {new.batch_size} x {new.grad_accum}, "
           + (f"{int(c.checkpoint_layers)} checkpointed layers" if c.checkpoint_layers else 'no checkpointing')
-          + f": {c.s_per_step:.2f} s/step, {c.tokens_per_s:,.0f} tokens/s, MFU {c.mfu:.1%}, peak {c.peak_gb:.1f} GB; written to {out} "
+          + f": {c.s_per_step:.2f} s/step, {c.tokens_per_s:,.0f} tokens/s, MFU {c.mfu:.1%}, peak {c.peak_gb:.1f} GB allocated, "
+          f"{c.reserved_gb:.1f} GB reserved; written to {out} "
           f"(`qvl train {out}`, or `qvl train {a.config} --plan {a.gpu_memory:g}`)")
     return 0
 
@@ -464,7 +493,7 @@ def commands() -> list[Command]:
     "Every `qvl` subcommand, in the order `qvl --help` lists them: the one table the parser is made from."
     from qvl.core import TINY_FAMILIES
     from qvl.formats import SPECS
-    from qvl.memory import RUN_KEYS, Setup
+    from qvl.memory import NOMINAL_KEYS, RUN_KEYS, Setup
     from qvl.resize import FILTERS, FORMATS
     from qvl.sample import FORMATS as SAMPLE_FORMATS, TASKS
     from qvl.tokens import STRATEGIES
@@ -492,7 +521,9 @@ def commands() -> list[Command]:
             arg('--force', action='store_true', help='replace a non-empty OUT_DIR'),
             arg('--like', metavar='MODEL', help="instead: MODEL's real architecture (e.g. Qwen2.5-VL-3B) with random "
                     "bf16 weights and the offline tokenizer, for memory and speed runs"),
-            arg('--device', default='cuda', help='where --like builds the weights')]),
+            arg('--device', default='cuda', help='where --like builds the weights'),
+            arg('--no-weights', action='store_true', help="with --like: the config, tokenizer and processor only, no weights: "
+                "enough for `qvl estimate` and `qvl plan` of a run on its data, on any machine, in seconds")]),
         Command('sample-data', cmd_sample_data, help='generate a detail-dependent multimodal dataset',
                 description='Generate images up to 2000x2000 with small coloured marks, with questions whose answers need the '
                     'marks (count the red ones, name the colour), split into train and test, in LLaMA-Factory '
@@ -615,7 +646,12 @@ def commands() -> list[Command]:
             arg('--json', action='store_true', help='print one JSON object')]),
         Command('plan', cmd_plan, help='choose the fastest run that fits a GPU (no GPU needed)',
                 description="Keep RUN.yaml's global batch and try every micro-batch x accumulation and every number of "
-                    'checkpointed decoder layers (0 to all): the memory estimate says what fits --gpu-memory, a step-time '
+                    "checkpointed decoder layers (0 to all), each on the micro-batches the run will see: its own data, "
+                    "tokenized and resized as `qvl train` does and walked in the run's order on each GPU (a nominal sample "
+                    "only with --image-size or the text flags, or where the data or the model's tokenizer is not here; the "
+                    "output says which). The plan says what the run skips at its cutoff_len and refuses a run in which no "
+                    "sample can be trained on. The memory estimate of each candidate's largest micro-batch says what fits "
+                    "--gpu-memory (its reserved peak with --margin, plus the CUDA context), a step-time "
                     'model fitted on H200 steps of the fast step says how fast each is (`qvl calibrate` refits both on your '
                     'GPU; plan uses them). With packing, the micro-batch is the packed row, so this also picks the packed '
                     'length. With --min-side, smaller image budgets are tried where nothing fits. Prints the candidates '
@@ -631,7 +667,11 @@ def commands() -> list[Command]:
             arg('--min-side', type=_positive, metavar='PX', help="where nothing fits at the run's image size, also try smaller "
                 'image budgets (aspect kept) down to this shorter side; the chosen one becomes the run\'s max_pixels'),
             arg('--no-calibration', action='store_true', help="ignore what `qvl calibrate` saved in RUN.yaml's out_dir"),
-            lambda s: _setup_flags(s, ('image_size', 'prompt_tokens', 'answer_tokens', 'images_per_sample'))]),
+            arg('--margin', type=float, metavar='FRACTION', help="memory kept free beyond the estimate, as a fraction of "
+                "the estimated reserved peak, for the estimate's error (default: qvl.memory.PLAN_MARGIN, 0.06)"),
+            arg('--json', action='store_true', help='print one JSON object: what the plan was made on, the chosen candidate '
+                'and every candidate (the config is written all the same)'),
+            lambda s: _setup_flags(s, NOMINAL_KEYS)]),
         Command('profile', cmd_profile, help='measure the GPU memory of real training steps (GPU)',
                 description='Build the model with random bf16 weights on the GPU (or load a checkpoint directory), prepare it '
                     'with `qvl train`\'s own code (method, checkpointing, fast step, optimizer), run a warm-up step and two '

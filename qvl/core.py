@@ -410,8 +410,9 @@ def load_tiny(path: str | os.PathLike):
     from transformers import AutoModelForImageTextToText, AutoProcessor
     return AutoProcessor.from_pretrained(path), AutoModelForImageTextToText.from_pretrained(path)
 
-def build_random_checkpoint(name: str, out_dir, device: str = 'cuda', seed: int = 0) -> Path:
-    "A checkpoint of `name`'s real architecture with random bf16 weights (made on `device`) and the offline tokenizer."
+def build_random_checkpoint(name: str, out_dir, device: str = 'cuda', seed: int = 0, weights: bool = True) -> Path:
+    """A checkpoint of `name`'s real architecture with random bf16 weights (made on `device`) and the offline tokenizer;
+    without `weights`, its config, tokenizer and processor alone (what the estimate and the planner read of a run)."""
     import torch
     from transformers import AutoModelForImageTextToText
     a = resolve_arch(name)
@@ -424,9 +425,11 @@ def build_random_checkpoint(name: str, out_dir, device: str = 'cuda', seed: int 
     for k, t in dict(bos_token_id='<|endoftext|>', eos_token_id='<|im_end|>', pad_token_id='<|endoftext|>').items():
         setattr(config.text_config, k, tokenizer.convert_tokens_to_ids(t))
     def write(tmp: Path):
-        torch.manual_seed(seed)
-        with torch.device(device): model = AutoModelForImageTextToText.from_config(config, dtype=torch.bfloat16)
-        model.save_pretrained(tmp)
+        if weights:
+            torch.manual_seed(seed)
+            with torch.device(device): model = AutoModelForImageTextToText.from_config(config, dtype=torch.bfloat16)
+            model.save_pretrained(tmp)
+        else: config.save_pretrained(tmp)
         build_processor(a.family, tokenizer).save_pretrained(tmp)
     return atomic_dir(Path(out_dir), write)
 

@@ -12,7 +12,7 @@ from .model import base_model, decoder_layers
 # %% auto #0
 __all__ = ['GPU_ROUTES', 'ROUTES', 'PEAK_BF16', 'grouped_attention', 'labeled_loss', 'right_padded', 'rms_norm', 'swiglu',
            'device_routes', 'FastPath', 'compilable_layers', 'enable', 'disable', 'peak_flops', 'batch_flops',
-           'step_flops']
+           'sample_rows', 'step_flops']
 
 # %% ../nbs/08_fast.ipynb #6f73da1e
 def grouped_attention(q, k, v, cu_seqlens, scale: float | None = None):
@@ -357,37 +357,46 @@ def batch_flops(shape, rows, method: str = 'lora', lora_rank: int = 8, freeze_vi
     tokens): one row per sample as the trainer sees it. `shape` is `qvl.memory.model_shape(model)`. `total` is the
     model's FLOPs (MFU's numerator); `recompute` what activation checkpointing runs again (the forward of the
     `recompute_layers` checkpointed decoder layers, and of the vision tower with `recompute_vision`), `hardware`
-    both (HFU's numerator); `tokens` the rows' tokens."""
+    both (HFU's numerator); `tokens` the rows' tokens; `llm_forward` and `vision_forward` the forward passes that
+    `recompute` takes its share of (with k layers: k / N of the first, all of the second)."""
     lin = sum(i * o for i, o in shape.linear_shapes)             # LLM linear weights used per token
     lora = shape.lora_params(lora_rank)
     full = method == 'full'
     window = shape.vision_window
     full_layers = shape.vision_full_layers if window else shape.vision_depth
-    out, again = dict(llm=0, lm_head=0, vision=0), 0
+    out, llm_fwd, vis_fwd = dict(llm=0, lm_head=0, vision=0), 0, 0
     for T, patches, labelled in rows:
         llm_f = 2 * lin * T + 2 * T * T * shape.hidden * shape.layers            # causal attention: half of QK^T and AV
         out['llm'] += llm_f * (3 if full else 2) + (0 if full else 6 * lora * T)  # activation grads; weight grads if full
         out['lm_head'] += 2 * shape.hidden * shape.vocab * labelled * (3 if full else 2)
-        again += llm_f * recompute_layers / shape.layers
+        llm_fwd += llm_f
         for P in patches:
             vis_att = 4 * shape.vision_width * P * (P * full_layers + min(window, P) * (shape.vision_depth - full_layers))
             vis_f = 2 * (shape.vision + shape.merger) * P + vis_att
             out['vision'] += vis_f * (1 if (freeze_vision or not full) else 3)
-            if recompute_vision: again += vis_f
+            vis_fwd += vis_f
     out['total'] = sum(out.values())
-    out.update(recompute=again, hardware=out['total'] + again, tokens=sum(T for T, _, _ in rows))
+    again = llm_fwd * recompute_layers / shape.layers + (vis_fwd if recompute_vision else 0)
+    out.update(recompute=again, hardware=out['total'] + again, tokens=sum(T for T, _, _ in rows), llm_forward=llm_fwd,
+               vision_forward=vis_fwd)
     return out
+
+def sample_rows(shape, image_size=(1344, 1344), batch_size: int = 1, prompt_tokens: int = 64, answer_tokens: int = 128,
+                images_per_sample: int = 1) -> list:
+    "`batch_flops`' rows of `batch_size` made-up samples: `images_per_sample` images of `image_size`, the prompt and the answer."
+    from qvl.core import ImageSize
+    from qvl.resize import Budget
+    size = ImageSize.of(image_size)
+    img = Budget(factor=shape.factor).tokens(size.height, size.width)
+    T = prompt_tokens + images_per_sample * (img + 2) + answer_tokens      # as `qvl.memory.synthetic_batch` builds a sample
+    return [(T, [img * 4] * images_per_sample, answer_tokens)] * batch_size
 
 def step_flops(model: str, image_size=(1344, 1344), batch_size: int = 1, method: str = 'lora', prompt_tokens: int = 64,
                answer_tokens: int = 128, lora_rank: int = 8, freeze_vision: bool = True, images_per_sample: int = 1,
                recompute_layers: int = 0) -> dict:
     """FLOPs one training step needs (see above), by part, for `batch_size` samples of `images_per_sample` images each of
     `image_size` (as `ImageSize.of` reads it), with `recompute_layers` checkpointed decoder layers."""
-    from qvl.core import ImageSize
     from qvl.model import model_shape
-    from qvl.resize import Budget
-    s, size = model_shape(model), ImageSize.of(image_size)
-    img = Budget(factor=s.factor).tokens(size.height, size.width)
-    T = prompt_tokens + images_per_sample * (img + 2) + answer_tokens      # as `qvl.memory.synthetic_batch` builds a sample
-    return batch_flops(s, [(T, [img * 4] * images_per_sample, answer_tokens)] * batch_size, method, lora_rank, freeze_vision,
-                       recompute_layers, recompute_layers > 0 and not freeze_vision)
+    s = model_shape(model)
+    return batch_flops(s, sample_rows(s, image_size, batch_size, prompt_tokens, answer_tokens, images_per_sample), method,
+                       lora_rank, freeze_vision, recompute_layers, recompute_layers > 0 and not freeze_vision)

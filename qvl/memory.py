@@ -15,10 +15,12 @@ from .model import ModelShape, base_model, build_model, checkpointed_layers, dec
 # %% auto #0
 __all__ = ['OPTIMIZERS', 'STATE_BYTES', 'SHARDINGS', 'RUN_KEYS', 'COEFFICIENTS', 'CE_BYTES', 'LAYER_INPUT_BYTES',
            'TIED_TABLE_GRADS', 'FAST_KEPT', 'FAST_KEPT_COMPILED_LORA', 'QLORA_KEPT', 'TRACE_VOCAB', 'GPU_SIZES',
-           'ACT_SCALE', 'STEP_TIME', 'TIME_TERMS', 'CALIBRATION_FILE', 'Setup', 'Batch', 'nominal_batch', 'features',
-           'synthetic_batch', 'traced_activations', 'Estimate', 'padding_mask_bytes', 'kept_fraction', 'estimate',
-           'estimate_setup', 'largest', 'what_fits', 'advise', 'step_seconds', 'fit_step_time', 'image_sizes', 'plan',
-           'plan_config', 'article_table', 'SyntheticData', 'profile_config', 'estimate_run', 'estimate_data',
+           'CUDA_CONTEXT', 'ACT_SCALE', 'STEP_TIME', 'TIME_TERMS', 'PLAN_MARGIN', 'NOMINAL_KEYS', 'CALIBRATION_FILE',
+           'Setup', 'Batch', 'nominal_batch', 'features', 'synthetic_batch', 'traced_activations', 'Estimate',
+           'padding_mask_bytes', 'kept_fraction', 'estimate', 'estimate_setup', 'largest', 'what_fits', 'advise',
+           'step_seconds', 'fit_step_time', 'image_sizes', 'skipped_summary', 'run_examples', 'RunShapes',
+           'run_micro_batches', 'distinct_batches', 'largest_micro_batch', 'estimate_data', 'NominalSample', 'RunData',
+           'plan', 'plan_config', 'article_table', 'SyntheticData', 'profile_config', 'estimate_run',
            'step_attention_mask', 'profile_trainer', 'profile', 'profile_run', 'row_attention_mask', 'fit_coefficients',
            'accuracy', 'fit_corrections', 'calibrate', 'load_corrections']
 
@@ -327,6 +329,7 @@ def traced_activations(model: str, method: str = 'lora', precision: str = 'bf16'
 
 # %% ../nbs/10_memory.ipynb #a5950874
 GPU_SIZES = {'24 GB': 24e9, '40 GB': 40e9, '80 GB': 80e9, '141 GB (H200)': 141e9}
+CUDA_CONTEXT = 0.6e9     # what a training process holds on the GPU outside PyTorch's allocator: CUDA context, kernels, libraries
 
 @dataclass
 class Estimate:
@@ -347,7 +350,9 @@ class Estimate:
                     peak_phase=self.peak_phase, features=self.features,
                     batch=dataclasses.asdict(self.batch) if self.batch else None, corrections=self.corrections)
 
-    def fits(self, gpu_bytes: float) -> bool: return self.peak_reserved_bytes + 0.6e9 <= gpu_bytes   # + CUDA context
+    def fits(self, gpu_bytes: float, margin: float = 0.0) -> bool:
+        "Whether the reserved peak, `margin` more of it, and the CUDA context fit a GPU of `gpu_bytes`."
+        return self.peak_reserved_bytes * (1 + margin) + CUDA_CONTEXT <= gpu_bytes
 
     def __str__(self):
         s = self.setup
@@ -360,7 +365,7 @@ class Estimate:
                  f"{s.gpus} GPU(s) {s.sharding}{', fast step' if s.fast else ''}"]
         lines += [f"  {k:>22}: {v / GB:8.2f} GB" for k, v in self.components.items()]
         lines.append(f"  peak allocated {self.peak_allocated_bytes / GB:.2f} GB, reserved {self.peak_reserved_bytes / GB:.2f} GB "
-                     f"(at {self.peak_phase}); nvidia-smi shows about {(self.peak_reserved_bytes + 0.6e9) / GB:.1f} GB")
+                     f"(at {self.peak_phase}); nvidia-smi shows about {(self.peak_reserved_bytes + CUDA_CONTEXT) / GB:.1f} GB")
         if self.corrections:
             c = self.corrections
             lines.append(f"  calibrated on {c.get('gpu', '?')} ({c.get('file', 'qvl calibrate')}): activations x "
@@ -587,7 +592,7 @@ def advise(e: Estimate, gpu_bytes: float = 141e9) -> str:
     for n in (2, 4, 8):
         if s.method == 'full' and estimate(**dict(base, gpus=n, sharding='zero3')).fits(gpu_bytes):
             tips.append(f"{n} GPUs with ZeRO-3/FSDP"); break
-    need = e.peak_reserved_bytes + 0.6e9
+    need = e.peak_reserved_bytes + CUDA_CONTEXT
     head = f"needs about {need / GB:.0f} GB, more than {gpu_bytes / GB:.0f} GB: "
     if tips: return head + '; or '.join(tips)
     # no single change: combine them, cheapest first
@@ -612,16 +617,25 @@ STEP_TIME = {'micro_batch_s': 0.0747, 'model_efficiency': 0.5374, 'recompute_eff
                           'and Qwen3-VL-8B LoRA'}
 TIME_TERMS = ('micro_batch_s', 'model_efficiency', 'recompute_efficiency', 'lora_layer_token_s', 'full_checkpointed_layer_token_s')
 
+def _vision_trains(s: Setup) -> bool: return s.method == 'full' and not s.freeze_vision
+
+def _time_x(s: Setup, layers: int, f: dict, k: int, peak: float, micro_batches=1) -> list:
+    """The step-time model's features (seconds = features . `_time_vector`) of `micro_batches` micro-batches of `s` whose
+    FLOPs together are `f` (`qvl.fast.batch_flops`), with k of the `layers` decoder layers checkpointed. Linear in `f`:
+    the features of several micro-batches are those of their summed FLOPs (numbers or arrays)."""
+    full = s.method == 'full'
+    again = f['llm_forward'] * k / layers + (f['vision_forward'] if k and _vision_trains(s) else 0)
+    zero = 0 * f['tokens']
+    return [micro_batches, f['total'] / peak, again / peak, zero if full else f['tokens'] * layers, f['tokens'] * k if full else zero]
+
 def _time_features(s: Setup, peak: float) -> tuple[list, dict]:
-    "The step-time model's features of one micro-batch of `s` (seconds = features . `_time_vector`), and its FLOPs."
+    "The step-time model's features of one micro-batch of `s`'s nominal samples, and its FLOPs (`qvl.fast.step_flops`)."
     from qvl.fast import step_flops
     shape = model_shape(s.model)
     k = checkpointed_layers(s, shape.layers, shape.name)
     f = step_flops(s.model, s.image_size, s.batch_size, s.method, s.prompt_tokens, s.answer_tokens, s.lora_rank,
-                   not (s.method == 'full' and not s.freeze_vision), s.images_per_sample, k)
-    full = s.method == 'full'
-    return [1.0, f['total'] / peak, f['recompute'] / peak, 0.0 if full else f['tokens'] * shape.layers,
-            f['tokens'] * k if full else 0.0], f
+                   not _vision_trains(s), s.images_per_sample, k)
+    return _time_x(s, shape.layers, f, k, peak), f
 
 def _time_vector(c: dict) -> list:
     "A step-time model's coefficients as the linear ones `_time_features` multiply (efficiencies inverted)."
@@ -680,65 +694,233 @@ def image_sizes(size, min_side: int | None, factor: int = 28) -> list:
         out.append(ImageSize(max(factor, round(size.width * r / factor) * factor), max(factor, round(size.height * r / factor) * factor)))
     return out
 
+# %% ../nbs/10_memory.ipynb #pd01a002
+def skipped_summary(skipped: list, total: int) -> str:
+    "One line: how many of a run's `total` samples it skips, and the doctor's reasons (finding codes), most frequent first."
+    from collections import Counter
+    if not skipped: return f"none of its {total} samples skipped"
+    codes = Counter(c for s in skipped for c in (s.get('codes') or ['unknown']))
+    return f"{len(skipped)} of {total} samples skipped (" + ', '.join(f"{code}: {n}" for code, n in codes.most_common()) + ')'
+
+def run_examples(cfg: TrainConfig, progress: bool = True):
+    """The examples `qvl train` trains `cfg` on: its dataset tokenized at the run's image budget and `cutoff_len` (the
+    tokenization cache shared with training); a run in which no sample can be trained on is an error that says why."""
+    from qvl.data import cached_examples
+    from qvl.formats import load_dataset
+    ds = load_dataset(cfg.data, cfg.dataset_name)
+    ex, _ = cached_examples(ds, cfg.model, cfg.budget(), cfg.cutoff_len, cfg.placeholder, cfg.allow_outside,
+                            cache_dir=cfg.cache_dir, progress=progress)
+    if not len(ex):
+        raise QvlError(f"{cfg.data}: no sample can be trained on at cutoff_len {cfg.cutoff_len}: "
+                       f"{skipped_summary(ex.skipped, len(ex.skipped))} (`qvl doctor` says more)")
+    return ex
+
+class RunShapes:
+    """What each training example of a run costs as the trainer batches it: its tokens, its labelled tokens and its
+    images' vision patches (at the run's budget, for a model of image `factor`; each LLM image token is 4 patches)."""
+    def __init__(self, ex, factor: int, packing: bool = False):
+        from qvl.data import loss_tokens
+        self.n, self.packing = len(ex), packing
+        self.length = [ex.offsets[i + 1] - ex.offsets[i] for i in range(len(ex))]
+        self.labeled = [loss_tokens(ex[i]['labels']) for i in range(len(ex))]
+        self.patches = [tuple(4 * (h // factor) * (w // factor) for _, h, w in im) for im in ex.images]
+
+    def batch(self, mb) -> Batch:
+        "The shape the estimate takes of micro-batch `mb` (example indices): its rows padded as `collate` pads, or one packed row."
+        from qvl.data import padded_length
+        n = [self.length[i] for i in mb]
+        return Batch(1 if self.packing else len(mb), sum(n) if self.packing else padded_length(max(n)),
+                     sum(sum(self.patches[i]) for i in mb) // 4, sum(self.labeled[i] for i in mb), sum(len(self.patches[i]) for i in mb))
+
+    def rows(self, mb, padded: bool = True) -> tuple:
+        """`qvl.fast.batch_flops`' rows of `mb`: each example's tokens (`padded`: to the micro-batch's length, which the step
+        computes; else its own, which MFU counts), its images' patches, its labelled tokens."""
+        T = self.batch(mb).seq_len if padded and not self.packing else None
+        return tuple((T or self.length[i], self.patches[i], self.labeled[i]) for i in mb)
+
+def run_micro_batches(cfg: TrainConfig, n: int, gpus: int = 1, steps: int | None = None) -> list:
+    "The micro-batches of `cfg`'s first `steps` (default: all) over `n` examples on each of `gpus` GPUs, in `qvl train`'s order: [step][gpu] -> index lists."
+    from qvl.train import micro_batches
+    g = cfg.batch_size * cfg.grad_accum * gpus
+    return [[micro_batches(cfg, n, step * g, gpus, r)[1] for r in range(gpus)] for step in range(steps or cfg.steps)]
+
+def distinct_batches(shapes: RunShapes, walk: list) -> dict:
+    """The micro-batch shapes of a walk (`run_micro_batches`) that can set a peak, each with where it first comes (step
+    from 1, GPU, indices): a shape no larger than another in rows, length, visual tokens (per image and in all) and
+    labelled tokens is left out, as no estimate grows when those shrink."""
+    first = {}
+    for step, per_gpu in enumerate(walk):
+        for gpu, mbs in enumerate(per_gpu):
+            for mb in mbs: first.setdefault(shapes.batch(mb), (step + 1, gpu, list(mb)))
+    key = lambda b: (b.rows, b.seq_len, b.image_tokens, b.labeled, b.image_tokens // max(1, b.images))
+    front = []     # largest first: a shape that some shape dominates is dominated by one already kept
+    for b in sorted(first, key=key, reverse=True):
+        if not any(all(x <= y for x, y in zip(key(b), key(o))) for o in front): front.append(b)
+    return {b: first[b] for b in front}
+
+def largest_micro_batch(s: Setup, batches: dict, coefficients: dict | None = None, corrections: dict | None = None,
+                        by: str = 'peak_allocated_bytes') -> tuple[Estimate, tuple]:
+    "The estimate of the largest (`by`) of `batches` (`distinct_batches`) under `s`, and where that micro-batch is."
+    best = max(((estimate_setup(s, coefficients, batch=b, corrections=corrections), w) for b, w in batches.items()),
+               key=lambda ew: getattr(ew[0], by))
+    return best
+
+def estimate_data(cfg: TrainConfig, setup: Setup | None = None, steps: int | None = None, progress: bool = True,
+                  corrections: dict | None = None) -> tuple[Estimate, dict]:
+    """The estimate of the largest micro-batch a run trains on: its dataset tokenized as `qvl train` does (the resize
+    budget on every image, the real text; the tokenization cache is shared with training), walked in the run's order
+    for `steps` (default: the run's) on each of `setup.gpus` GPUs. `setup`: `Setup.of(cfg)` with any other keys.
+    Returns the estimate, and where that micro-batch is: its step, GPU, samples (positions in the data file) and ids."""
+    s = setup or Setup.of(cfg)
+    ex = run_examples(cfg, progress)
+    shapes = RunShapes(ex, model_shape(s.model).factor, cfg.packing)
+    batches = distinct_batches(shapes, run_micro_batches(cfg, len(ex), s.gpus, steps))
+    e, (step, gpu, mb) = largest_micro_batch(s, batches, corrections=corrections)
+    return e, dict(step=step, gpu=gpu, samples=[ex.index[i] for i in mb], ids=[ex.ids[i] for i in mb],
+                   distinct_batches=len(batches), examples=len(ex), skipped=len(ex.skipped),
+                   skipped_summary=skipped_summary(ex.skipped, len(ex) + len(ex.skipped)))
+
+# %% ../nbs/10_memory.ipynb #pd01a004
+# what a plan keeps free beside the estimate: the estimate's error, as large as 5.7% on held-out settings
+# (benchmarks/memory_heldout) and 6.5% through `qvl train` (QLoRA): the chosen run's reserved peak x (1 + PLAN_MARGIN)
+# plus the CUDA context stays within the budget
+PLAN_MARGIN = 0.06
+NOMINAL_KEYS = ('image_size', 'images_per_sample', 'prompt_tokens', 'answer_tokens')    # a made-up sample instead of the data
+_FLOP_KEYS = ('total', 'llm_forward', 'vision_forward', 'tokens')
+
+class NominalSample:
+    """What `plan` measures its candidates on when it is given no data: every micro-batch `batch_size` made-up samples of
+    `s`'s images and text (`Setup.image_size`, `images_per_sample`, `prompt_tokens`, `answer_tokens`)."""
+    def __init__(self, s: Setup, why: str = ''):
+        self.s, self.size = s, s.image_size
+        self.label = (f"a nominal sample ({s.images_per_sample} x {s.image_size} image, {s.prompt_tokens} + {s.answer_tokens} "
+                      f"text tokens)" + (f": {why}" if why else ''))
+
+    def micro_batches(self, b: int, acc: int, gpus: int) -> tuple[dict, dict, dict]:
+        "The shapes that can set the peak (None: the nominal one), and the FLOPs of each step on each GPU (padded, real)."
+        import numpy as np
+        from qvl.fast import batch_flops, sample_rows
+        s, shape = self.s, model_shape(self.s.model)
+        f = batch_flops(shape, sample_rows(shape, self.size, b, s.prompt_tokens, s.answer_tokens, s.images_per_sample),
+                        s.method, s.lora_rank, not _vision_trains(s))
+        f = {k: np.full((1, gpus), float(f[k] * acc)) for k in _FLOP_KEYS}
+        return {None: None}, f, f
+
+class RunData:
+    """What `plan` measures its candidates on for a run config: its own data, tokenized as `qvl train` does (`run_examples`),
+    walked in the run's order for each micro-batch size (a larger micro-batch groups other samples)."""
+    def __init__(self, cfg: TrainConfig, steps: int | None = None, progress: bool = False):
+        self.cfg, self.steps = cfg, steps
+        self.ex = run_examples(cfg, progress)
+        self.shape = model_shape(cfg.model)
+        self.shapes = RunShapes(self.ex, self.shape.factor, cfg.packing)
+        w, h = max(((w, h) for im in self.ex.images for _, h, w in im), key=lambda wh: wh[0] * wh[1], default=(0, 0))
+        self.size = ImageSize(w, h) if w else None            # its largest image at the run's budget
+        self.skipped = skipped_summary(self.ex.skipped, len(self.ex) + len(self.ex.skipped))
+        self.label = (f"the run's data ({len(self.ex)} examples of {cfg.data}, largest image {self.size or 'none'}, "
+                      f"{self.skipped}, {steps or cfg.steps} steps)")
+
+    def micro_batches(self, b: int, acc: int, gpus: int) -> tuple[dict, dict, dict]:
+        """The shapes of micro-batch `b` x `acc` that can set the peak (`distinct_batches`), and the FLOPs of each step
+        on each GPU: of the padded rows (what the step computes) and of the real ones (what MFU counts)."""
+        import numpy as np
+        from qvl.fast import batch_flops
+        cfg = dataclasses.replace(self.cfg, batch_size=b, grad_accum=acc)
+        walk = run_micro_batches(cfg, len(self.ex), gpus, self.steps)
+        s, memo = Setup.of(cfg, gpus=gpus), {}
+        def flops(rows):
+            if rows not in memo: memo[rows] = batch_flops(self.shape, rows, s.method, s.lora_rank, not _vision_trains(s))
+            return memo[rows]
+        padded, real = ({k: np.zeros((len(walk), gpus)) for k in _FLOP_KEYS} for _ in range(2))
+        for i, per_gpu in enumerate(walk):
+            for g, mbs in enumerate(per_gpu):
+                for mb in mbs:
+                    for out, rows in ((padded, self.shapes.rows(mb)), (real, self.shapes.rows(mb, padded=False))):
+                        f = flops(rows)
+                        for k in _FLOP_KEYS: out[k][i, g] += f[k]
+        return distinct_batches(self.shapes, walk), padded, real
+
 def plan(s: Setup, gpu_bytes: float, global_batch: int | None = None, peak: float | None = None, coefficients: dict | None = None,
-         step_time: dict | None = None, corrections: dict | None = None, sizes=None):
+         step_time: dict | None = None, corrections: dict | None = None, sizes=None, workloads=None,
+         margin: float = PLAN_MARGIN):
     """Every way to run `s`'s step with the global batch kept (`global_batch`, default `s.batch_size`, over `s.gpus` GPUs):
-    micro-batch x accumulation x k checkpointed decoder layers (0 to N), with the estimated peak, whether it fits
-    `gpu_bytes`, the predicted s/step, tokens/s and MFU on a GPU of `peak` FLOP/s (default: an H200's); fastest first, the
-    chosen one (the fastest that fits) marked. `coefficients`: the memory estimate's (`COEFFICIENTS`); `corrections`:
-    `qvl calibrate`'s; `step_time`: the step-time model's (default `STEP_TIME`). `sizes`: image sizes to try, largest
-    first (`image_sizes`; default `s.image_size` alone): a smaller one only where nothing fits the one before."""
+    micro-batch x accumulation x k checkpointed decoder layers (0 to N), each on the micro-batches it will see
+    (`workloads`: `RunData` of a run's data, or by default `NominalSample`s of `s` at each of `sizes`, largest first, a
+    later one tried only where nothing fits the one before). Each candidate gets its peak (the largest of its micro-batches)
+    and whether it fits `gpu_bytes` (reserved x (1 + `margin`) + the CUDA context), its predicted s/step (the mean over
+    the steps of the slowest GPU's), tokens/s and MFU on a GPU of `peak` FLOP/s (default: an H200's); fastest first, the
+    chosen one (the fastest that fits) marked, where its largest micro-batch comes in `largest`. `coefficients`: the
+    memory estimate's (`COEFFICIENTS`); `corrections`: `qvl calibrate`'s; `step_time`: the step-time model's (`STEP_TIME`)."""
     import pandas as pd
     from qvl.fast import PEAK_BF16
     global_batch, peak = global_batch or s.batch_size, peak or PEAK_BF16['H200']
     if global_batch % s.gpus: raise QvlError(f"a global batch of {global_batch} does not split over {s.gpus} GPUs")
     per_gpu, n = global_batch // s.gpus, model_shape(s.model).layers
-    rows = []
-    for size in sizes or [s.image_size]:
+    vec, rows, used = _time_vector(step_time or STEP_TIME), [], None
+    for w in workloads or (NominalSample(dataclasses.replace(s, image_size=z)) for z in sizes or [s.image_size]):
+        used = w
         for b in (b for b in range(1, per_gpu + 1) if per_gpu % b == 0):
             acc = per_gpu // b
+            batches, padded, real = w.micro_batches(b, acc, s.gpus)
             for k in range(n + 1):
-                st = dataclasses.replace(s, image_size=size, batch_size=b, grad_accum=acc, gradient_checkpointing=k > 0,
-                                     checkpoint_layers=k if k else None)
-                e = estimate_setup(st, coefficients, corrections=corrections)
-                sec, f = step_seconds(st, acc, peak, step_time)
-                rows.append(dict(image_size=str(st.image_size), micro_batch=b, grad_accum=acc, checkpoint_layers=k, micro_batch_tokens=f['tokens'],
-                                 peak_gb=e.peak_allocated_bytes / 1e9, reserved_gb=e.peak_reserved_bytes / 1e9,
-                                 fits=e.fits(gpu_bytes), s_per_step=sec, tokens_per_s=f['tokens'] * acc * s.gpus / sec,
-                                 mfu=f['total'] * acc / sec / peak))
+                st = dataclasses.replace(s, image_size=w.size or s.image_size, batch_size=b, grad_accum=acc,
+                                         gradient_checkpointing=k > 0, checkpoint_layers=k if k else None)
+                e, where = largest_micro_batch(st, batches, coefficients, corrections, by='peak_reserved_bytes')
+                per_step = sum(a * c for a, c in zip(_time_x(st, n, padded, k, peak, acc), vec)).max(1)   # the slowest GPU
+                sec = float(per_step.mean())
+                rows.append(dict(image_size=str(w.size), micro_batch=b, grad_accum=acc, checkpoint_layers=k,
+                                 micro_batch_tokens=e.features['tokens'], peak_gb=e.peak_allocated_bytes / 1e9,
+                                 reserved_gb=e.peak_reserved_bytes / 1e9, fits=e.fits(gpu_bytes, margin), s_per_step=sec,
+                                 tokens_per_s=float(real['tokens'].sum(1).mean()) / sec,
+                                 mfu=float(real['total'].mean()) / sec / peak, largest=where))
         if any(r['fits'] for r in rows): break
     df = pd.DataFrame(rows).sort_values(['s_per_step', 'peak_gb'], ignore_index=True)
     ok = df.index[df.fits]
     if not len(ok):
         raise QvlError(f"nothing fits {gpu_bytes / 1e9:.0f} GB: the smallest candidate (micro-batch 1, every layer checkpointed"
-                       + (f", {rows[-1]['image_size']} images" if sizes and len(sizes) > 1 else '') +
-                       f") needs {df.reserved_gb.min() + 0.6:.1f} GB with the CUDA context (a smaller image budget (--min-side), "
-                       "QLoRA or more GPUs would help)")
+                       + (f", {rows[-1]['image_size']} images" if df.image_size.nunique() > 1 else '') +
+                       f") needs {df.reserved_gb.min() * (1 + margin) + CUDA_CONTEXT / 1e9:.1f} GB with the CUDA context and "
+                       f"a {margin:.0%} margin, planned on {used.label} (a smaller image budget (--min-side), QLoRA or more GPUs would help)")
     df['chosen'] = df.index == ok[0]
+    df.attrs.update(planned_on=used.label, skipped=getattr(used, 'skipped', None), margin=margin)
     return df
 
+def _capped(cfg: TrainConfig, size: ImageSize) -> TrainConfig:
+    "`cfg` with its images capped at `size`'s pixels (a smaller budget `plan` chose: its max_pixels, and its target if it has one)."
+    px = size.width * size.height
+    return dataclasses.replace(cfg, max_pixels=min(cfg.max_pixels or px, px), target=[size.width, size.height] if cfg.target else None)
+
 def plan_config(cfg: TrainConfig, gpu_bytes: float, gpus: int = 1, min_side: int | None = None,
-                calibration: dict | None = None, **setup) -> tuple:
-    """`plan` of a run config's step on `gpus` GPUs of `gpu_bytes` with its global batch kept (`setup`: other `Setup`
-    keys; the image size defaults to the config's `target`), down to images of shorter side `min_side` where allowed;
-    `calibration`: `qvl calibrate`'s (`load_corrections`: the memory corrections, its step-time model and GPU peak).
-    The run config of the chosen candidate (its image budget the chosen size where smaller), and the table."""
-    if 'image_size' not in setup and cfg.target: setup['image_size'] = tuple(cfg.target)
+                calibration: dict | None = None, margin: float = PLAN_MARGIN, progress: bool = False, **setup) -> tuple:
+    """`plan` of a run config's step on `gpus` GPUs of `gpu_bytes` with its global batch kept, on the run's own data
+    (`RunData`; with `min_side`, the data again at smaller image budgets down to that shorter side where nothing fits).
+    A nominal sample instead where `setup` names one (`image_size`, `images_per_sample`, `prompt_tokens`,
+    `answer_tokens`; the image size defaults to the config's `target`) or where the data or the model's tokenizer
+    cannot be read here; `df.attrs['planned_on']` says which. `setup`: other `Setup` keys; `calibration`: `qvl calibrate`'s
+    (`load_corrections`: the memory corrections, its step-time model and GPU peak). The run config of the chosen
+    candidate (its image budget the chosen size where smaller), and the table."""
+    nominal = [k for k in NOMINAL_KEYS if k in setup]
+    why = (f"{', '.join(nominal)} given" if nominal else f"{cfg.data} not found" if not Path(cfg.data).exists() else
+           f"{cfg.model} is no checkpoint directory here (its tokenizer tokenizes the data)" if not (Path(cfg.model) / 'config.json').is_file()
+           else None)
+    if why and 'image_size' not in setup and cfg.target: setup['image_size'] = tuple(cfg.target)
     s = Setup.of(cfg, gpus=gpus, **setup)
     shape, cal = model_shape(s.model), calibration or {}
-    sizes = image_sizes(s.image_size, min_side, shape.factor)
+    if why:
+        sizes = image_sizes(s.image_size, min_side, shape.factor)
+        workloads = (NominalSample(dataclasses.replace(s, image_size=z), why) for z in sizes)
+    else:
+        data = RunData(cfg, progress=progress)
+        sizes = image_sizes(data.size, min_side, shape.factor) if data.size else [None]
+        workloads = (data if z == sizes[0] else RunData(_capped(cfg, z), progress=progress) for z in sizes)
     df = plan(s, gpu_bytes, cfg.batch_size * cfg.grad_accum * gpus, cal.get('peak_flops'), step_time=cal.get('step_time'),
-              corrections=calibration, sizes=sizes)
+              corrections=calibration, workloads=workloads, margin=margin)
     c, n = df[df.chosen].iloc[0], shape.layers
-    k, size = int(c.checkpoint_layers), ImageSize.of(c.image_size)
+    k = int(c.checkpoint_layers)
     new = dataclasses.replace(cfg, batch_size=int(c.micro_batch), grad_accum=int(c.grad_accum), gradient_checkpointing=k > 0,
                               checkpoint_layers=k if 0 < k < n else None)
-    if size != sizes[0]:    # a smaller budget: the chosen size becomes the run's cap (its pixels and its long side)
-        px = size.width * size.height
-        new = dataclasses.replace(new, max_pixels=min(new.max_pixels or px, px),
-                                  target=[size.width, size.height] if new.target else None)
+    if c.image_size != str(sizes[0]): new = _capped(new, ImageSize.of(c.image_size))
     return new, df
-
 
 # %% ../nbs/10_memory.ipynb #08f4a39d
 def article_table():
@@ -789,37 +971,6 @@ def estimate_run(cfg: TrainConfig, image_size, prompt_tokens: int = 64, answer_t
     "The estimate of a `TrainConfig`'s step (on a GPU) for samples of one image of `image_size` and the given text."
     return estimate_setup(Setup.of(cfg, image_size, gpus, prompt_tokens=prompt_tokens, answer_tokens=answer_tokens, **kw),
                           corrections=corrections)
-
-def estimate_data(cfg: TrainConfig, setup: Setup | None = None, steps: int | None = None, progress: bool = True,
-                  corrections: dict | None = None) -> tuple[Estimate, dict]:
-    """The estimate of the largest micro-batch a run trains on: its dataset tokenized as `qvl train` does (the resize
-    budget on every image, the real text; the tokenization cache is shared with training), walked in the run's order
-    for `steps` (default: the run's) on each of `setup.gpus` GPUs. `setup`: `Setup.of(cfg)` with any other keys.
-    Returns the estimate, and where that micro-batch is: its step, GPU, samples (positions in the data file) and ids."""
-    from qvl.data import cached_examples, loss_tokens, padded_length
-    from qvl.formats import load_dataset
-    from qvl.train import micro_batches
-    s = setup or Setup.of(cfg)
-    ds = load_dataset(cfg.data, cfg.dataset_name)
-    ex, _ = cached_examples(ds, cfg.model, cfg.budget(), cfg.cutoff_len, cfg.placeholder, cfg.allow_outside,
-                            cache_dir=cfg.cache_dir, progress=progress)
-    if not len(ex): raise QvlError(f"{cfg.data}: no sample can be trained on ({len(ex.skipped)} skipped: `qvl doctor` says why)")
-    f = model_shape(s.model).factor
-    length = [ex.offsets[i + 1] - ex.offsets[i] for i in range(len(ex))]
-    labeled = [loss_tokens(ex[i]['labels']) for i in range(len(ex))]
-    visual = ex.visual_tokens(f)
-    peaks, best = {}, None
-    for step in range(steps or cfg.steps):
-        for gpu in range(s.gpus):
-            for mb in micro_batches(cfg, len(ex), step * cfg.batch_size * cfg.grad_accum * s.gpus, s.gpus, gpu)[1]:
-                seq = sum(length[i] for i in mb) if cfg.packing else padded_length(max(length[i] for i in mb))
-                b = Batch(1 if cfg.packing else len(mb), seq, sum(visual[i] for i in mb), sum(labeled[i] for i in mb),
-                          sum(len(ex.images[i]) for i in mb))
-                if b not in peaks: peaks[b] = estimate_setup(s, batch=b, corrections=corrections).peak_allocated_bytes
-                if best is None or peaks[b] > peaks[best[0]]: best = (b, step + 1, gpu, mb)
-    b, step, gpu, mb = best
-    return estimate_setup(s, batch=b, corrections=corrections), dict(step=step, gpu=gpu, samples=[ex.index[i] for i in mb], ids=[ex.ids[i] for i in mb],
-                                            distinct_batches=len(peaks), examples=len(ex), skipped=len(ex.skipped))
 
 def step_attention_mask(fast_path) -> str:
     """`Setup.attention_mask` of a trainer's step from its fast path (`Trainer.fast`, None for the plain step): causal
