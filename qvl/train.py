@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_train.ipynb #42575d83
 from __future__ import annotations
-import atexit, dataclasses, json, math, os, random, shutil, time
+import atexit, dataclasses, functools, json, math, os, random, shutil, time
 from pathlib import Path
 from typing import TYPE_CHECKING
 if TYPE_CHECKING: import pandas as pd      # names in annotations only
@@ -73,15 +73,15 @@ def enable_fast(cfg: TrainConfig, model, device):
     return enable(model, device_type=device_type(device))
 
 # %% ../nbs/09_train.ipynb #9c3e0b2d
+@functools.lru_cache(maxsize=4)
+def _epoch_order(n: int, seed: int, epoch: int) -> tuple:
+    "Epoch `epoch`'s seeded permutation of `n` (kept: the planner walks a run's steps once for each micro-batch size)."
+    import torch
+    return tuple(torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100003 + epoch)).tolist())
+
 def stream_indices(n: int, start: int, count: int, seed: int) -> list[int]:
     "Examples `start .. start+count` of the endless stream of seeded per-epoch permutations of `n`."
-    import torch
-    out, perms = [], {}
-    for p in range(start, start + count):
-        e = p // n
-        if e not in perms: perms[e] = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100003 + e)).tolist()
-        out.append(perms[e][p % n])
-    return out
+    return [_epoch_order(n, seed, p // n)[p % n] for p in range(start, start + count)]
 
 def micro_batches(cfg: TrainConfig, n: int, position: int, world: int = 1, rank: int = 0) -> tuple[list, list]:
     """One optimizer step from stream `position` over `n` examples: the global batch's indices, and the micro-batches
@@ -178,7 +178,7 @@ def run_summary(history: list[dict], steady: list[dict], peak_flops: float | Non
     if steady:
         r['steady_s_per_step'] = round(sum(x['seconds'] for x in steady) / len(steady), 4)
         r.update({k: v for k, v in step_rates(steady, peak_flops).items() if k != 'warmup_s'})
-    for k in ('max_allocated_gb', 'max_reserved_gb'):
+    for k in ('max_allocated_gb', 'max_reserved_gb', 'outside_allocator_gb'):
         v = [h[k] for h in history if k in h and h['step'] >= first]
         if v: r[k] = round(max(v), 3)
     return r
@@ -723,8 +723,12 @@ class Trainer(_Checkpoints, _Evaluation):
                            **step_rates(window, self.peak_flops), seconds=round(sum(w['seconds'] for w in window), 4))
                 if cuda:
                     # GB (10^9 bytes), the unit of `qvl estimate` and `qvl plan`, so that the two compare as they stand
+                    free, total = torch.cuda.mem_get_info(self.device)
+                    # outside_allocator: what the GPU holds beyond PyTorch's cache (the CUDA context, kernels, libraries;
+                    # other processes' memory too where the GPU is shared): a budget holds it beside the reserved peak
                     rec.update(max_allocated_gb=torch.cuda.max_memory_allocated(self.device) / GB,
-                               max_reserved_gb=torch.cuda.max_memory_reserved(self.device) / GB)
+                               max_reserved_gb=torch.cuda.max_memory_reserved(self.device) / GB,
+                               outside_allocator_gb=(total - free - torch.cuda.memory_reserved(self.device)) / GB)
                     torch.cuda.reset_peak_memory_stats(self.device)
                 if self.eval_set is not None and ((cfg.eval_every and self.step % cfg.eval_every == 0) or self.step == total):
                     rec['eval_loss'] = self.evaluate()

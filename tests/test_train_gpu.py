@@ -29,8 +29,9 @@ def gpus() -> int:
 def setup(tmp_path_factory):
     "The random real-size checkpoint (written once, through the CLI) and generated data with SIDE x SIDE images."
     from qvl.sample import write_sample_data
-    root = tmp_path_factory.mktemp('gpu')
+    root, t0 = tmp_path_factory.mktemp('gpu'), time.time()
     run_qvl('tiny-model', root / MODEL, '--like', MODEL, timeout=900)
+    print(f"[setup] {MODEL} with random weights written in {time.time() - t0:.0f} s", file=sys.stderr, flush=True)
     data = write_sample_data(root / 'data', n=24, seed=0, min_side=SIDE, max_side=SIDE, mark=24, task='colour', progress=False)
     return root, data
 
@@ -58,25 +59,25 @@ def losses(setup, name) -> list[float]: return [r['loss'] for r in log(setup, na
 
 _estimates = {}
 
-def peak_vs_estimate(setup, name, gpus=1) -> dict:
-    """The largest memory peak the run logged (GB, every step) beside `qvl estimate` of the same config and data (its
-    largest micro-batch, on `gpus` GPUs), each taken once."""
+def peak_vs_estimate(setup, name, gpus=1, cfg=None) -> dict:
+    """The largest memory peak the run logged (GB, every step) beside `qvl estimate` of the same config (`cfg`: the one it
+    trained, when it is not its config file) and data (its largest micro-batch, on `gpus` GPUs), each taken once."""
     from qvl.core import GB
     if name not in _estimates:
-        cfg = setup[0] / 'configs' / f'{name}.yaml'
+        cfg = cfg or setup[0] / 'configs' / f'{name}.yaml'
         e = json.loads(run_qvl('estimate', cfg, '--gpus', gpus, '--json', timeout=600).stdout)['peak_allocated_bytes'] / GB
         m = max(r['max_allocated_gb'] for r in log(setup, name))
         _estimates[name] = dict(measured_gb=round(m, 3), estimated_gb=round(e, 3), estimate_error=round(e / m - 1, 4))
     return _estimates[name]
 
 
-def estimate_holds(setup, name, gpus=1, rel=0.08):
-    "The issue's goal for memory estimates on settings nothing was fitted on: within 8%."
-    p = peak_vs_estimate(setup, name, gpus)
+def estimate_holds(setup, name, gpus=1, rel=0.08, cfg=None):
+    "The goal for memory estimates on settings nothing was fitted on: within 8%."
+    p = peak_vs_estimate(setup, name, gpus, cfg)
     assert abs(p['estimate_error']) < rel, p
 
 
-def record(setup, name, gpus_used=1, **extra):
+def record(setup, name, gpus_used=1, cfg=None, **extra):
     "Append the run's losses, summary and memory peak beside its estimate to QVL_GPU_REPORT (when set)."
     dst = os.environ.get('QVL_GPU_REPORT')
     if not dst: return
@@ -84,7 +85,7 @@ def record(setup, name, gpus_used=1, **extra):
     summary = json.loads((run_dir(setup, name) / 'summary.json').read_text())
     rec = dict(run=name, gpu=torch.cuda.get_device_name(0), gpus=gpus_used, losses=losses(setup, name), summary=summary,
                config=yaml.safe_load((setup[0] / 'configs' / f'{name}.yaml').read_text()),
-               memory=peak_vs_estimate(setup, name, gpus_used), **extra)
+               memory=peak_vs_estimate(setup, name, gpus_used, cfg), **extra)
     with open(dst, 'a') as f: f.write(json.dumps(rec, default=str) + '\n')
 
 
@@ -227,3 +228,38 @@ def test_export_merged_loads_with_transformers_and_generates(setup, lora_run):
     with torch.no_grad(): gen = model.generate(**batch, max_new_tokens=8, do_sample=False)
     assert gen.shape[1] == batch['input_ids'].shape[1] + 8 or gen[0, -1] == proc.tokenizer.convert_tokens_to_ids('<|im_end|>')
     assert gen.shape[1] > batch['input_ids'].shape[1]
+
+
+PLAN_SIDE = 1344      # 2,304 visual tokens an image: no resize budget in the run, so the planner must read the data
+
+
+@pytest.mark.parametrize('budget', [24, 40])
+def test_train_plan_keeps_the_budget_on_the_runs_own_data(setup, budget):
+    """`qvl train RUN.yaml --plan GB` on 1344 px JPEGs with no resize budget: the run trains what `qvl plan` chose on the
+    run's own data, its logged reserved peak plus what the GPU holds outside PyTorch's allocator stays within GB, and its
+    steady s/step is within 15% of the plan's prediction."""
+    from qvl.sample import write_sample_data
+    root = setup[0]
+    data = root / f'data{PLAN_SIDE}'
+    if not data.exists():
+        write_sample_data(data, n=24, seed=0, min_side=PLAN_SIDE, max_side=PLAN_SIDE, progress=False)
+    name, t0 = f'plan{budget}', time.time()
+    cfg = config(setup, name, data=str(data / 'train.json'), batch_size=8, cutoff_len=8192, steps=6)
+    plan = json.loads(run_qvl('plan', cfg, '--gpu-memory', budget, '--json', '--out', root / f'{name}.plan.yaml', timeout=900).stdout)
+    print(f"[{name}] qvl plan {time.time() - t0:.0f} s: {plan['chosen']}", file=sys.stderr, flush=True)
+    assert plan['planned_on'].startswith("the run's data") and f'largest image {PLAN_SIDE}x{PLAN_SIDE}' in plan['planned_on']
+    c = plan['chosen']
+    r = run_qvl('train', cfg, '--plan', budget, timeout=900)
+    print(f"[{name}] qvl train --plan {time.time() - t0:.0f} s:\n{r.stdout}", file=sys.stderr, flush=True)
+    assert "planned on the run's data" in r.stdout, r.stdout
+    saved = json.loads((run_dir(setup, name) / 'config.json').read_text())
+    assert (saved['batch_size'], saved['grad_accum']) == (c['micro_batch'], c['grad_accum'])
+    assert (saved['checkpoint_layers'] or (36 if saved['gradient_checkpointing'] else 0)) == c['checkpoint_layers']
+    rows = log(setup, name)
+    used = max(r['max_reserved_gb'] + r['outside_allocator_gb'] for r in rows)
+    s = json.loads((run_dir(setup, name) / 'summary.json').read_text())
+    record(setup, name, cfg=root / f'{name}.plan.yaml', budget_gb=budget, used_gb=round(used, 3), planned=c,
+           time_error=round(c['s_per_step'] / s['steady_s_per_step'] - 1, 4))
+    assert used <= budget, (used, budget, c)
+    estimate_holds(setup, name, cfg=root / f'{name}.plan.yaml')
+    assert abs(c['s_per_step'] / s['steady_s_per_step'] - 1) < 0.15, (c['s_per_step'], s)
