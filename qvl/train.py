@@ -723,12 +723,12 @@ class Trainer(_Checkpoints, _Evaluation):
                            **step_rates(window, self.peak_flops), seconds=round(sum(w['seconds'] for w in window), 4))
                 if cuda:
                     # GB (10^9 bytes), the unit of `qvl estimate` and `qvl plan`, so that the two compare as they stand
-                    free, total = torch.cuda.mem_get_info(self.device)
+                    free, capacity = torch.cuda.mem_get_info(self.device)
                     # outside_allocator: what the GPU holds beyond PyTorch's cache (the CUDA context, kernels, libraries;
                     # other processes' memory too where the GPU is shared): a budget holds it beside the reserved peak
                     rec.update(max_allocated_gb=torch.cuda.max_memory_allocated(self.device) / GB,
                                max_reserved_gb=torch.cuda.max_memory_reserved(self.device) / GB,
-                               outside_allocator_gb=(total - free - torch.cuda.memory_reserved(self.device)) / GB)
+                               outside_allocator_gb=(capacity - free - torch.cuda.memory_reserved(self.device)) / GB)
                     torch.cuda.reset_peak_memory_stats(self.device)
                 if self.eval_set is not None and ((cfg.eval_every and self.step % cfg.eval_every == 0) or self.step == total):
                     rec['eval_loss'] = self.evaluate()

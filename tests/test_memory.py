@@ -334,7 +334,7 @@ def test_plan_smaller_images_and_a_calibration(tmp_path):
     max_pixels; a calibration beside the run (its step-time model, slower than the H200 fit) changes s/step, not the fit."""
     from qvl.config import load_config
     from qvl.core import ImageSize
-    from qvl.memory import CALIBRATION_FILE, STEP_TIME, Setup, estimate_setup
+    from qvl.memory import CALIBRATION_FILE, PLAN_MARGIN, STEP_TIME, Setup, estimate_setup
     run = tmp_path / 'run.yaml'
     run.write_text(yaml.safe_dump(dict(model='Qwen2.5-VL-7B', data='d.json', method='lora', batch_size=1, grad_accum=8,
                                        target=[1344, 1344], out_dir=str(tmp_path / 'out'))))
@@ -347,7 +347,7 @@ def test_plan_smaller_images_and_a_calibration(tmp_path):
     assert 'nothing fits at 1344x1344' in r.stdout and f'chosen: {size} images' in r.stdout, r.stdout
     assert estimate_setup(Setup.of(cfg, image_size=size)).fits(18.5e9)
     bigger = ImageSize(size.width + 56, size.height + 56)      # the next size tried: it does not fit at any k
-    assert not estimate_setup(Setup.of(cfg, image_size=bigger, batch_size=1, checkpoint_layers=None)).fits(18.5e9)
+    assert not estimate_setup(Setup.of(cfg, image_size=bigger, batch_size=1, checkpoint_layers=None)).fits(18.5e9, PLAN_MARGIN)
     # a GPU half as fast as the H200 fit: plan reads the calibration beside the run and says so
     out = tmp_path / 'out'; out.mkdir()
     slow = {k: v / 2 if k.endswith('efficiency') else 2 * v for k, v in STEP_TIME.items() if k != 'fitted_on'}
@@ -372,3 +372,76 @@ def test_train_plan_trains_the_planned_config(tiny_model, sample_data, tmp_path)
     assert 'planned for 80 GB: micro-batch 4 x 1, no checkpointing' in r.stdout, r.stdout
     saved = json.loads((tmp_path / 'out' / 'config.json').read_text())
     assert (saved['batch_size'], saved['grad_accum'], saved['gradient_checkpointing']) == (4, 1, False)
+
+
+@pytest.fixture(scope='module')
+def shaped_3b(tmp_path_factory):
+    "A Qwen2.5-VL-3B-shaped checkpoint without weights (config, tokenizer, processor), written through the CLI."
+    out = tmp_path_factory.mktemp('shaped') / 'Qwen2.5-VL-3B'
+    r = run_qvl('tiny-model', out, '--like', 'Qwen2.5-VL-3B', '--no-weights')
+    assert 'no weights' in r.stdout and not list(out.glob('*.safetensors'))
+    return out
+
+
+def plan_json(run, gb, *args) -> dict:
+    return json.loads(run_qvl('plan', run, '--gpu-memory', gb, '--json', *args, timeout=900).stdout)
+
+
+def test_plan_of_a_run_plans_its_own_data(shaped_3b, tmp_path):
+    """1344 px JPEGs and no resize budget: `qvl plan` plans the micro-batches the run will see (not a nominal 448 px
+    sample), the chosen peak is `qvl estimate` of the written plan on the same data within 1%, and with the margin and
+    the CUDA context it stays within the budget; `--image-size` still plans a nominal sample, and says so."""
+    from qvl.memory import CUDA_CONTEXT, PLAN_MARGIN
+    from qvl.sample import write_sample_data
+    data = write_sample_data(tmp_path / 'data', n=24, seed=0, min_side=1344, max_side=1344, progress=False)
+    run = tmp_path / 'run.yaml'
+    run.write_text(yaml.safe_dump(dict(model=str(shaped_3b), data=str(data / 'train.json'), method='lora', batch_size=8,
+                                       cutoff_len=8192, steps=6, cache_dir=str(tmp_path / 'cache'))))
+    before = run.read_text()
+    out = plan_json(run, 24, '--out', tmp_path / 'p24.yaml')
+    c = out['chosen']
+    assert out['planned_on'].startswith("the run's data") and 'largest image 1344x1344' in out['planned_on'], out['planned_on']
+    assert c['image_size'] == '1344x1344' and c['micro_batch'] * c['grad_accum'] == 8
+    assert c['reserved_gb'] * (1 + PLAN_MARGIN) + CUDA_CONTEXT / 1e9 <= 24
+    e = json.loads(run_qvl('estimate', tmp_path / 'p24.yaml', '--json', timeout=900).stdout)
+    assert abs(e['peak_allocated_bytes'] / 1e9 / c['peak_gb'] - 1) < 0.01, (e['peak_allocated_bytes'], c)
+    assert e['batch']['image_tokens'] == c['micro_batch'] * 2304       # each image 48 x 48 tokens, as the processor sees it
+    nominal = plan_json(run, 24, '--image-size', '448', '--out', tmp_path / 'n24.yaml')
+    assert nominal['planned_on'].startswith('a nominal sample') and 'image_size given' in nominal['planned_on']
+    assert nominal['chosen']['image_size'] == '448x448' and nominal['chosen']['peak_gb'] < c['peak_gb']
+    text = run_qvl('plan', run, '--gpu-memory', 24, '--out', tmp_path / 'p.yaml', timeout=900).stdout
+    assert "planned on the run's data" in text and 'none of its 19 samples skipped' in text and 'its largest micro-batch: step' in text
+    assert run.read_text() == before
+
+
+def test_plan_of_mixed_sizes_takes_the_largest_micro_batch_and_reports_skips(shaped_3b, tmp_path):
+    """Images of mixed sizes: the chosen candidate's peak is that of the largest of its micro-batches in the run's order
+    (every micro-batch of every step estimated here one by one), the samples the run skips at its cutoff_len are
+    reported with the doctor's reason, and a run in which none can be trained on is refused in one line."""
+    import dataclasses
+    from qvl.config import load_config
+    from qvl.memory import Setup, RunShapes, estimate_setup, run_examples, run_micro_batches
+    from qvl.sample import write_sample_data
+    data = write_sample_data(tmp_path / 'data', n=40, seed=2, min_side=300, max_side=1800, progress=False)
+    run = tmp_path / 'run.yaml'
+    run.write_text(yaml.safe_dump(dict(model=str(shaped_3b), data=str(data / 'train.json'), method='lora', batch_size=2,
+                                       grad_accum=2, cutoff_len=2500, steps=5, cache_dir=str(tmp_path / 'cache'))))
+    out = plan_json(run, 40, '--out', tmp_path / 'p.yaml')
+    c = out['chosen']
+    cfg = load_config(run)
+    ex = run_examples(cfg, progress=False)
+    assert ex.skipped and all('image_tokens_exceed_cutoff' in s['codes'] for s in ex.skipped)
+    assert f"{len(ex.skipped)} of {len(ex) + len(ex.skipped)} samples skipped (image_tokens_exceed_cutoff: " in out['planned_on']
+    assert out['skipped'] in out['planned_on']
+    chosen = dataclasses.replace(cfg, batch_size=c['micro_batch'], grad_accum=c['grad_accum'])
+    k = c['checkpoint_layers']
+    s = Setup.of(chosen, gradient_checkpointing=k > 0, checkpoint_layers=k or None)
+    shapes = RunShapes(ex, 28)
+    peaks = [estimate_setup(s, batch=shapes.batch(mb)).peak_reserved_bytes
+             for per_gpu in run_micro_batches(chosen, len(ex)) for mbs in per_gpu for mb in mbs]
+    assert len(set(peaks)) > 1 and abs(max(peaks) / 1e9 - c['reserved_gb']) < 1e-9 * max(peaks), (max(peaks), c)
+    bad = tmp_path / 'none.yaml'
+    bad.write_text(yaml.safe_dump(dict(yaml.safe_load(run.read_text()), cutoff_len=64)))
+    r = run_qvl('plan', bad, '--gpu-memory', 40, '--out', tmp_path / 'none.plan.yaml', check=False, timeout=900)
+    assert r.returncode == 2 and 'Traceback' not in r.stderr and not (tmp_path / 'none.plan.yaml').exists()
+    assert 'no sample can be trained on at cutoff_len 64' in r.stderr.strip().splitlines()[-1], r.stderr
