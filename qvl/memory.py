@@ -879,7 +879,7 @@ def plan(s: Setup, gpu_bytes: float, global_batch: int | None = None, peak: floa
     df = pd.DataFrame(rows).sort_values(['s_per_step', 'peak_gb'], ignore_index=True)
     ok = df.index[df.fits]
     if not len(ok):
-        raise QvlError(f"nothing fits {gpu_bytes / 1e9:.0f} GB: the smallest candidate (micro-batch 1, every layer checkpointed"
+        raise QvlError(f"nothing fits {gpu_bytes / 1e9:g} GB: the smallest candidate (micro-batch 1, every layer checkpointed"
                        + (f", {rows[-1]['image_size']} images" if df.image_size.nunique() > 1 else '') +
                        f") needs {df.reserved_gb.min() * (1 + margin) + CUDA_CONTEXT / 1e9:.1f} GB with the CUDA context and "
                        f"a {margin:.0%} margin, planned on {used.label} (a smaller image budget (--min-side), QLoRA or more GPUs would help)")
