@@ -493,7 +493,7 @@ def commands() -> list[Command]:
     "Every `qvl` subcommand, in the order `qvl --help` lists them: the one table the parser is made from."
     from qvl.core import TINY_FAMILIES
     from qvl.formats import SPECS
-    from qvl.memory import NOMINAL_KEYS, RUN_KEYS, Setup
+    from qvl.memory import NOMINAL_KEYS, PLAN_MARGIN, RUN_KEYS, Setup
     from qvl.resize import FILTERS, FORMATS
     from qvl.sample import FORMATS as SAMPLE_FORMATS, TASKS
     from qvl.tokens import STRATEGIES
@@ -667,8 +667,8 @@ def commands() -> list[Command]:
             arg('--min-side', type=_positive, metavar='PX', help="where nothing fits at the run's image size, also try smaller "
                 'image budgets (aspect kept) down to this shorter side; the chosen one becomes the run\'s max_pixels'),
             arg('--no-calibration', action='store_true', help="ignore what `qvl calibrate` saved in RUN.yaml's out_dir"),
-            arg('--margin', type=float, metavar='FRACTION', help="memory kept free beyond the estimate, as a fraction of "
-                "the estimated reserved peak, for the estimate's error (default: qvl.memory.PLAN_MARGIN, 0.06)"),
+            arg('--margin', type=float, default=PLAN_MARGIN, metavar='FRACTION', help="memory kept free beyond the "
+                "estimate, as a fraction of the estimated reserved peak, for the estimate's error (qvl.memory.PLAN_MARGIN)"),
             arg('--json', action='store_true', help='print one JSON object: what the plan was made on, the chosen candidate '
                 'and every candidate (the config is written all the same)'),
             lambda s: _setup_flags(s, NOMINAL_KEYS)]),

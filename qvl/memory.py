@@ -262,9 +262,36 @@ def _traced_config(model: str):
         if getattr(cfg, k, None) is not None: setattr(cfg, k, TRACE_VOCAB - 1 - i)
     return cfg, layers, blocks, traced
 
+def _trace_key(model: str, *args) -> str:
+    """What a trace depends on: the cut architecture, the arguments, torch and transformers, and the code that prepares
+    and counts (this module's and qvl.model's source): a change of any makes a new key."""
+    import hashlib, torch, transformers
+    import qvl.memory, qvl.model
+    src = ''.join(Path(m.__file__).read_text() for m in (qvl.memory, qvl.model))
+    parts = [_traced_config(model)[0].to_json_string(), repr(args), torch.__version__, transformers.__version__, src]
+    return hashlib.sha256('\0'.join(parts).encode()).hexdigest()[:32]
+
 @functools.lru_cache(maxsize=64)
 def traced_activations(model: str, method: str = 'lora', precision: str = 'bf16', lora_adapter_dtype: str = 'bf16',
                        vision_in_graph: bool = False, lora_rank: int = 16) -> dict:
+    """What autograd keeps for backward in each kind of decoder layer and vision block of `model`'s architecture
+    (`_trace`), kept as JSON under `qvl_home()/cache/traced` by everything it depends on (`_trace_key`): a real-size
+    trace takes seconds to a minute on a CPU, once."""
+    from qvl.core import qvl_home
+    args = (method, precision, lora_adapter_dtype, vision_in_graph, lora_rank)
+    path = qvl_home() / 'cache' / 'traced' / f'{_trace_key(model, *args)}.json'
+    if path.is_file():
+        try: return json.loads(path.read_text())
+        except (OSError, ValueError): pass        # unreadable: traced again and rewritten
+    out = _trace(model, *args)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_file(path, lambda tmp: Path(tmp).write_text(json.dumps(out)))
+    except OSError: pass                          # a read-only home: the trace is only not kept
+    return json.loads(json.dumps(out))            # the same values whether traced now or read back
+
+def _trace(model: str, method: str = 'lora', precision: str = 'bf16', lora_adapter_dtype: str = 'bf16',
+           vision_in_graph: bool = False, lora_rank: int = 16) -> dict:
     """What autograd keeps for backward in each kind of decoder layer and vision block of `model`'s architecture, as
     `qvl train`'s model preparation makes them for `method` and `precision`: bytes per token (vision: per patch) and
     fixed bytes (under bf16-mixed, the bf16 copies autocast makes of trained weights).
