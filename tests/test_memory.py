@@ -408,7 +408,7 @@ def test_plan_of_a_run_plans_its_own_data(shaped_3b, tmp_path):
     assert e['batch']['image_tokens'] == c['micro_batch'] * 2304       # each image 48 x 48 tokens, as the processor sees it
     nominal = plan_json(run, 24, '--image-size', '448', '--out', tmp_path / 'n24.yaml')
     assert nominal['planned_on'].startswith('a nominal sample') and 'image_size given' in nominal['planned_on']
-    assert nominal['chosen']['image_size'] == '448x448' and nominal['chosen']['peak_gb'] < c['peak_gb']
+    assert nominal['chosen']['image_size'] == '448x448' and nominal['chosen']['micro_batch_tokens'] < c['micro_batch_tokens'] / 4
     text = run_qvl('plan', run, '--gpu-memory', 24, '--out', tmp_path / 'p.yaml', timeout=900).stdout
     assert "planned on the run's data" in text and 'none of its 19 samples skipped' in text and 'its largest micro-batch: step' in text
     assert run.read_text() == before
@@ -430,8 +430,8 @@ def test_plan_of_mixed_sizes_takes_the_largest_micro_batch_and_reports_skips(sha
     c = out['chosen']
     cfg = load_config(run)
     ex = run_examples(cfg, progress=False)
-    assert ex.skipped and all('image_tokens_exceed_cutoff' in s['codes'] for s in ex.skipped)
-    assert f"{len(ex.skipped)} of {len(ex) + len(ex.skipped)} samples skipped (image_tokens_exceed_cutoff: " in out['planned_on']
+    assert ex.skipped and all('image_tokens_truncated' in s['codes'] for s in ex.skipped)
+    assert f"{len(ex.skipped)} of {len(ex) + len(ex.skipped)} samples skipped (image_tokens_truncated: " in out['planned_on']
     assert out['skipped'] in out['planned_on']
     chosen = dataclasses.replace(cfg, batch_size=c['micro_batch'], grad_accum=c['grad_accum'])
     k = c['checkpoint_layers']
