@@ -1,6 +1,11 @@
 """`qvl train RUN.yaml --plan GB` on a run's own data, measured: what the plan predicted beside what the run logged.
 
-    python benchmarks/plan_data.py benchmarks/plan_data        # prints the table from the committed logs
+    python benchmarks/plan_data.py benchmarks/plan_data        # prints both tables from the committed logs
+
+Two records. `plan_runs.jsonl` (with `pytest_plan.log`) is the GPU test
+`pytest -m gpu tests/test_train_gpu.py -k plan_keeps` at 24 and 40 GB: one row per budget, the plan `qvl plan --json`
+chose beside what `qvl train RUN.yaml --plan GB` then logged (`used_gb` = reserved peak + what the GPU held outside
+PyTorch's allocator). The earlier probe below is the same run at 24 GB by hand.
 
 The run (`plan_data/probe.sh`, one H200): a Qwen2.5-VL-3B checkpoint with random weights (`qvl tiny-model --like`), 24
 generated JPEGs of 1344x1344 (19 train), `method: lora`, `batch_size: 8`, `cutoff_len: 8192`, no resize budget, 6 steps,
@@ -28,5 +33,23 @@ def report(folder: Path, steps: int = 6) -> dict:
                 within_budget=used <= int(budget), warmup_s=rows[0].get('warmup_s'))
 
 
+def gpu_test(folder: Path) -> list:
+    "One row per budget of the GPU test's report: planned against measured."
+    rows = []
+    for l in (folder / 'plan_runs.jsonl').read_text().splitlines():
+        r = json.loads(l); c, s = r['planned'], r['summary']
+        rows.append(dict(budget_gb=r['budget_gb'], gpu=r['gpu'], plan=f"{c['micro_batch']} x {c['grad_accum']}, k {c['checkpoint_layers']}, {c['image_size']}",
+                         predicted_s_per_step=round(c['s_per_step'], 4), measured_s_per_step=s['steady_s_per_step'],
+                         time_error=r['time_error'], predicted_reserved_gb=round(c['reserved_gb'], 3),
+                         measured_reserved_gb=s['max_reserved_gb'], outside_allocator_gb=s['outside_allocator_gb'],
+                         used_gb=r['used_gb'], within_budget=r['used_gb'] <= r['budget_gb'], mfu=s['mfu']))
+    return rows
+
+
 if __name__ == '__main__':
-    for k, v in report(Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).parent / 'plan_data')).items(): print(f'{k:>24}: {v}')
+    folder = Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).parent / 'plan_data')
+    for row in gpu_test(folder):
+        print(f"--- GPU test, {row['budget_gb']} GB")
+        for k, v in row.items(): print(f'{k:>24}: {v}')
+    print('--- probe by hand, 24 GB')
+    for k, v in report(folder).items(): print(f'{k:>24}: {v}')
