@@ -27,6 +27,15 @@ def _positive(text: str) -> int:
     except ValueError: pass
     raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
 
+def _gigabytes(text: str) -> float:
+    "A GPU's memory in GB: a positive, finite number."
+    import math
+    try:
+        v = float(text)
+        if v > 0 and math.isfinite(v): return v
+    except ValueError: pass
+    raise argparse.ArgumentTypeError(f"expected a GPU's memory in GB (a positive number), got {text!r}")
+
 def _sides(text: str) -> list[int]:
     "Parse a comma-separated list of image sides, e.g. `336,168,84`."
     try: return [_positive(v) for v in text.split(',')]
@@ -157,18 +166,13 @@ def cmd_convert(a) -> int:
 
 # %% ../nbs/13_cli.ipynb #2fa67597
 def _overrides(pairs) -> dict:
-    "`KEY=VALUE` pairs with VALUE read as YAML (numbers, booleans, lists), as config overrides."
-    import yaml
-    from qvl.core import QvlError
+    "`KEY=VALUE` pairs with VALUE read as a config file's values are (numbers, booleans, lists), as config overrides."
+    from qvl.core import QvlError, load_yaml
     out = {}
     for p in pairs or []:
         if '=' not in p: raise QvlError(f"--set takes KEY=VALUE, got {p!r}")
         k, v = p.split('=', 1)
-        value = yaml.safe_load(v)
-        if isinstance(value, str):          # YAML reads 3e-3 as text
-            try: value = float(value)
-            except ValueError: pass
-        out[k.strip().replace('-', '_')] = value
+        out[k.strip().replace('-', '_')] = load_yaml(v, f"--set {k.strip()}")
     return out
 
 def cmd_train(a) -> int:
@@ -199,7 +203,7 @@ def cmd_train(a) -> int:
               + f": {tr.trainable:,} trainable parameters, {len(tr.train_examples)} training examples"
               + (f" ({len(tr.train_examples.skipped)} skipped, listed in {cfg.out_dir}/skipped.json)" if getattr(tr.train_examples, 'skipped', None) else '')
               + (", tokenization cache hit" if getattr(tr, 'cache_hit', False) else ''))
-    log = tr.fit(resume=a.resume)
+    log = tr.fit(resume=a.resume, overwrite=a.overwrite)
     if rank() != 0: return 0
     last = log.iloc[-1]
     print(f"step {int(last.step)}: loss {last.loss:.4f}" + (f", eval loss {last.eval_loss:.4f}" if 'eval_loss' in log and last.eval_loss == last.eval_loss else ''))
@@ -212,16 +216,16 @@ def cmd_train(a) -> int:
     return 0
 
 def cmd_sweep(a) -> int:
-    import yaml
+    from qvl.core import QvlError, load_yaml
     from qvl.experiments import run
     params = {}
     if a.file:
         p = Path(a.file)
-        if not p.is_file(): 
-            from qvl.core import QvlError
-            raise QvlError(f"{p}: parameters file not found")
-        params.update(yaml.safe_load(p.read_text()) or {})
-    for name, value in a.param or []: params[name] = yaml.safe_load(value)
+        if not p.is_file(): raise QvlError(f"{p}: parameters file not found")
+        got = load_yaml(p.read_text(), str(p)) or {}
+        if not isinstance(got, dict): raise QvlError(f"{p}: expected a mapping of parameter names to values")
+        params.update(got)
+    for name, value in a.param or []: params[name] = value       # text: `run` reads it in its default's type
     d = run(a.template, params, a.runs_dir, a.force)
     print(f"run: {d}")
     for f in sorted(d.iterdir()):
@@ -337,18 +341,19 @@ def cmd_plan(a) -> int:
     "Choose micro-batch x accumulation and checkpointed layers for the fastest run of RUN.yaml that fits; write it."
     import dataclasses, yaml
     from qvl.config import load_config
-    from qvl.core import ImageSize
+    from qvl.core import ImageSize, refuse_overlap, write_text
     from qvl.memory import load_corrections
     from qvl.memory import NOMINAL_KEYS
     cfg = load_config(a.config, **_overrides(a.set))
     setup = {k: getattr(a, k) for k in NOMINAL_KEYS if hasattr(a, k)}
     cal = None if a.no_calibration else load_corrections(cfg)
+    out = Path(a.out or Path(a.config).with_suffix('.plan.yaml'))
+    refuse_overlap(out, {'config': a.config, 'data': cfg.data, 'model': cfg.model if Path(cfg.model).exists() else None}, '--out')
     new, df = _planned(cfg, a.gpu_memory, a.gpus, setup, a.min_side, cal, a.margin, progress=not a.json)
     c = df[df.chosen].iloc[0]
-    out = Path(a.out or Path(a.config).with_suffix('.plan.yaml'))
     if a.json:
         import json
-        out.write_text(yaml.safe_dump(dataclasses.asdict(new), sort_keys=False))
+        write_text(out, yaml.safe_dump(dataclasses.asdict(new), sort_keys=False))
         pick = lambda r: {k: (v.item() if hasattr(v, 'item') else v) for k, v in r.items()}
         print(json.dumps(dict(planned_on=df.attrs['planned_on'], skipped=df.attrs['skipped'], margin=df.attrs['margin'],
                               written=str(out), chosen=pick(c), candidates=[pick(r) for _, r in df.iterrows()]), default=str))
@@ -368,7 +373,7 @@ def cmd_plan(a) -> int:
     print(show[list(cols)].rename(columns=cols).to_string(index=False, formatters={'MFU': '{:.1%}'.format, 'tokens/s': '{:,.0f}'.format},
                                                           float_format=lambda v: f'{v:.2f}'))
     for line in _plan_lines(df): print(line)
-    out.write_text(yaml.safe_dump(dataclasses.asdict(new), sort_keys=False))
+    write_text(out, yaml.safe_dump(dataclasses.asdict(new), sort_keys=False))
     print(f"chosen: {c.image_size} images, micro-batch {new.batch_size} x {new.grad_accum}, "
           + (f"{int(c.checkpoint_layers)} checkpointed layers" if c.checkpoint_layers else 'no checkpointing')
           + f": {c.s_per_step:.2f} s/step, {c.tokens_per_s:,.0f} tokens/s, MFU {c.mfu:.1%}, peak {c.peak_gb:.1f} GB allocated, "
@@ -415,11 +420,13 @@ def cmd_eval(a) -> int:
     import pandas as pd
     from qvl.evaluate import EVAL_COLUMNS, evaluate
     import json
+    from qvl.core import atomic_file, refuse_overlap
+    if a.out: refuse_overlap(a.out, {'model': a.model, 'data': a.data}, '--out')
     df = evaluate(a.model, a.data, a.budgets, a.batch_size, a.max_new_tokens, a.limit, a.cutoff_len, a.name, progress=not a.json)
     if a.out:
         out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
-        df.to_csv(out / 'eval.csv', index=False)
-        pd.DataFrame(df.attrs['samples']).to_csv(out / 'answers.csv', index=False)
+        atomic_file(out / 'eval.csv', lambda tmp: df.to_csv(tmp, index=False))
+        atomic_file(out / 'answers.csv', lambda tmp: pd.DataFrame(df.attrs['samples']).to_csv(tmp, index=False))
     skipped = df.attrs['skipped']
     if a.json:
         print(json.dumps(dict(rows=df.to_dict('records'), skipped=skipped), default=str))
@@ -611,9 +618,11 @@ def commands() -> list[Command]:
             arg('--steps', type=_positive, help='optimizer steps (overrides the config)'),
             arg('--out-dir', '--out', dest='out', metavar='DIR', help='run directory (overrides out_dir)'),
             arg('--resume', action='store_true', help='continue from the last complete checkpoint in the run directory'),
+            arg('--overwrite', action='store_true', help="remove the run an out_dir holds (its checkpoints, logs, weights) "
+                'and train afresh; without it or --resume, a fresh run into such an out_dir is refused'),
             arg('--set', action='append', metavar='KEY=VALUE', help='override a config key (repeatable)'),
             arg('--family', choices=TINY_FAMILIES, help="the built-in default run (no CONFIG) on this family's tiny model"),
-            arg('--plan', type=float, metavar='GB', help="first choose micro-batch x accumulation and checkpointed layers "
+            arg('--plan', type=_gigabytes, metavar='GB', help="first choose micro-batch x accumulation and checkpointed layers "
                 'for the fastest run that fits a GPU of GB (as `qvl plan`), the global batch kept')]),
         Command('estimate', cmd_estimate, help='predict the GPU memory of a training step (no GPU needed)',
                 description='Predict max_memory_allocated and max_memory_reserved of a steady-state training step, with every '
@@ -625,7 +634,7 @@ def commands() -> list[Command]:
                          'will see (and which samples make it). Flags of its keys override it; --image-size and the text '
                          'flags estimate a nominal sample instead'),
             arg('--set', action='append', metavar='KEY=VALUE', help='override a key of RUN.yaml (repeatable)'),
-            arg('--gpu-memory', type=float, default=141, metavar='GB', help='GPU size to check against'),
+            arg('--gpu-memory', type=_gigabytes, default=141, metavar='GB', help='GPU size to check against'),
             arg('--fits', action='store_true', help='also the largest batch and image side per GPU size'),
             arg('--no-calibration', action='store_true', help="ignore the corrections `qvl calibrate` saved in RUN.yaml's out_dir"),
             arg('--json', action='store_true', help='print one JSON object'),
@@ -658,7 +667,7 @@ def commands() -> list[Command]:
                     'that fit, fastest first (s/step, tokens/s, MFU, peak), and writes the chosen run config.',
                 args=[
             arg('config', metavar='RUN.yaml', help='a `qvl train` config'),
-            arg('--gpu-memory', type=float, required=True, metavar='GB', help="each GPU's memory"),
+            arg('--gpu-memory', type=_gigabytes, required=True, metavar='GB', help="each GPU's memory"),
             arg('--gpus', type=_positive, default=1, metavar='N', help='GPUs the run is spread over (the global batch is kept)'),
             arg('--set', action='append', metavar='KEY=VALUE', help='override a key of RUN.yaml (repeatable)'),
             arg('--out', metavar='FILE', help='where to write the chosen config (default: RUN.plan.yaml beside RUN.yaml)'),
@@ -750,7 +759,8 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if not getattr(a, 'func', None):
         p.print_help(); return 0
-    from qvl.core import QvlError
+    from qvl.core import QvlError, on_sigterm
+    on_sigterm()                                   # kill / docker stop / Slurm: cleaned up as on Ctrl-C
     try: return a.func(a)
     except QvlError as e:
         print(f"qvl: error: {e}", file=sys.stderr); return 2

@@ -4,10 +4,10 @@
 
 # %% ../nbs/05_config.ipynb #5e4fd385
 from __future__ import annotations
-import dataclasses, json, os, typing
+import dataclasses, json, math, os, reprlib, typing
 from dataclasses import dataclass
 from pathlib import Path
-from .core import QvlError
+from .core import QvlError, load_yaml
 from .resize import Budget
 
 # %% auto #0
@@ -103,7 +103,8 @@ def config_from_dict(d: dict, **overrides) -> TrainConfig:
     for k, v in d.items():
         if not _type_ok(v, hints[k]):
             want = hints[k].__name__ if isinstance(hints[k], type) else str(hints[k]).replace('typing.', '')
-            raise QvlError(f"config key {k!r} should be {want}, got {v!r}")
+            raise QvlError(f"config key {k!r} should be {want}, got {reprlib.repr(v)}")
+        if isinstance(v, float) and not math.isfinite(v): raise QvlError(f"config {k} must be a finite number, got {v}")
     c = TrainConfig(**d)
     for k, choices in dict(method=METHODS, precision=PRECISIONS, schedule=SCHEDULES, sharding=SHARDINGS,
                            attn_implementation=ATTENTIONS, report_to=REPORTERS).items():
@@ -118,6 +119,9 @@ def config_from_dict(d: dict, **overrides) -> TrainConfig:
     if c.learning_rate <= 0: raise QvlError(f"config learning_rate must be positive, got {c.learning_rate}")
     if c.target is not None and (len(c.target) != 2 or min(c.target) < 1):
         raise QvlError(f"config target must be [width, height], got {c.target}")
+    for k in ('max_pixels', 'min_pixels', 'max_side', 'max_tokens'):
+        if getattr(c, k) is not None and getattr(c, k) < 1:
+            raise QvlError(f"config {k} must be positive or null (no cap), got {getattr(c, k)}")
     if c.checkpoint_layers is not None:
         if c.checkpoint_layers < 0: raise QvlError(f"config checkpoint_layers must not be negative, got {c.checkpoint_layers}")
         if not c.gradient_checkpointing:
@@ -130,12 +134,10 @@ def load_config(path, **overrides) -> TrainConfig:
     p = Path(path)
     if not p.is_file(): raise QvlError(f"{p}: config file not found")
     text = p.read_text()
-    try:
-        if p.suffix in ('.yaml', '.yml'):
-            import yaml
-            d = yaml.safe_load(text)
-        else: d = json.loads(text)
-    except Exception as e: raise QvlError(f"{p}: cannot be parsed ({type(e).__name__}: {e})") from None
+    if p.suffix in ('.yaml', '.yml'): d = load_yaml(text, str(p))     # 2e-4 is a number, as in JSON
+    else:
+        try: d = json.loads(text)
+        except ValueError as e: raise QvlError(f"{p}: cannot be parsed ({type(e).__name__}: {e})") from None
     if not isinstance(d, dict): raise QvlError(f"{p}: expected a mapping of config keys")
     return config_from_dict(d, **overrides)
 

@@ -13,9 +13,10 @@ from typing import NamedTuple
 __all__ = ['QWEN_TOKEN_IDS', 'QWEN35_TOKEN_IDS', 'ARCHITECTURES', 'GB', 'CHECKSUMS', 'SPECIAL_TOKENS', 'CHAT_TEMPLATE',
            'CHECKPOINT_MIN_PIXELS', 'CHECKPOINT_MAX_PIXELS', 'TINY_FAMILIES', 'QvlError', 'Arch', 'known_models',
            'resolve_arch', 'arch_config', 'load_config', 'count_parameters', 'image_factor', 'ImageSize', 'qvl_home',
-           'seed_everything', 'atomic_file', 'atomic_dir', 'file_fingerprint', 'file_digest', 'write_checksums',
-           'verify_checksums', 'looks_like_path', 'check_model_dir', 'build_tiny_tokenizer', 'tiny_config',
-           'build_processor', 'build_tiny_model', 'load_tiny', 'build_random_checkpoint', 'default_tiny_model']
+           'seed_everything', 'inside', 'atomic_file', 'write_text', 'append_line', 'atomic_dir', 'on_sigterm',
+           'load_yaml', 'refuse_overlap', 'file_fingerprint', 'file_digest', 'write_checksums', 'verify_checksums',
+           'looks_like_path', 'check_model_dir', 'build_tiny_tokenizer', 'tiny_config', 'build_processor',
+           'build_tiny_model', 'load_tiny', 'build_random_checkpoint', 'default_tiny_model']
 
 # %% ../nbs/00_core.ipynb #c20a75c8
 class QvlError(Exception):
@@ -208,31 +209,114 @@ def seed_everything(seed: int) -> None:
         import torch
         torch.manual_seed(seed)
 
-def atomic_file(dst, write) -> Path:
-    "Write a file with `write(tmp_path)` to a temporary sibling, then rename it to `dst`."
-    dst = Path(dst)
+def _umask() -> int:
+    m = os.umask(0o022); os.umask(m)
+    return m
+
+def inside(path, root) -> Path:
+    """`path` where it stays inside the folder `root` and goes through no symbolic link below it (what every qvl writer
+    writes through); a `QvlError` naming the path otherwise."""
+    root, p = Path(os.path.abspath(root)), Path(os.path.abspath(path))
+    if p != root and root not in p.parents: raise QvlError(f"{path} is outside {root}: qvl writes only inside it")
+    for q in [*reversed(p.parents[:len(p.parents) - len(root.parents) - 1]), p]:
+        if q != root and q.is_symlink(): raise QvlError(f"{q} is a symbolic link: qvl does not write through links")
+    return p
+
+def atomic_file(dst, write, root=None) -> Path:
+    """Write a file with `write(tmp_path)` to a temporary sibling, then rename it to `dst`: never through a link (`dst`
+    or a folder between it and `root` that is one is refused), never outside `root` (default: `dst`'s folder), with the
+    mode the umask gives."""
+    dst = inside(dst, root or Path(dst).parent)
     dst.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f'.{dst.name}.', suffix='.part', dir=dst.parent)
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, dst)
     finally:
         if os.path.exists(tmp): os.remove(tmp)
     return dst
 
-def atomic_dir(dst: Path, build) -> Path:
-    "Build a directory with `build(tmp_path)` in a temporary sibling, then rename it to `dst`."
-    dst = Path(dst)
+def write_text(dst, text: str, root=None) -> Path:
+    "`atomic_file` of a text (UTF-8): how qvl writes every small file."
+    return atomic_file(dst, lambda tmp: Path(tmp).write_text(text, encoding='utf-8'), root)
+
+def append_line(dst, line: str, root=None) -> Path:
+    "Append one line to a log file that is no link, inside `root` (default: its folder)."
+    dst = inside(dst, root or Path(dst).parent)
+    fd = os.open(dst, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, 'O_NOFOLLOW', 0), 0o666)
+    with os.fdopen(fd, 'a', encoding='utf-8') as f: f.write(line.rstrip('\n') + '\n')
+    return dst
+
+def _alive(pid: int) -> bool:
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    except OSError: pass
+    return True
+
+def _stale(dst: Path):
+    "Remove the temporary siblings of `dst` whose builder (the process id in their name) is no longer running."
+    prefix = f'.{dst.name}.'
+    for p in dst.parent.iterdir():
+        pid = p.name[len(prefix):].split('.')[0] if p.name.startswith(prefix) else ''
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)) and p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+
+def atomic_dir(dst: Path, build, root=None) -> Path:
+    """Build a directory with `build(tmp_path)` in a temporary sibling, then rename it to `dst` (inside `root`, default
+    its folder, through no link, with the mode the umask gives). What a killed build of `dst` left is removed first."""
+    dst = inside(dst, root or Path(dst).parent)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f'.{dst.name}.', dir=dst.parent))
+    _stale(dst)
+    tmp = Path(tempfile.mkdtemp(prefix=f'.{dst.name}.{os.getpid()}.', dir=dst.parent))
     try:
         build(tmp)
+        os.chmod(tmp, 0o777 & ~_umask())
         if dst.exists(): shutil.rmtree(dst)
         tmp.rename(dst)
     finally:
-        if tmp.exists(): shutil.rmtree(tmp)
+        if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
     return dst
+
+
+def on_sigterm():
+    """Turn SIGTERM (`kill`, `docker stop`, Slurm) into `KeyboardInterrupt`, so every writer's cleanup runs and the
+    command exits as it does on Ctrl-C (the CLI calls this once)."""
+    import signal, threading
+    if threading.current_thread() is not threading.main_thread(): return
+    def stop(signum, frame): raise KeyboardInterrupt(f'signal {signum}')
+    signal.signal(signal.SIGTERM, stop)
+
+_FLOAT12 = re.compile(r'^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$')
+
+def load_yaml(text: str, what: str):
+    """YAML as a config means it: `2e-4` is a number (as YAML 1.2 and JSON read it), aliases (`*name`) are refused (a few
+    lines of them expand to gigabytes), and an error is one line that names `what` (a file, `--set lr`) and the line."""
+    import yaml
+    class Loader(yaml.SafeLoader):
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                raise yaml.composer.ComposerError(None, None, 'aliases (*name) are not read in qvl configs', self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+    Loader.add_implicit_resolver('tag:yaml.org,2002:float', _FLOAT12, list('-+0123456789.'))
+    try: return yaml.load(text, Loader=Loader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, 'problem_mark', None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ''
+        raise QvlError(f"{what} is not valid YAML: {getattr(e, 'problem', None) or e}{where}".replace('\n', ' ')) from None
+
+def refuse_overlap(out, inputs: dict, what: str = 'output'):
+    """One refusal of an output that overlaps an input: `out` (a file or folder qvl will write) may not be, hold or lie
+    inside any of `inputs` ({what it is: path}); a `QvlError` that names both otherwise."""
+    o = Path(os.path.realpath(out))
+    for name, p in inputs.items():
+        if p is None: continue
+        q = Path(os.path.realpath(p))
+        if o == q or q in o.parents or o in q.parents:
+            rel = 'is' if o == q else 'is inside' if q in o.parents else 'holds'
+            raise QvlError(f"the {what} {out} {rel} the {name} {p}: choose a path outside it")
+    return Path(out)
 
 def file_fingerprint(path) -> list | None:
     """What identifies a file's content without reading it: size, modification time, status-change time and inode.

@@ -284,15 +284,27 @@ def collate_packed(items: list[dict], model, image_token_id: int | None = None) 
 
 
 class lazy_examples:
-    "Examples analysed and encoded on first access, for datasets too large to tokenize up front."
+    """Examples analysed and encoded on first access, for datasets too large to tokenize up front. A sample that cannot
+    be trained on is skipped as it comes (listed in `skipped`; the next one that can takes its place) or, with
+    `strict`, stops the run."""
     def __init__(self, ds: Dataset, model, budget: Budget | None = None, cutoff_len: int | None = None,
-                 placeholder: str | None = DEFAULT_PLACEHOLDER, allow_outside: bool = False):
+                 placeholder: str | None = DEFAULT_PLACEHOLDER, allow_outside: bool = False, strict: bool = False):
         _worker_init(model, model_budget(inspect_model(model), budget), cutoff_len, placeholder, allow_outside)
-        self.ds, self.state, self.cache, self.skipped = ds, dict(_WORKER), {}, []
+        self.ds, self.state, self.cache, self.skipped, self.strict, self.bad = ds, dict(_WORKER), {}, [], strict, set()
 
     def __len__(self): return len(self.ds.records)
 
     def __getitem__(self, i: int) -> dict:
+        n = len(self.ds.records)
+        for j in (k % n for k in range(i, i + n)):
+            if j in self.bad: continue
+            try: return self._encoded(j)
+            except QvlError:
+                if self.strict: raise
+                self.bad.add(j)
+        raise QvlError(f"{self.ds.path}: no sample can be trained on; see `qvl doctor`")
+
+    def _encoded(self, i: int) -> dict:
         if i not in self.cache:
             _WORKER.update(self.state)
             enc, skipped = _worker_run((str(self.ds.path), self.ds.spec, self.ds.name, i, self.ds.records[i:i + 1]))

@@ -65,7 +65,12 @@ def export_source(src, tmp: Path) -> Path:
     if cfg.method == 'full':
         if not (src / 'model' / 'config.json').is_file(): raise QvlError(f"{src} has no model/ yet: train it first")
         return src / 'model'
-    return export_merged(src, tmp / 'merged')
+    from qvl.train import MERGED_FROM, adapter_stamp
+    merged = tmp / 'merged'
+    try: done = json.loads((merged / MERGED_FROM).read_text())
+    except (OSError, ValueError): done = None
+    if done == adapter_stamp(src): return merged       # a rerun's: the same adapter merged already
+    return export_merged(src, merged)
 
 def _kept_modules(model_dir, quantize_vision: bool) -> list[str]:
     "Full names of the modules that stay in bf16: the LM head, and the vision tower with its merger unless `quantize_vision`."
@@ -348,12 +353,30 @@ def load_for_eval(model_dir):
                                                          weight_gb=weights / 1e9, disk_gb=disk / 1e9)
 
 def _prompt(example: dict) -> tuple:
-    "An example's prompt (its ids before the first labelled token) and its answer's ids (the labelled ones)."
+    """An example's prompt and its reference answer: the answer is its last assistant turn (the last run of labelled
+    ids), the prompt everything before it, earlier turns and their images included."""
     from qvl.data import IGNORE
     ids, labels = example['input_ids'], example['labels']
-    at = (labels != IGNORE).nonzero()
-    first = int(at[0]) if len(at) else len(ids)
-    return ids[:first], ids[labels != IGNORE]
+    at = (labels != IGNORE).nonzero().flatten().tolist()
+    if not at: return ids, ids[:0]
+    start = at[-1]
+    while start - 1 in set(at): start -= 1
+    return ids[:start], ids[start:at[-1] + 1]
+
+def _prompt_item(item: dict, prompt, image_token_id: int | None, merge: int) -> dict:
+    "`item` cut to `prompt`: only the images whose tokens the prompt holds (an image after the last answer is left out)."
+    import torch
+    from qvl.data import IGNORE
+    out = dict(item, input_ids=prompt, labels=torch.full_like(prompt, IGNORE))
+    if 'image_grid_thw' not in item or image_token_id is None: return out
+    want, per = int((prompt == image_token_id).sum()), (item['image_grid_thw'].prod(-1) // merge ** 2).tolist()
+    n = next((k for k in range(len(per) + 1) if sum(per[:k]) == want), None)
+    if n is None: raise QvlError(f"example {item['index']}: its prompt holds {want} image tokens, no whole number of its images")
+    if n == len(per): return out
+    patches = int(item['image_grid_thw'][:n].prod(-1).sum())
+    out.update(pixel_values=item['pixel_values'][:patches], image_grid_thw=item['image_grid_thw'][:n])
+    if not n: del out['pixel_values'], out['image_grid_thw']
+    return out
 
 def generate_answers(model, processor, examples, batch_size: int = 8, max_new_tokens: int = 32, progress: bool = True) -> list[dict]:
     """Greedy answers to `examples` (`qvl.data.Examples`: the prompt is everything before the labelled answer), in batches
@@ -362,15 +385,16 @@ def generate_answers(model, processor, examples, batch_size: int = 8, max_new_to
     import torch
     from tqdm.auto import tqdm
     from qvl.data import IGNORE, VisionTextDataset, collate
-    from qvl.model import token_type_id
+    from qvl.model import base_model, token_type_id
     ds, tok = VisionTextDataset(examples, processor), processor.tokenizer
     device, pad = model.device, tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     stops = {t for t in (tok.eos_token_id, tok.convert_tokens_to_ids('<|im_end|>'), pad) if t is not None}
     type_id, rows = token_type_id(model), []
+    image_id = getattr(base_model(model).config, 'image_token_id', None)
     for s in tqdm(range(0, len(ds), batch_size), desc='generate', unit='batch', disable=not progress):
         items = [ds[i] for i in range(s, min(s + batch_size, len(ds)))]
         prompts = [_prompt(it) for it in items]
-        batch = collate([dict(it, input_ids=p, labels=torch.full_like(p, IGNORE)) for it, (p, _) in zip(items, prompts)],
+        batch = collate([_prompt_item(it, p, image_id, ds.image_processor.merge_size) for it, (p, _) in zip(items, prompts)],
                         pad, image_token_id=type_id, left=True)
         del batch['labels']
         n = batch['input_ids'].shape[1]

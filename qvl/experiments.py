@@ -4,11 +4,11 @@
 
 # %% ../nbs/11_experiments.ipynb #c175d810
 from __future__ import annotations
-import hashlib, json, os, platform, shutil, subprocess, sys, time
+import hashlib, json, os, platform, reprlib, shutil, subprocess, sys, time
 from pathlib import Path
 from typing import TYPE_CHECKING
 if TYPE_CHECKING: import pandas as pd      # names in annotations only
-from .core import QvlError, atomic_file
+from .core import QvlError, atomic_file, write_text
 
 # %% auto #0
 __all__ = ['POINT_KEYS', 'templates_dir', 'template_path', 'template_parameters', 'environment', 'run_id', 'run', 'collect',
@@ -83,14 +83,14 @@ def run_id(template: Path, params: dict) -> str:
     return h.hexdigest()[:12]
 
 def _as_type(name: str, value, default):
-    "A parameter value in the type of its default (`-p sides 448` is the text '448' when the default is text)."
-    import yaml
-    if isinstance(default, str): return value if isinstance(value, str) else str(value)
-    v = yaml.safe_load(value) if isinstance(value, str) else value
+    "A parameter value in the type of its default (`-p sides 448` is the text '448' when the default is text; `-p x ''` is '')."
+    from qvl.core import load_yaml
+    if isinstance(default, str): return value if isinstance(value, str) else '' if value is None else str(value)
+    v = load_yaml(value, f"parameter {name}") if isinstance(value, str) else value
     want = type(default)
     if default is None or isinstance(v, want) and not (want is int and isinstance(v, bool)): return v
     if want is float and isinstance(v, int) and not isinstance(v, bool): return float(v)
-    raise QvlError(f"parameter {name} should be {want.__name__}, got {value!r}")
+    raise QvlError(f"parameter {name} should be {want.__name__}, got {reprlib.repr(value)}")
 
 def run(template, params: dict | None = None, runs_dir='runs', force: bool = False, progress: bool = True) -> Path:
     "Execute `template` with `params` through papermill into `runs_dir/<experiment>/<run-id>/`; reuse a finished run."
@@ -108,17 +108,17 @@ def run(template, params: dict | None = None, runs_dir='runs', force: bool = Fal
         return d
     if force and d.exists(): shutil.rmtree(d)
     d.mkdir(parents=True, exist_ok=True)            # an interrupted run keeps what it finished (sweep points)
-    (d / 'params.yaml').write_text(yaml.safe_dump(dict(params, template=str(t)), sort_keys=True))
-    atomic_file(d / 'env.json', lambda tmp: Path(tmp).write_text(json.dumps(environment(params.get('seed')), indent=1)))
+    write_text(d / 'params.yaml', yaml.safe_dump(dict(params, template=str(t)), sort_keys=True))
+    write_text(d / 'env.json', json.dumps(environment(params.get('seed')), indent=1))
     (d / 'error.json').unlink(missing_ok=True)
     t0 = time.time()
     try:
         pm.execute_notebook(str(t), str(d / f'{t.stem}.ipynb'), parameters=dict(params, out_dir=str(d.resolve())),
                             kernel_name='python3', progress_bar=progress, cwd=str(Path.cwd()))
     except pm.PapermillExecutionError as e:
-        (d / 'error.json').write_text(json.dumps(dict(cell=e.cell_index, ename=e.ename, evalue=e.evalue)))
+        write_text(d / 'error.json', json.dumps(dict(cell=e.cell_index, ename=e.ename, evalue=e.evalue)))
         raise QvlError(f"{t.stem} failed in cell {e.cell_index}: {e.ename}: {e.evalue} (notebook: {d / f'{t.stem}.ipynb'})") from None
-    (d / 'done.json').write_text(json.dumps(dict(seconds=round(time.time() - t0, 2), finished=time.strftime('%Y-%m-%dT%H:%M:%S'))))
+    write_text(d / 'done.json', json.dumps(dict(seconds=round(time.time() - t0, 2), finished=time.strftime('%Y-%m-%dT%H:%M:%S'))))
     return d
 
 def collect(runs_dir='runs', experiment: str | None = None, results: str = 'results.csv'):

@@ -4,7 +4,7 @@
 
 # %% ../nbs/01_formats.ipynb #76afa8d7
 from __future__ import annotations
-import dataclasses, json, re
+import dataclasses, json, re, reprlib
 from functools import lru_cache
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,10 +12,11 @@ from .core import QvlError, atomic_file
 
 # %% auto #0
 __all__ = ['IMAGE_PART_KEYS', 'VISION_START', 'VISION_END', 'IMAGE_PAD', 'VIDEO_PAD', 'IMAGE_SEQUENCE', 'DEFAULT_PLACEHOLDER',
-           'SPECS', 'REPORT_FILES', 'read_records', 'write_records', 'image_part_slot', 'image_part', 'is_image_part',
-           'placeholder_pattern', 'normalise_placeholders', 'expand_image_tokens', 'Spec', 'spec_from_info',
-           'info_entry', 'detect_spec', 'Sample', 'split_images', 'join_images', 'parse_sample', 'format_sample',
-           'Dataset', 'load_dataset', 'convert', 'image_slots', 'image_refs', 'set_image_refs', 'text_slots']
+           'SPECS', 'REPORT_FILES', 'read_records', 'write_records', 'image_part_slot', 'local_ref', 'image_part',
+           'is_image_part', 'placeholder_pattern', 'normalise_placeholders', 'expand_image_tokens', 'Spec',
+           'spec_from_info', 'info_entry', 'detect_spec', 'Sample', 'split_images', 'join_images', 'parse_sample',
+           'format_sample', 'Dataset', 'load_dataset', 'convert', 'image_slots', 'image_refs', 'set_image_refs',
+           'text_slots']
 
 # %% ../nbs/01_formats.ipynb #31c1b406
 def read_records(path) -> list:
@@ -24,8 +25,8 @@ def read_records(path) -> list:
     try: text = path.read_text(encoding='utf-8')
     except (OSError, UnicodeDecodeError) as e: raise QvlError(f"{path}: unreadable ({e})") from None
     if path.suffix == '.jsonl':
-        out = []
-        for i, line in enumerate(text.splitlines(), 1):
+        out = []    # lines end at \n only: U+2028 and the like are text inside a record (`write_records` keeps them)
+        for i, line in enumerate(text.split('\n'), 1):
             if not line.strip(): continue
             try: out.append(json.loads(line))
             except json.JSONDecodeError as e: raise QvlError(f"{path}:{i}: not valid JSON ({e.msg})") from None
@@ -54,10 +55,14 @@ def image_part_slot(part: dict) -> tuple[dict, str] | None:
         if isinstance(v, str): return part, k
     return None
 
+def local_ref(ref: str) -> str:
+    "An image reference as a path: a `file://` URI's path (every reader of references reads them through this)."
+    return ref.removeprefix('file://') if isinstance(ref, str) else ref
+
 def image_part(part: dict) -> str | None:
     "The image path of a content part (`file://` dropped), or None."
     slot = image_part_slot(part)
-    return slot[0][slot[1]].removeprefix('file://') if slot else None
+    return local_ref(slot[0][slot[1]]) if slot else None
 
 def is_image_part(part) -> bool:
     "Whether a message content part is an image: typed `image` / `image_url`, or untyped with an image path."
@@ -185,9 +190,16 @@ def _text(v, what: str) -> str:
 
 def _image_list(v, what: str) -> list:
     if v is None: return []
-    if isinstance(v, str): return [v]
-    if isinstance(v, list) and all(isinstance(x, str) for x in v): return list(v)
+    if isinstance(v, str): return [local_ref(v)]
+    if isinstance(v, list) and all(isinstance(x, str) for x in v): return [local_ref(x) for x in v]
     raise QvlError(f"{what} must be a list of paths")
+
+def _history(v) -> list:
+    "An alpaca `history`: a list of [prompt, answer] pairs of text, else a `QvlError` (the sample is unparseable)."
+    if v is None: return []
+    if not isinstance(v, list) or not all(isinstance(p, (list, tuple)) and len(p) == 2 and all(isinstance(x, str) for x in p) for p in v):
+        raise QvlError(f"history must be a list of [prompt, answer] pairs of text, got {reprlib.repr(v)}")
+    return v
 
 def parse_sample(record: dict, spec: Spec, placeholder: str | None = DEFAULT_PLACEHOLDER) -> Sample:
     "Read one record of `spec`'s format into a `Sample`; a `QvlError` says what is wrong with it."
@@ -198,7 +210,7 @@ def parse_sample(record: dict, spec: Spec, placeholder: str | None = DEFAULT_PLA
     if spec.format == 'alpaca':
         if spec.prompt not in record and spec.response not in record:
             raise QvlError(f"alpaca sample without {spec.prompt!r} or {spec.response!r}")
-        for q, r in (record.get(spec.history) or []) if spec.history else []:
+        for q, r in _history(record.get(spec.history)) if spec.history else []:
             msgs += [dict(role='user', content=split_images(_text(q, 'a history prompt'), placeholder)),
                      dict(role='assistant', content=split_images(_text(r, 'a history answer'), placeholder))]
         prompt = _text(record.get(spec.prompt, ''), spec.prompt)
@@ -318,6 +330,16 @@ def convert(src, dst, to: str = 'messages', name: str | None = None,
     dst = Path(dst)
     if dst.suffix not in ('.json', '.jsonl'): raise QvlError(f"{dst}: the output must end in .json or .jsonl")
     if dst.resolve() == ds.path.resolve(): raise QvlError(f"{dst} is the input file: write to a new file")
+    if dst.name == 'dataset_info.json': raise QvlError(f"{dst}: dataset_info.json describes datasets: name the output otherwise")
+    info_path = dst.parent / 'dataset_info.json'
+    try: info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    except ValueError: info = None
+    if not isinstance(info, dict):
+        if to != 'messages': raise QvlError(f"{info_path} is not a mapping of dataset entries: fix it or write elsewhere")
+        info = {}
+    listed = {(info_path.parent / v['file_name']).resolve() for v in info.values() if isinstance(v, dict) and isinstance(v.get('file_name'), str)}
+    if dst.resolve() in listed and dst.exists():
+        raise QvlError(f"{dst} is a dataset {info_path} lists: write to a new file (or remove it first)")
     spec, out, skipped = SPECS[to], [], []
     for i, r in enumerate(ds.records):
         try:
@@ -326,8 +348,6 @@ def convert(src, dst, to: str = 'messages', name: str | None = None,
         except QvlError as e: skipped.append(dict(index=i, id=r.get('id') if isinstance(r, dict) else None, reason=str(e)))
     write_records(out, dst)
     if to != 'messages':
-        info_path = dst.parent / 'dataset_info.json'
-        info = json.loads(info_path.read_text()) if info_path.exists() else {}
         info[dst.stem] = info_entry(spec, dst.name)
         atomic_file(info_path, lambda tmp: Path(tmp).write_text(json.dumps(info, indent=1)))
     return skipped
@@ -354,7 +374,7 @@ def image_slots(record, spec: Spec | None = None) -> list[tuple]:
 
 def image_refs(record, spec: Spec | None = None) -> list[str]:
     "The image paths `record` names, in order (`file://` dropped)."
-    return [c[k].removeprefix('file://') for c, k in image_slots(record, spec)]
+    return [local_ref(c[k]) for c, k in image_slots(record, spec)]
 
 def set_image_refs(record: dict, refs: list[str], spec: Spec | None = None) -> dict:
     "Point `record`'s images at `refs`, in order, where and as it names them; returns the record."

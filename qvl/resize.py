@@ -9,7 +9,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from .core import QvlError, CHECKPOINT_MAX_PIXELS, CHECKPOINT_MIN_PIXELS, ImageSize, atomic_file, file_fingerprint
-from .formats import image_refs, image_slots, load_dataset, text_slots, write_records
+from .formats import image_refs, image_slots, load_dataset, local_ref, text_slots, write_records
 
 # %% auto #0
 __all__ = ['PROCESSOR_MIN_PIXELS', 'PROCESSOR_MAX_PIXELS', 'COMMON_BUDGETS', 'DEFAULT_MAX_IMAGE_PIXELS', 'FILTERS', 'BOX_STYLES',
@@ -17,8 +17,8 @@ __all__ = ['PROCESSOR_MIN_PIXELS', 'PROCESSOR_MAX_PIXELS', 'COMMON_BUDGETS', 'DE
            'vision_patches', 'Budget', 'token_table', 'plot_tokens', 'ImageError', 'image_size', 'to_rgb', 'open_image',
            'resize_image', 'load_resized', 'scale_boxes', 'rescale_grounding_text', 'BoxStyle', 'box_style',
            'find_boxes', 'convert_grounding_text', 'convert_record_boxes', 'apply_budget', 'save_processor',
-           'ResizeJob', 'output_name', 'plan_outputs', 'jpeg_subsampling', 'run_job', 'run_jobs', 'resize_folder',
-           'resize_dataset', 'summarize']
+           'image_exts', 'ResizeJob', 'output_name', 'plan_outputs', 'jpeg_subsampling', 'run_job', 'run_jobs',
+           'resize_folder', 'resize_dataset', 'summarize']
 
 # %% ../nbs/02_resize.ipynb #6bbce161
 PROCESSOR_MIN_PIXELS, PROCESSOR_MAX_PIXELS = 56 * 56, 28 * 28 * 1280   # transformers class defaults
@@ -64,6 +64,15 @@ class Budget:
     factor: int = 28
     processor_min_pixels: int = CHECKPOINT_MIN_PIXELS
     processor_max_pixels: int = CHECKPOINT_MAX_PIXELS
+
+    def __post_init__(self):
+        for k in ('max_pixels', 'min_pixels', 'max_side', 'max_tokens'):
+            v = getattr(self, k)
+            if v is not None and not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 1):
+                raise QvlError(f"{k} must be a positive number or none (no cap), got {v}")
+        if self.target is not None and (len(self.target) != 2 or min(self.target) < 1):
+            raise QvlError(f"target must be a positive width and height, got {self.target}")
+        if self.factor < 1: raise QvlError(f"factor must be positive, got {self.factor}")
 
     def pixel_cap(self) -> int:
         "The tightest area cap of all the policies."
@@ -139,6 +148,8 @@ def _check_open(path, max_image_pixels):
     except FileNotFoundError: raise ImageError(f"{path}: file not found") from None
     except OSError as e: raise ImageError(f"{path}: unreadable ({e.strerror or e})") from None
     if size == 0: raise ImageError(f"{path}: empty file (0 bytes)")
+    if max_image_pixels is None or (Image.MAX_IMAGE_PIXELS and max_image_pixels > Image.MAX_IMAGE_PIXELS):
+        Image.MAX_IMAGE_PIXELS = max_image_pixels      # Pillow's own limit no lower than the one asked for
     try: img = Image.open(path)
     except UnidentifiedImageError: raise ImageError(f"{path}: not an image") from None
     except PermissionError: raise ImageError(f"{path}: unreadable (permission denied)") from None
@@ -357,7 +368,13 @@ def save_processor(processor_or_dir, out_dir, budget: Budget) -> Path:
     return out
 
 # %% ../nbs/02_resize.ipynb #0c804e20
-IMAGE_EXTS = {'.jpg', '.jpeg', '.png', '.webp', '.bmp', '.tif', '.tiff', '.gif'}
+IMAGE_EXTS = {'.jpg', '.jpeg', '.png', '.webp', '.bmp', '.tif', '.tiff', '.gif'}     # the common ones
+
+def image_exts() -> set:
+    "Every file suffix Pillow can open here (`.jfif`, `.ppm`, `.tga`, `.ico`, ...): what a folder resize reads."
+    from PIL import Image
+    Image.init()
+    return IMAGE_EXTS | {e.lower() for e, f in Image.registered_extensions().items() if f in Image.OPEN}
 FORMATS = ('keep', 'jpeg', 'png')
 MANIFEST_COLUMNS = ['path', 'status', 'orig_width', 'orig_height', 'width', 'height', 'tokens', 'error', 'output',
                     'job', 'source_fingerprint', 'output_fingerprint']
@@ -416,12 +433,12 @@ def jpeg_subsampling(path) -> int:
             return max(0, JpegImagePlugin.get_sampling(im)) if im.format == 'JPEG' else 0
     except Exception: return 0
 
-def _save_atomic(img, dst: Path, fmt: str, quality: int, subsampling: int = 0):
+def _save_atomic(img, dst: Path, fmt: str, quality: int, subsampling: int = 0, root=None):
     pil_fmt = {'.jpg': 'JPEG', '.jpeg': 'JPEG', '.png': 'PNG', '.webp': 'WEBP', '.bmp': 'BMP', '.tif': 'TIFF',
                '.tiff': 'TIFF', '.gif': 'PNG'}.get(dst.suffix.lower(), 'PNG') if fmt == 'keep' else \
               {'jpeg': 'JPEG', 'png': 'PNG'}[fmt]
     kw = dict(quality=quality, subsampling=subsampling) if pil_fmt in ('JPEG', 'WEBP') else {}
-    atomic_file(dst, lambda tmp: img.save(tmp, format=pil_fmt, **kw))
+    atomic_file(dst, lambda tmp: img.save(tmp, format=pil_fmt, **kw), root)     # inside the output folder `root`
 
 def run_job(job: ResizeJob) -> dict:
     "Resize one file; never raises: failures come back as a row with status 'failed' and the reason."
@@ -432,7 +449,7 @@ def run_job(job: ResizeJob) -> dict:
         img, (ow, oh) = load_resized(job.src, job.budget, job.filter, job.max_image_pixels)
         row.update(orig_width=ow, orig_height=oh)
         # a JPEG keeps its source's chroma subsampling: no colour detail is lost that the source had
-        _save_atomic(img, Path(job.dst), job.format, job.quality, jpeg_subsampling(job.src))
+        _save_atomic(img, Path(job.dst), job.format, job.quality, jpeg_subsampling(job.src), job.root)
         w, h = img.size
         row.update(status='ok', width=w, height=h, tokens=(w // job.budget.factor) * (h // job.budget.factor),
                    output_fingerprint=json.dumps((file_fingerprint(job.dst) or [None, None])[:2]))
@@ -531,14 +548,14 @@ def resize_folder(src, dst, budget: Budget = Budget(), filter: str = 'bicubic', 
     if not src.is_dir(): raise QvlError(f"{src} is not a directory")
     _check_dst(src, dst)
     _filter(filter)
-    files = sorted(p for p in src.rglob('*') if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
+    files = sorted(p for p in src.rglob('*') if p.is_file() and p.suffix.lower() in image_exts())
     names = plan_outputs([(p, p.relative_to(src)) for p in files], dst, format)
     jobs = [ResizeJob(str(p), str(dst / n), str(p.relative_to(src)), budget, filter, format, quality, max_image_pixels,
                       str(dst)) for p, n in zip(files, names)]
     return run_jobs(jobs, dst, workers, progress)
 
 # %% ../nbs/02_resize.ipynb #7d7bf04b
-def _ref(container, key) -> str: return container[key].removeprefix('file://')
+def _ref(container, key) -> str: return local_ref(container[key])
 
 def resize_dataset(data, dst, budget: Budget = Budget(), filter: str = 'bicubic', format: str = 'keep',
                    quality: int = 95, workers: int | None = None, progress: bool = True, allow_outside: bool = False,

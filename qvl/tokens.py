@@ -4,19 +4,19 @@
 
 # %% ../nbs/04_tokens.ipynb #59fa0a30
 from __future__ import annotations
-import dataclasses, json, os, shutil, time
+import dataclasses, hashlib, json, os, shutil, time
 from dataclasses import dataclass, field
 from pathlib import Path
 from .core import QvlError, CHECKPOINT_MAX_PIXELS, CHECKPOINT_MIN_PIXELS, QWEN_TOKEN_IDS, atomic_dir
 from .formats import DEFAULT_PLACEHOLDER, IMAGE_PAD, VIDEO_PAD, VISION_END, VISION_START, Dataset, Sample, Spec, \
-    info_entry, load_dataset, parse_sample, set_image_refs, text_slots, write_records
+    info_entry, load_dataset, local_ref, parse_sample, set_image_refs, text_slots, write_records
 from .resize import BOX_STYLES, AspectRatioError, BoxStyle, Budget, ImageError, ResizeJob, find_boxes, image_size, \
     rescale_grounding_text, run_jobs
 
 # %% auto #0
-__all__ = ['TOKEN_ID_KEYS', 'REQUIRED_TOKENS', 'FIXES', 'STRATEGIES', 'LENGTH_CODES', 'DROP_CODES', 'finding', 'ModelInfo',
-           'inspect_model', 'SampleCheck', 'analyse', 'model_budget', 'Report', 'doctor', 'FixReport', 'fix_dataset',
-           'fix_model']
+__all__ = ['TOKEN_ID_KEYS', 'REQUIRED_TOKENS', 'FIXES', 'ROLES', 'CONTROL_TOKENS', 'STRATEGIES', 'LENGTH_CODES', 'DROP_CODES',
+           'WEIGHT_SUFFIXES', 'finding', 'ModelInfo', 'inspect_model', 'SampleCheck', 'analyse', 'model_budget',
+           'Report', 'doctor', 'FixReport', 'fix_dataset', 'fix_model']
 
 # %% ../nbs/04_tokens.ipynb #79e3fabc
 TOKEN_ID_KEYS = dict(image_token_id=IMAGE_PAD, video_token_id=VIDEO_PAD, vision_start_token_id=VISION_START,
@@ -167,7 +167,7 @@ class SampleCheck:
         return self.text_tokens - len(self.pad_positions) + sum(self.tokens)   # each pad becomes its image's tokens
 
 def _resolve(root: Path, ref: str, allow_outside: bool) -> Path | None:
-    p = Path(ref)
+    p = Path(local_ref(ref))
     p = (p if p.is_absolute() else root / p).resolve()
     return p if allow_outside or root in p.parents else None
 
@@ -272,6 +272,24 @@ def _check_lengths(checks: list[SampleCheck], tok, image_id: int, cutoff_len: in
                 c.findings.append(finding('text_truncated', f"{total} tokens; cutoff_len {cutoff_len} cuts "
                                           f"{total - cutoff_len} text tokens after the last image", index=c.index, id=c.id))
 
+ROLES = ('system', 'user', 'assistant')
+# control tokens that typed into a turn's text would be read as turn or image markers (box and object tokens are text)
+CONTROL_TOKENS = ('<|im_start|>', '<|im_end|>', '<|endoftext|>', VISION_START, VISION_END, '<|vision_pad|>', IMAGE_PAD, VIDEO_PAD)
+
+def _check_learnable(c: SampleCheck):
+    "A sample training can learn from: known roles, an assistant answer with text, no control token typed into a turn."
+    s, why = c.sample, None
+    roles = [m['role'] for m in s.messages]
+    text = lambda m: ''.join(p.get('text', '') for p in m['content'] if p.get('type') == 'text' and isinstance(p.get('text'), str))
+    other = [r for r in roles if r not in ROLES]
+    if other: why = f"a turn's role is {other[0]!r}: roles are {', '.join(ROLES)} (nothing of it would be learnt)"
+    elif not any(r == 'assistant' and text(m).strip() for r, m in zip(roles, s.messages)):
+        why = "no assistant answer with text: nothing to learn from"
+    else:
+        typed = next((t for m in s.messages for t in CONTROL_TOKENS if t in text(m)), None)
+        if typed: why = f"its text holds the control token {typed}, which the template would read as a marker, not text"
+    if why: c.findings.append(finding('unlearnable_sample', why, index=c.index, id=c.id))
+
 def analyse(ds: Dataset, info: ModelInfo, budget: Budget, cutoff_len: int | None = None,
             placeholder: str | None = DEFAULT_PLACEHOLDER, allow_outside: bool = False,
             progress: bool = True, keep_ids: bool = False) -> list[SampleCheck]:
@@ -284,6 +302,7 @@ def analyse(ds: Dataset, info: ModelInfo, budget: Budget, cutoff_len: int | None
         except QvlError as e:
             c.findings.append(finding('unparseable_sample', str(e), index=i, id=c.id))
         else:
+            _check_learnable(c)
             _check_images(c, ds.root, budget, allow_outside, sizes)
             if info.family in BOX_STYLES: _check_boxes(c, budget, BOX_STYLES[info.family])
         checks.append(c)
@@ -361,7 +380,7 @@ def doctor(data, model, cutoff_len: int | None = None, budget: Budget | None = N
 STRATEGIES = ('shrink', 'drop')      # what fix_dataset does with a sample over cutoff_len
 LENGTH_CODES = {'image_tokens_truncated', 'text_truncated'}    # what a smaller image fixes
 DROP_CODES = {'missing_image', 'unreadable_image', 'image_outside_root', 'aspect_ratio_too_large',
-              'sequence_too_long', 'unparseable_sample', 'placeholder_count_mismatch'}
+              'sequence_too_long', 'unparseable_sample', 'placeholder_count_mismatch', 'unlearnable_sample'}
 
 @dataclass
 class FixReport:
@@ -404,6 +423,8 @@ def _largest_fit(c: SampleCheck, budget: Budget, cutoff_len: int, floor_tokens: 
         lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
     return dataclasses.replace(budget, max_tokens=lo)
 
+WEIGHT_SUFFIXES = ('.safetensors', '.bin', '.pt', '.pth', '.gguf')   # what a fixed copy links instead of copying
+
 def _link_or_copy(src: Path, dst: Path):
     dst.parent.mkdir(parents=True, exist_ok=True)
     try: os.link(src, dst)
@@ -429,9 +450,11 @@ def _shrink(c: SampleCheck, nb: Budget, root: Path, allow_outside: bool, jobs: d
         src = _resolve(root, ref, allow_outside)
         h, w = nb.fit(*reversed(c.sizes[len(refs)]))
         sizes.append([w, h])
-        p = Path(ref)
-        rel = str(Path('resized') / (p.parent if not p.is_absolute() and src.is_relative_to(root) else 'outside')
-                  / f"{p.stem}.{w}x{h}{p.suffix}")
+        # named after the file it shrinks (its path below the root, or a hash of an outside one's): two images never
+        # share a copy, and no name climbs out of the new folder
+        where = Path(src.relative_to(root)) if src.is_relative_to(root) else \
+            Path('_outside') / hashlib.sha1(str(src).encode()).hexdigest()[:10] / src.name
+        rel = str(Path('resized') / where.parent / f"{where.stem}.{w}x{h}{where.suffix}")
         jobs.setdefault(rel, ResizeJob(str(src), '', rel, nb))
         refs.append(rel)
     return refs, sizes
@@ -503,7 +526,7 @@ def fix_dataset(data, out, model, cutoff_len: int, strategy: str = 'shrink', bud
     by_index = {s['index']: s for s in shrunk}
     style = BOX_STYLES.get(info.family, BOX_STYLES['qwen2_5_vl'])
     def build(tmp: Path):                             # 3. write images, data and reports into a new directory
-        todo = [dataclasses.replace(j, dst=str(tmp / j.rel)) for j in jobs.values()]
+        todo = [dataclasses.replace(j, dst=str(tmp / j.rel), root=str(tmp)) for j in jobs.values()]
         manifest = run_jobs(todo, tmp, workers, progress) if todo else None
         if manifest is not None and (manifest.status == 'failed').any():
             bad = manifest[manifest.status == 'failed']
@@ -555,21 +578,18 @@ def fix_model(model, out) -> list[str]:
             if isinstance(where, dict) and key in where and where[key] != want:
                 changes.append(f"config.json {key}: {where[key]} -> {want}"); where[key] = want
     def build(tmp: Path):
-        for p in src.iterdir():
-            if p.is_file(): _link_or_copy(p, tmp / p.name)
-        (tmp / 'config.json').unlink()
+        for p in src.iterdir():        # the weights linked (never written), every other file copied: saves write those
+            if p.is_file(): (_link_or_copy if p.suffix in WEIGHT_SUFFIXES else shutil.copy2)(p, tmp / p.name)
         (tmp / 'config.json').write_text(json.dumps(raw, indent=2))
         if missing or not tok.chat_template:
             if not tok.chat_template and raw.get('model_type') in ('qwen2_vl', 'qwen2_5_vl'):
                 tok.chat_template = CHAT_TEMPLATE; changes.append("added the Qwen2/2.5-VL chat template")
-            for name in ('tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json', 'added_tokens.json'):
-                (tmp / name).unlink(missing_ok=True)   # unlink before writing: the links point at the source
             tok.save_pretrained(tmp)
         pp = tmp / 'processor_config.json'
         if pp.exists():                                # a processor config naming another image token
             pc = json.loads(pp.read_text())
             if pc.get('image_token', IMAGE_PAD) != IMAGE_PAD:
                 pc['image_token'] = IMAGE_PAD; changes.append('processor image token set to <|image_pad|>')
-                pp.unlink(); pp.write_text(json.dumps(pc, indent=2))
+                pp.write_text(json.dumps(pc, indent=2))
     atomic_dir(out, build)
     return changes

@@ -9,15 +9,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 if TYPE_CHECKING: import pandas as pd      # names in annotations only
 from .config import TrainConfig, config_from_dict, device_type, rank, resolve_precision, sharding_mode, world_size
-from .core import GB, QvlError, atomic_dir, atomic_file, check_model_dir
+from .core import GB, QvlError, append_line, atomic_dir, atomic_file, check_model_dir, file_fingerprint, refuse_overlap, write_text
 from .model import checkpointed_layers, decoder_layers, model_shape, param_part, prepare_model, tied_names, token_type_id
 from .resize import Budget
 
 # %% auto #0
-__all__ = ['RESUMABLE_KEYS', 'setup_device', 'end_process_group', 'all_reduce_sum', 'optimizer_options', 'make_optimizer',
-           'enable_fast', 'stream_indices', 'micro_batches', 'lr_lambda', 'latest_checkpoint', 'resume_conflicts',
+__all__ = ['RESUMABLE_KEYS', 'RUN_FILES', 'MERGED_FROM', 'setup_device', 'end_process_group', 'all_reduce_sum',
+           'optimizer_options', 'make_optimizer', 'enable_fast', 'stream_indices', 'micro_batches', 'lr_lambda',
+           'latest_checkpoint', 'resume_conflicts', 'previous_run', 'clear_run', 'lock_run_dir', 'non_finite_loss',
            'step_rates', 'run_summary', 'summary_line', 'model_card', 'check_tracker', 'open_tracker', 'Trainer',
-           'export_merged', 'tiny_run_config']
+           'export_merged', 'adapter_stamp', 'tiny_run_config']
 
 # %% ../nbs/09_train.ipynb #97c3aa2e
 def setup_device():
@@ -152,6 +153,42 @@ def resume_conflicts(saved: dict, cfg: TrainConfig) -> list[str]:
     now = dataclasses.asdict(cfg)
     return [f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in now
             if k not in RESUMABLE_KEYS and k in saved and json.loads(json.dumps(saved[k], default=str)) != json.loads(json.dumps(now[k], default=str))]
+
+RUN_FILES = ('checkpoints', 'log.jsonl', 'log.csv', 'adapter', 'model', 'summary.json', 'detail_check.csv', 'skipped.json',
+             'config.json', 'tensorboard', 'tracker.json')     # what a run writes into its out_dir, and --overwrite removes
+
+def previous_run(out_dir) -> str | None:
+    "What shows that `out_dir` holds a run already (its newest checkpoint, its log or its saved weights), or None."
+    d = Path(out_dir)
+    cks = sorted((d / 'checkpoints').glob('step-*')) if (d / 'checkpoints').is_dir() else []
+    if cks: return f"checkpoints/{cks[-1].name}"
+    return next((f for f in ('log.jsonl', 'adapter', 'model') if (d / f).exists()), None)
+
+def clear_run(out_dir):
+    "Remove a run's files from `out_dir` (`RUN_FILES`), and nothing else."
+    for f in RUN_FILES:
+        p = Path(out_dir) / f
+        if p.is_dir() and not p.is_symlink(): shutil.rmtree(p)
+        elif p.exists() or p.is_symlink(): p.unlink()
+
+def lock_run_dir(out_dir):
+    "Hold `out_dir` for this process (an open file with a lock, released when it ends); a second run into it is refused."
+    import fcntl
+    f = open(os.open(Path(out_dir) / '.lock', os.O_RDWR | os.O_CREAT | getattr(os, 'O_NOFOLLOW', 0), 0o666), 'r+')
+    try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        other = f.read().strip()
+        f.close()
+        raise QvlError(f"{out_dir} is in use by another run (process {other or 'unknown'}): wait for it, or choose another out_dir") from None
+    f.seek(0); f.truncate(); f.write(str(os.getpid())); f.flush()
+    return f
+
+def non_finite_loss(loss: float, step: int, out_dir) -> str:
+    "The one-line error of a step whose loss is not finite: nothing of it was applied, and the last checkpoint is kept."
+    ck = latest_checkpoint(out_dir, None)
+    return (f"step {step}: the loss is {loss} (not finite), so the run stopped before applying it; "
+            + (f"its last good checkpoint {ck} is kept (--resume continues from it)" if ck else "no checkpoint was saved yet")
+            + ": lower learning_rate, or set max_grad_norm")
 
 # %% ../nbs/09_train.ipynb #c5698c56
 def step_rates(steps: list[dict], peak_flops: float | None = None) -> dict:
@@ -436,7 +473,7 @@ class _Checkpoints:
                 scheduler=self.scheduler.state_dict()['last_epoch'], optimizer=opt_m, rng=rng_m,
                 config=dataclasses.asdict(self.cfg)), default=str))
             write_checksums(tmp)
-        return atomic_dir(self.out / 'checkpoints' / f'step-{self.step:07d}', build)
+        return atomic_dir(self.out / 'checkpoints' / f'step-{self.step:07d}', build, root=self.out)
 
     def load_checkpoint(self, path: Path):
         "Restore weights, optimizer, scheduler, random states and data position from `path`."
@@ -456,16 +493,23 @@ class _Checkpoints:
     def _log(self, rec: dict):
         if rank() != 0: return
         self.history.append(rec)
-        with open(self.out / 'log.jsonl', 'a') as f: f.write(json.dumps(rec) + '\n')
+        append_line(self.out / 'log.jsonl', json.dumps(rec))
         import pandas as pd
         atomic_file(self.out / 'log.csv', lambda tmp: pd.DataFrame(self.history).to_csv(tmp, index=False))
         if getattr(self, 'tracker', None): self.tracker.log(rec)
 
     def _restore_log(self):
-        p = self.out / 'log.jsonl'
-        rows = [json.loads(l) for l in p.read_text().splitlines() if l.strip()] if p.exists() else []
-        self.history = [r for r in rows if r['step'] <= self.step]
-        if rank() == 0: atomic_file(p, lambda tmp: Path(tmp).write_text(''.join(json.dumps(r) + '\n' for r in self.history)))
+        "The logged steps up to the restored one; a line a kill or a full disk left half-written is dropped, and said."
+        p, rows, torn = self.out / 'log.jsonl', [], 0
+        for l in (p.read_text(errors='replace').split('\n') if p.exists() else []):
+            try: rows.append(json.loads(l)) if l.strip() else None
+            except ValueError: torn += 1
+        if torn and rank() == 0: print(f"{p}: {torn} damaged line(s) dropped (a run stopped while writing them)")
+        self.history = [r for r in rows if isinstance(r, dict) and r.get('step', 0) <= self.step]
+        if rank() == 0: write_text(p, ''.join(json.dumps(r) + '\n' for r in self.history))
+
+    def _write_skipped(self):
+        write_text(self.out / 'skipped.json', json.dumps(getattr(self.train_examples, 'skipped', []), indent=1, default=str))
 
     def save_final(self) -> Path | None:
         "The adapter (peft format) or the full model, with the processor, under the run directory."
@@ -482,7 +526,7 @@ class _Checkpoints:
                 import copy
                 from qvl.resize import save_processor
                 save_processor(copy.deepcopy(self.processor), tmp, self.cfg.budget())
-        return atomic_dir(dst, build)
+        return atomic_dir(dst, build, root=self.out)
 
     def write_card(self) -> Path | None:
         "The model card (README.md) of the saved adapter or model: base, data, config, budget, metrics, detail check."
@@ -491,7 +535,7 @@ class _Checkpoints:
         dc = self.out / 'detail_check.csv'
         import pandas as pd
         text = model_card(self.cfg, self.history, self.summary, pd.read_csv(dc) if dc.exists() else None)
-        return atomic_file(dst / 'README.md', lambda tmp: Path(tmp).write_text(text))
+        return write_text(dst / 'README.md', text, root=self.out)
 
 # %% ../nbs/09_train.ipynb #f3b9eccd
 class Trainer(_Checkpoints, _Evaluation):
@@ -514,12 +558,15 @@ class Trainer(_Checkpoints, _Evaluation):
         self.precision = resolve_precision(cfg.precision, self.device)
         self.sharding = sharding_mode(cfg, world_size())
         self.out = Path(cfg.out_dir)
+        # a run never writes over what it reads: its model, its data
+        refuse_overlap(self.out, {'model': cfg.model if Path(cfg.model).exists() else None, 'data': cfg.data,
+                                  'eval_data': cfg.eval_data}, 'out_dir')
         seed_everything(cfg.seed)
         if model is None: check_model_dir(cfg.model)
         self.processor = AutoProcessor.from_pretrained(cfg.model) if train_set is None else None
         def examples(path):
             ds = load_dataset(path, cfg.dataset_name if path == cfg.data else None)
-            if cfg.lazy: return lazy_examples(ds, cfg.model, cfg.budget(), cfg.cutoff_len, cfg.placeholder, cfg.allow_outside)
+            if cfg.lazy: return lazy_examples(ds, cfg.model, cfg.budget(), cfg.cutoff_len, cfg.placeholder, cfg.allow_outside, cfg.strict)
             if world_size() > 1 and rank() != 0: _barrier()     # rank 0 builds the cache, the others then read it
             ex, self.cache_hit = cached_examples(ds, cfg.model, cfg.budget(), cfg.cutoff_len, cfg.placeholder,
                                                  cfg.allow_outside, cfg.strict, None, cfg.cache_dir, self.progress)
@@ -634,6 +681,10 @@ class Trainer(_Checkpoints, _Evaluation):
             (self.scaler.scale(loss) if self.scaler else loss).backward()
             loss_sum += loss.item() / W
         if self.scaler: self.scaler.unscale_(self.optimizer)
+        loss_sum = all_reduce_sum(loss_sum, self.device)
+        if not math.isfinite(loss_sum) and not self.scaler:     # (fp16's scaler skips such a step itself)
+            self.optimizer.zero_grad(set_to_none=True)
+            raise QvlError(non_finite_loss(loss_sum, self.step + 1, self.out))
         if cfg.max_grad_norm:
             torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], cfg.max_grad_norm)
         if self.scaler: self.scaler.step(self.optimizer); self.scaler.update()
@@ -643,7 +694,7 @@ class Trainer(_Checkpoints, _Evaluation):
         self.scheduler.step()
         self.step += 1; self.position += cfg.global_batch
         if self.device.type == 'cuda': torch.cuda.synchronize(self.device)   # the step's time is its kernels' time
-        return dict(loss=all_reduce_sum(loss_sum, self.device), tokens=int(all_reduce_sum(tokens, self.device)),
+        return dict(loss=loss_sum, tokens=int(all_reduce_sum(tokens, self.device)),
                     flops=all_reduce_sum(sum(f for f, _ in flops), self.device),
                     hardware_flops=all_reduce_sum(sum(h for _, h in flops), self.device), lr=lr, seconds=time.perf_counter() - t0)
 
@@ -677,13 +728,19 @@ class Trainer(_Checkpoints, _Evaluation):
             import gc; gc.collect(); torch.cuda.empty_cache()
         return row
 
-    def fit(self, steps: int | None = None, resume: bool = False) -> 'pd.DataFrame':
-        "Train to `steps` (default: the config's) optimizer steps; with `resume`, from the last checkpoint."
+    def fit(self, steps: int | None = None, resume: bool = False, overwrite: bool = False) -> 'pd.DataFrame':
+        """Train to `steps` (default: the config's) optimizer steps; with `resume`, from the last checkpoint. A fresh run
+        into an out_dir that holds another run is refused; with `overwrite`, that run's files are removed first."""
         cfg = self.cfg
         total = steps or cfg.steps
         self.out.mkdir(parents=True, exist_ok=True)
-        if rank() == 0:      # temporary directories of checkpoints a killed run was writing
-            for tmp in (self.out / 'checkpoints').glob('.step-*'): shutil.rmtree(tmp, ignore_errors=True)
+        if rank() == 0:
+            self._lock = lock_run_dir(self.out)
+            if not resume and (old := previous_run(self.out)):
+                if not overwrite: raise QvlError(f"{self.out} holds another run ({old}): --resume continues it, --overwrite "
+                                                 "replaces it, or choose a new out_dir")
+                clear_run(self.out)
+            for tmp in (self.out / 'checkpoints').glob('.step-*'): shutil.rmtree(tmp, ignore_errors=True)   # a killed save's
         ck = latest_checkpoint(self.out, print if rank() == 0 else None) if resume else None
         if ck:
             conflicts = resume_conflicts(json.loads((ck / 'trainer.json').read_text()).get('config', {}), cfg)
@@ -702,9 +759,8 @@ class Trainer(_Checkpoints, _Evaluation):
         from tqdm.auto import tqdm
         cfg = self.cfg
         if rank() == 0:
-            (self.out / 'config.json').write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
-            skipped = getattr(self.train_examples, 'skipped', [])
-            (self.out / 'skipped.json').write_text(json.dumps(skipped, indent=1, default=str))
+            write_text(self.out / 'config.json', json.dumps(dataclasses.asdict(cfg), indent=1))
+            self._write_skipped()
         self._restore_log()
         cuda = self.device.type == 'cuda'
         bar = tqdm(total=total, initial=self.step, desc='train', unit='step', disable=not self.progress)
@@ -737,9 +793,10 @@ class Trainer(_Checkpoints, _Evaluation):
                 window = []
             if cfg.save_every and self.step % cfg.save_every == 0: self.save_checkpoint()
         bar.close()
+        if rank() == 0 and cfg.lazy: self._write_skipped()      # lazily read samples are skipped as they come
         self.summary = run_summary(self.history, steady, self.peak_flops, first)
         if rank() == 0 and self.summary:
-            atomic_file(self.out / 'summary.json', lambda tmp: Path(tmp).write_text(json.dumps(self.summary, indent=1)))
+            write_text(self.out / 'summary.json', json.dumps(self.summary, indent=1))
             if self.progress: print(summary_line(self.summary))
         self.save_final()
         if cfg.detail_budgets and cfg.eval_data and rank() == 0:
@@ -762,6 +819,8 @@ def export_merged(run_dir, out) -> Path:
     cfg = config_from_dict(json.loads(cfg_path.read_text()))
     if cfg.method == 'full': raise QvlError(f"{run} is a full fine-tuning run: its model/ is already a full checkpoint")
     if not (run / 'adapter' / 'adapter_config.json').is_file(): raise QvlError(f"{run} has no adapter/ yet: train it first")
+    if not any((run / 'adapter' / f).is_file() for f in ('adapter_model.safetensors', 'adapter_model.bin')):
+        raise QvlError(f"{run}/adapter has no adapter_model.safetensors: the run's adapter weights are missing; train it again")
     out = Path(out)
     if out.exists() and any(out.iterdir()): raise QvlError(f"{out} exists and is not empty: choose a new directory")
     base = AutoModelForImageTextToText.from_pretrained(cfg.model, dtype=torch.bfloat16 if cfg.method == 'qlora' else None)
@@ -772,7 +831,15 @@ def export_merged(run_dir, out) -> Path:
         saved = any((run / 'adapter' / f).is_file() for f in ('processor_config.json', 'preprocessor_config.json'))
         src = run / 'adapter' if saved else cfg.model
         AutoProcessor.from_pretrained(src).save_pretrained(tmp)
+        (tmp / MERGED_FROM).write_text(json.dumps(adapter_stamp(run)))
     return atomic_dir(out, build)
+
+MERGED_FROM = 'merged_from.json'     # in a merged export: the adapter it merged (`adapter_stamp`)
+
+def adapter_stamp(run_dir) -> dict:
+    "What identifies a run's adapter without reading it: each file's `file_fingerprint`."
+    d = Path(run_dir) / 'adapter'
+    return {p.name: file_fingerprint(p) for p in sorted(d.glob('*')) if p.is_file()}
 
 # %% ../nbs/09_train.ipynb #94b24c07
 def tiny_run_config(out_dir='runs/train-tiny', n: int = 600, seed: int = 0, **overrides) -> TrainConfig:
