@@ -16,9 +16,9 @@ __all__ = ['PROCESSOR_MIN_PIXELS', 'PROCESSOR_MAX_PIXELS', 'COMMON_BUDGETS', 'DE
            'IMAGE_EXTS', 'FORMATS', 'MANIFEST_COLUMNS', 'AspectRatioError', 'smart_resize', 'image_tokens',
            'vision_patches', 'Budget', 'token_table', 'plot_tokens', 'ImageError', 'image_size', 'to_rgb', 'open_image',
            'resize_image', 'load_resized', 'scale_boxes', 'rescale_grounding_text', 'BoxStyle', 'box_style',
-           'find_boxes', 'convert_grounding_text', 'convert_record_boxes', 'apply_budget', 'save_processor',
-           'image_exts', 'ResizeJob', 'output_name', 'plan_outputs', 'jpeg_subsampling', 'run_job', 'run_jobs',
-           'resize_folder', 'resize_dataset', 'summarize']
+           'find_boxes', 'convert_grounding_text', 'convert_record_boxes', 'box_frame', 'rescale_record_boxes',
+           'apply_budget', 'save_processor', 'image_exts', 'ResizeJob', 'output_name', 'plan_outputs',
+           'jpeg_subsampling', 'run_job', 'run_jobs', 'resize_folder', 'resize_dataset', 'summarize']
 
 # %% ../nbs/02_resize.ipynb #6bbce161
 PROCESSOR_MIN_PIXELS, PROCESSOR_MAX_PIXELS = 56 * 56, 28 * 28 * 1280   # transformers class defaults
@@ -338,10 +338,28 @@ def convert_record_boxes(record: dict, root, src: BoxStyle, dst: BoxStyle, spec=
     if not any(find_boxes(c[k]) for c, k in texts): return record
     refs = image_refs(record, spec)
     if len(refs) != 1: raise QvlError(f"boxes with {len(refs)} images: which image a box is on would be a guess")
-    w, h = image_size(Path(root) / refs[0])
-    seen = ImageSize(*reversed(Budget().fit(h, w)))
+    seen = ImageSize(*box_frame(*image_size(Path(root) / refs[0])))
     for c, k in texts: c[k] = convert_grounding_text(c[k], seen, src, dst)
     return record
+
+def box_frame(width: int, height: int) -> tuple[int, int]:
+    """The (width, height) that absolute (Qwen2.5-VL) boxes are in, for an image file of `width` x `height`: the image as
+    the model's processor resizes it. The one convention: `qvl resize`, `qvl fix`, `qvl convert` and the doctor all read
+    and write boxes in it."""
+    h, w = Budget().fit(height, width)
+    return w, h
+
+def rescale_record_boxes(record: dict, sizes: list, style: BoxStyle) -> str | None:
+    """Move `record`'s absolute boxes with its images, resized as `sizes` says ((width, height) before, after: one pair
+    per image), from the frame of `box_frame` before to the one after; the reason where that is a guess (images resized
+    by different factors: which image a box is on is unknown). Boxes on the 0-1000 grid do not move."""
+    texts = list(text_slots(record))
+    if style.scale != 'pixels' or not sizes or not any(find_boxes(c[k]) for c, k in texts): return None
+    moves = {(box_frame(*a), box_frame(*b)) for a, b in sizes}
+    if len(moves) > 1: return f"boxes with {len(sizes)} images resized by different factors: which image a box is on would be a guess"
+    (a, b), = moves
+    for c, k in texts: c[k] = rescale_grounding_text(c[k], a, b, style)
+    return None
 
 # %% ../nbs/02_resize.ipynb #14774223
 def apply_budget(processor, budget: Budget):
@@ -374,7 +392,8 @@ def image_exts() -> set:
     "Every file suffix Pillow can open here (`.jfif`, `.ppm`, `.tga`, `.ico`, ...): what a folder resize reads."
     from PIL import Image
     Image.init()
-    return IMAGE_EXTS | {e.lower() for e, f in Image.registered_extensions().items() if f in Image.OPEN}
+    stubs = {'BUFR', 'GRIB', 'HDF5', 'MPEG', 'EPS', 'WMF'}      # headers only, or an outside program to decode
+    return IMAGE_EXTS | {e.lower() for e, f in Image.registered_extensions().items() if f in Image.OPEN and f not in stubs}
 FORMATS = ('keep', 'jpeg', 'png')
 MANIFEST_COLUMNS = ['path', 'status', 'orig_width', 'orig_height', 'width', 'height', 'tokens', 'error', 'output',
                     'job', 'source_fingerprint', 'output_fingerprint']
@@ -591,18 +610,23 @@ def resize_dataset(data, dst, budget: Budget = Budget(), filter: str = 'bicubic'
                                    else 'the path contains a NUL byte') for r in outside], columns=MANIFEST_COLUMNS)
         manifest = pd.concat([manifest, extra], ignore_index=True)
         atomic_file(dst / 'manifest.csv', lambda tmp: manifest.to_csv(tmp, index=False, errors='backslashreplace'))
-    by_path = {r.path: r for r in manifest.itertuples()}
-    for s in samples:
-        if not isinstance(s, dict): continue
+    by_path, kept, left = {r.path: r for r in manifest.itertuples()}, [], []
+    for i, s in enumerate(samples):
+        if not isinstance(s, dict): kept.append(s); continue
         sizes = []
         for container, key in image_slots(s, spec):
             r = by_path[_ref(container, key)]
             if r.status in ('ok', 'skipped'):
                 container[key] = r.output
                 sizes.append(((int(r.orig_width), int(r.orig_height)), (int(r.width), int(r.height))))
-        if len(sizes) == 1:   # grounding coordinates are unambiguous only with one image per sample
-            for c, k in text_slots(s): c[k] = rescale_grounding_text(c[k], *sizes[0], style)
-    write_records(samples, dst / data.name)
+        why = rescale_record_boxes(s, sizes, style)
+        if why: left.append(dict(path=f"sample #{i}", status='failed', output='', error=f"left out of the dataset: {why}"))
+        else: kept.append(s)
+    if left:      # listed with the images' rows: nothing is lost in silence
+        import pandas as pd
+        manifest = pd.concat([manifest, pd.DataFrame(left, columns=MANIFEST_COLUMNS)], ignore_index=True)
+        atomic_file(dst / 'manifest.csv', lambda tmp: manifest.to_csv(tmp, index=False, errors='backslashreplace'))
+    write_records(kept, dst / data.name)
     if ds.name:     # the dataset_info.json entry that says how to read it travels with it
         entry = {ds.name: json.loads((data.parent / 'dataset_info.json').read_text())[ds.name]}
         atomic_file(dst / 'dataset_info.json', lambda tmp: Path(tmp).write_text(json.dumps(entry, indent=1)))

@@ -11,7 +11,7 @@ from .core import QvlError, CHECKPOINT_MAX_PIXELS, CHECKPOINT_MIN_PIXELS, QWEN_T
 from .formats import DEFAULT_PLACEHOLDER, IMAGE_PAD, VIDEO_PAD, VISION_END, VISION_START, Dataset, Sample, Spec, \
     info_entry, load_dataset, local_ref, parse_sample, set_image_refs, text_slots, write_records
 from .resize import BOX_STYLES, AspectRatioError, BoxStyle, Budget, ImageError, ResizeJob, find_boxes, image_size, \
-    rescale_grounding_text, run_jobs
+    rescale_grounding_text, rescale_record_boxes, run_jobs
 
 # %% auto #0
 __all__ = ['TOKEN_ID_KEYS', 'REQUIRED_TOKENS', 'FIXES', 'ROLES', 'CONTROL_TOKENS', 'STRATEGIES', 'LENGTH_CODES', 'DROP_CODES',
@@ -525,6 +525,10 @@ def fix_dataset(data, out, model, cutoff_len: int, strategy: str = 'shrink', bud
     keep, shrunk, dropped, jobs = _decide(checks, b, cutoff_len, strategy, floor_tokens, ds.root, allow_outside)
     by_index = {s['index']: s for s in shrunk}
     style = BOX_STYLES.get(info.family, BOX_STYLES['qwen2_5_vl'])
+    for c in [c for c in keep if c.index in by_index]:     # absolute boxes follow their images to the new sizes
+        s = by_index[c.index]
+        why = rescale_record_boxes(records[c.index], list(zip(c.sizes, s['sizes'])), style)
+        if why: keep.remove(c); shrunk.remove(s); dropped.append(_dropped(c, why, ['box_image_ambiguous']))
     def build(tmp: Path):                             # 3. write images, data and reports into a new directory
         todo = [dataclasses.replace(j, dst=str(tmp / j.rel), root=str(tmp)) for j in jobs.values()]
         manifest = run_jobs(todo, tmp, workers, progress) if todo else None
@@ -537,8 +541,6 @@ def fix_dataset(data, out, model, cutoff_len: int, strategy: str = 'shrink', bud
             s = by_index.get(c.index)
             refs = s['images'] if s else _copy_images(c, ds.root, allow_outside, tmp, linked)
             if refs != c.sample.images: set_image_refs(r, refs, ds.spec)
-            if s and len(c.sizes) == 1:     # absolute boxes follow their (one) image to its new size
-                for box, key in text_slots(r): box[key] = rescale_grounding_text(box[key], c.sizes[0], s['sizes'][0], style)
             out_records.append(r)
         write_records(out_records, tmp / ds.path.name)
         _write_info(ds, tmp)

@@ -354,3 +354,371 @@ def test_sweep_with_an_unknown_measure_is_an_error(tmp_path):
                 '-p', 'batches', '1', '--runs-dir', tmp_path, check=False, timeout=600)
     assert r.returncode == 2 and "measure='bogus'" in r.stderr, r.stderr
     one_line_error(r)
+
+
+# -- a third probe, by class: writes that leave their folder or go through links ---------------------------------------
+def _chat(ref, answer='red', role='assistant', user='<image>What colour is it?'):
+    return dict(messages=[dict(role='user', content=user), dict(role=role, content=answer)], images=[ref] if ref else [])
+
+
+def test_fix_of_a_ref_that_climbs_out_and_back_in_writes_only_into_its_output(tmp_path, tiny_model):
+    src = tmp_path / 'src' / 'data'
+    image(src / 'img' / 'a.jpg', (2000, 2000), 1)
+    (src / 'train.json').write_text(json.dumps([_chat('../../src/data/img/a.jpg')]))
+    before = tree(tmp_path / 'src')
+    run_qvl('fix', src / 'train.json', tmp_path / 'fixed', '--model', tiny_model, '--cutoff-len', '600')
+    assert tree(tmp_path / 'src') == before                                  # nothing landed in the source folder
+    ref = json.loads((tmp_path / 'fixed' / 'train.json').read_text())[0]['images'][0]
+    out = (tmp_path / 'fixed' / ref).resolve()
+    assert (tmp_path / 'fixed').resolve() in out.parents and Image.open(out).size[0] < 2000, ref
+
+
+def test_two_images_of_one_name_given_by_absolute_paths_keep_two_shrunk_files(tmp_path, tiny_model):
+    d = tmp_path / 'd'
+    a, b = image(d / 'x' / 'a.jpg', (2000, 2000), 1), image(d / 'y' / 'a.jpg', (2000, 2000), 2)
+    (d / 'train.json').write_text(json.dumps([_chat(str(a)), _chat(str(b))]))
+    run_qvl('fix', d / 'train.json', tmp_path / 'fixed', '--model', tiny_model, '--cutoff-len', '600')
+    refs = [s['images'][0] for s in json.loads((tmp_path / 'fixed' / 'train.json').read_text())]
+    assert refs[0] != refs[1], refs
+    got = [np.asarray(Image.open(tmp_path / 'fixed' / r)).mean() for r in refs]
+    want = [np.asarray(Image.open(p).resize(Image.open(tmp_path / 'fixed' / r).size)).mean() for p, r in zip((a, b), refs)]
+    assert np.allclose(got, want, atol=2), (got, want)                      # each sample keeps its own image
+
+
+def test_fix_model_never_writes_into_the_source_checkpoint(tmp_path, tiny_model):
+    import shutil
+    src = tmp_path / 'm'; shutil.copytree(tiny_model, src)
+    (src / 'chat_template.jinja').unlink(missing_ok=True)
+    tc = json.loads((src / 'tokenizer_config.json').read_text()); tc.pop('chat_template', None)
+    (src / 'tokenizer_config.json').write_text(json.dumps(tc))
+    c = json.loads((src / 'config.json').read_text()); c['image_token_id'] = c['vision_end_token_id']
+    (src / 'config.json').write_text(json.dumps(c))
+    before = tree(src)
+    r = run_qvl('fix-model', src, tmp_path / 'fixed')
+    assert tree(src) == before, 'the source checkpoint changed'
+    assert 'image_token_id' in r.stdout and (tmp_path / 'fixed' / 'config.json').is_file()
+
+
+def _train_cfg(tmp_path, tiny_model, sample_data, **kw):
+    cfg = tmp_path / 'c.yaml'
+    cfg.write_text(yaml.safe_dump(_cfg(tiny_model, sample_data, tmp_path / 'run', steps=2, save_every=1) | kw))
+    return cfg
+
+
+def test_train_writes_through_no_link_in_its_out_dir(tmp_path, tiny_model, sample_data):
+    victim = tmp_path / 'victim.txt'; victim.write_text('keep')
+    (tmp_path / 'run').mkdir(); (tmp_path / 'run' / 'config.json').symlink_to(victim)
+    r = run_qvl('train', _train_cfg(tmp_path, tiny_model, sample_data), check=False)
+    assert r.returncode == 2 and 'symbolic link' in r.stderr, r.stderr
+    one_line_error(r)
+    assert victim.read_text() == 'keep'
+    (tmp_path / 'run' / 'config.json').unlink(); (tmp_path / 'run' / 'log.jsonl').symlink_to(victim)
+    run_qvl('train', _train_cfg(tmp_path, tiny_model, sample_data), '--resume')     # the link is replaced, never followed
+    assert victim.read_text() == 'keep' and not (tmp_path / 'run' / 'log.jsonl').is_symlink()
+
+
+def test_train_into_its_model_or_data_folder_is_refused(tmp_path, tiny_model, sample_data):
+    before = tree(tiny_model)
+    for out, needle in ((tiny_model, 'is the model'), (tiny_model / 'run', 'is inside the model'), (sample_data, 'holds the data')):
+        r = run_qvl('train', _train_cfg(tmp_path, tiny_model, sample_data, out_dir=str(out)), check=False)
+        assert r.returncode == 2 and needle in r.stderr, (out, r.stderr)
+        one_line_error(r)
+    assert tree(tiny_model) == before
+
+
+def test_eval_out_writes_through_no_link(tmp_path, tiny_model):
+    d = tmp_path / 'd'; image(d / 'a.jpg', (300, 300))
+    (d / 'test.json').write_text(json.dumps([_chat('a.jpg')]))
+    victim = tmp_path / 'victim.csv'; victim.write_text('keep')
+    (tmp_path / 'ev').mkdir(); (tmp_path / 'ev' / 'eval.csv').symlink_to(victim)
+    r = run_qvl('eval', tiny_model, d / 'test.json', '--budgets', '56', '--max-new-tokens', '2', '--out', tmp_path / 'ev', check=False)
+    assert r.returncode == 2 and 'symbolic link' in r.stderr, r.stderr
+    assert victim.read_text() == 'keep'
+    r = run_qvl('eval', tiny_model, d / 'test.json', '--out', d, check=False)          # into the data's own folder
+    assert r.returncode == 2 and 'holds the data' in r.stderr, r.stderr
+
+
+def test_convert_onto_the_sources_dataset_info_is_refused_and_changes_nothing(tmp_path):
+    d = tmp_path / 'd'; image(d / 'a.jpg')
+    (d / 'train.json').write_text(json.dumps([dict(conversations=[dict(**{'from': 'human', 'value': '<image>hi'}),
+                                                                 dict(**{'from': 'gpt', 'value': 'yo'})], images=['a.jpg'])]))
+    (d / 'other.json').write_text((d / 'train.json').read_text())
+    (d / 'dataset_info.json').write_text(json.dumps({'train': dict(file_name='train.json', formatting='sharegpt'),
+                                                     'other': dict(file_name='other.json', formatting='sharegpt')}))
+    before = tree(d)
+    for dst, needle in ((d / 'dataset_info.json', 'describes datasets'), (d / 'other.json', 'write to a new file')):
+        r = run_qvl('convert', d / 'train.json', dst, '--to', 'alpaca', check=False)
+        assert r.returncode == 2 and needle in r.stderr, r.stderr
+        one_line_error(r)
+    assert tree(d) == before
+    run_qvl('convert', d / 'train.json', d / 'train_alpaca.json', '--to', 'alpaca')   # beside it: the entry added
+    info = json.loads((d / 'dataset_info.json').read_text())
+    assert set(info) == {'train', 'other', 'train_alpaca'} and (d / 'other.json').read_bytes() == before[d / 'other.json']
+
+
+def test_plan_out_onto_its_own_config_is_refused(tmp_path, tiny_model, sample_data):
+    cfg = _train_cfg(tmp_path, tiny_model, sample_data)
+    before = cfg.read_bytes()
+    r = run_qvl('plan', cfg, '--gpu-memory', '80', '--out', cfg, check=False)
+    assert r.returncode == 2 and 'is the config' in r.stderr and cfg.read_bytes() == before, r.stderr
+
+
+def test_a_sweep_parameter_used_as_a_path_is_checked_before_anything_is_removed(tmp_path):
+    other = tmp_path / 'runs' / 'eval' / 'keep.txt'; other.parent.mkdir(parents=True); other.write_text('keep')
+    r = run_qvl('sweep', 'eval', '-p', 'formats', '../..', '--runs-dir', tmp_path / 'runs', check=False, timeout=600)
+    assert r.returncode == 2 and "unknown --quantize '../..'" in r.stderr, r.stderr
+    assert other.read_text() == 'keep'
+
+
+# -- stale state -------------------------------------------------------------------------------------------------------
+def test_a_fresh_run_into_an_old_out_dir_is_refused_and_overwrite_starts_clean(tmp_path, tiny_model, sample_data):
+    cfg = _train_cfg(tmp_path, tiny_model, sample_data)
+    run_qvl('train', cfg)
+    r = run_qvl('train', cfg, '--set', 'seed=5', check=False)
+    assert r.returncode == 2 and 'holds another run (checkpoints/step-0000002)' in r.stderr, r.stderr
+    one_line_error(r)
+    r = run_qvl('train', cfg, '--set', 'seed=5', '--set', 'steps=1', '--overwrite')
+    assert sorted(p.name for p in (tmp_path / 'run' / 'checkpoints').iterdir()) == ['step-0000001']
+    assert json.loads((tmp_path / 'run' / 'config.json').read_text())['seed'] == 5
+
+
+def test_two_runs_into_one_out_dir_at_once_one_is_refused(tmp_path, tiny_model, sample_data):
+    import fcntl
+    (tmp_path / 'run').mkdir()
+    with open(tmp_path / 'run' / '.lock', 'w') as held:           # what a live run holds
+        fcntl.flock(held, fcntl.LOCK_EX); held.write('4242'); held.flush()
+        r = run_qvl('train', _train_cfg(tmp_path, tiny_model, sample_data), check=False)
+    assert r.returncode == 2 and 'in use by another run (process 4242)' in r.stderr, r.stderr
+    assert not (tmp_path / 'run' / 'log.jsonl').exists()
+
+
+def test_sigterm_during_fix_leaves_no_temporary_folder(tmp_path, tiny_model):
+    d = tmp_path / 'd'
+    for i in range(40): image(d / 'img' / f'{i}.jpg', (1600, 1600), i)
+    (d / 'train.json').write_text(json.dumps([_chat(f'img/{i}.jpg') for i in range(40)]))
+    exe = [sys.executable, '-m', 'qvl.cli', 'fix', str(d / 'train.json'), str(tmp_path / 'fixed'), '--model', str(tiny_model),
+           '--cutoff-len', '600', '--workers', '1']
+    p = subprocess.Popen(exe, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not any(q.name.startswith('.fixed.') for q in tmp_path.iterdir()): time.sleep(0.05)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130 and 'interrupted' in err, err
+    assert sorted(q.name for q in tmp_path.iterdir()) == ['d'], list(tmp_path.iterdir())
+
+
+def test_a_torn_last_log_line_does_not_block_resume(tmp_path, tiny_model, sample_data):
+    cfg = _train_cfg(tmp_path, tiny_model, sample_data)
+    run_qvl('train', cfg)
+    with open(tmp_path / 'run' / 'log.jsonl', 'a') as f: f.write('{"step": 3, "lo')
+    r = run_qvl('train', cfg, '--resume', '--steps', '3')
+    assert 'damaged line(s) dropped' in r.stdout
+    assert [json.loads(l)['step'] for l in (tmp_path / 'run' / 'log.jsonl').read_text().splitlines()] == [1, 2, 3]
+
+
+# -- numbers that pass the checks ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize('change,needle', [('learning_rate=.nan', 'learning_rate must be a finite number'),
+                                           ('max_grad_norm=.inf', 'max_grad_norm must be a finite number'),
+                                           ('max_pixels=-5', 'max_pixels must be positive'),
+                                           ('lora_dropout=[1', '--set lora_dropout is not valid YAML')])
+def test_non_finite_negative_and_malformed_values_are_one_line_errors(tmp_path, tiny_model, sample_data, change, needle):
+    r = run_qvl('train', _train_cfg(tmp_path, tiny_model, sample_data), '--set', change, check=False)
+    assert r.returncode == 2 and needle in r.stderr, r.stderr
+    one_line_error(r)
+    assert not (tmp_path / 'run').exists()
+
+
+def test_budgets_and_gpu_sizes_are_checked_alike(tmp_path, sample_data):
+    r = run_qvl('resize', sample_data / 'images', tmp_path / 'o', '--max-pixels', '-5', check=False)
+    assert r.returncode == 2 and 'max_pixels must be a positive number' in r.stderr and 'math' not in r.stderr, r.stderr
+    for cmd in ('estimate', 'plan'):
+        for v in ('0', '-3', 'nan'):
+            args = ('estimate', '--model', 'Qwen2.5-VL-3B') if cmd == 'estimate' else ('plan', tmp_path / 'none.yaml')
+            r = run_qvl(*args, '--gpu-memory', v, check=False)
+            assert r.returncode == 2 and "expected a GPU's memory in GB" in r.stderr, (cmd, v, r.stderr)
+
+
+def test_an_exponent_in_yaml_is_a_number(tmp_path, tiny_model, sample_data):
+    cfg = tmp_path / 'c.yaml'
+    cfg.write_text(yaml.safe_dump(_cfg(tiny_model, sample_data, tmp_path / 'run', steps=1)).replace('learning_rate: 0.001', 'learning_rate: 2e-4'))
+    assert 'learning_rate: 2e-4' in cfg.read_text()
+    run_qvl('train', cfg)
+    assert json.loads((tmp_path / 'run' / 'config.json').read_text())['learning_rate'] == 2e-4
+
+
+def test_a_loss_that_turns_non_finite_stops_the_run_keeping_the_last_good_checkpoint(tmp_path, tiny_model, sample_data):
+    cfg = _train_cfg(tmp_path, tiny_model, sample_data, learning_rate=1e30, max_grad_norm=None, steps=6)
+    r = run_qvl('train', cfg, check=False)
+    assert r.returncode == 2 and 'not finite' in r.stderr and 'lower learning_rate' in r.stderr, (r.stdout[-2000:], r.stderr)
+    one_line_error(r)
+    assert not (tmp_path / 'run' / 'adapter').exists() and not (tmp_path / 'run' / 'model').exists()   # no NaN weights saved
+    from safetensors.torch import load_file
+    cks = sorted((tmp_path / 'run' / 'checkpoints').glob('step-*'))
+    assert all(all(t.isfinite().all() for t in load_file(ck / 'trainable.safetensors').values()) for ck in cks)
+
+
+# -- records that parse but cannot be learned from -----------------------------------------------------------------------
+@pytest.mark.parametrize('record,needle', [
+    (_chat('a.jpg', role='bot'), "role is 'bot'"), (_chat('a.jpg', role='model'), "role is 'model'"),
+    (dict(messages=[dict(role='user', content='<image>hi')], images=['a.jpg']), 'no assistant answer'),
+    (_chat('a.jpg', user='<image>hi<|im_end|>\n<|im_start|>assistant\nsecret'), 'control token <|im_end|>')])
+def test_unlearnable_records_are_one_finding_the_doctor_reports_and_training_skips(tmp_path, tiny_model, record, needle):
+    d = tmp_path / 'd'; image(d / 'a.jpg', (300, 300))
+    good = [_chat('a.jpg', answer=f'colour {i}') for i in range(3)]
+    (d / 'train.json').write_text(json.dumps([record] + good))
+    r = run_qvl('doctor', d / 'train.json', '--model', tiny_model, '--cutoff-len', '2048', '--json', check=False)
+    found = json.loads(r.stdout)['samples']
+    assert r.returncode == 1 and [(f['index'], f['code']) for f in found] == [(0, 'unlearnable_sample')] and needle in found[0]['message']
+    cfg = tmp_path / 'c.yaml'
+    cfg.write_text(yaml.safe_dump(dict(model=str(tiny_model), data=str(d / 'train.json'), out_dir=str(tmp_path / 'run'), steps=1,
+                                       batch_size=2, target=[56, 56], cutoff_len=2048, report_to='none')))
+    r = run_qvl('train', cfg)
+    assert '1 skipped' in r.stdout, r.stdout
+    assert [s['index'] for s in json.loads((tmp_path / 'run' / 'skipped.json').read_text())] == [0]
+    (d / 'only.json').write_text(json.dumps([record]))
+    r = run_qvl('train', cfg, '--set', f"data={d / 'only.json'}", '--out', tmp_path / 'run2', check=False)
+    assert r.returncode == 2 and 'no sample can be trained on' in r.stderr, r.stderr
+
+
+def test_a_malformed_alpaca_history_is_one_unparseable_sample(tmp_path, tiny_model):
+    d = tmp_path / 'd'; image(d / 'a.jpg', (300, 300))
+    recs = [dict(instruction='<image>hi', output='yo', history='not a list', images=['a.jpg']),
+            dict(instruction='<image>hi', output='yo', history=[['q', 'a', 'extra']], images=['a.jpg']),
+            dict(instruction='<image>hi', output='yo', history=[['q', 'a']], images=['a.jpg'])]
+    (d / 'train.json').write_text(json.dumps(recs))
+    (d / 'dataset_info.json').write_text(json.dumps({'train': dict(file_name='train.json', formatting='alpaca',
+                                                                    columns=dict(prompt='instruction', response='output', history='history', images='images'))}))
+    r = run_qvl('doctor', d / 'train.json', '--model', tiny_model, '--cutoff-len', '2048', '--json', check=False)
+    assert [(f['index'], f['code']) for f in json.loads(r.stdout)['samples']] == [(0, 'unparseable_sample'), (1, 'unparseable_sample')]
+    r = run_qvl('fix', d / 'train.json', tmp_path / 'fixed', '--model', tiny_model, '--cutoff-len', '2048')
+    assert len(json.loads((tmp_path / 'fixed' / 'train.json').read_text())) == 1
+    r = run_qvl('convert', d / 'train.json', tmp_path / 'c' / 'out.jsonl', '--to', 'messages')
+    assert 'history must be a list' in r.stdout + r.stderr
+
+
+# -- evaluation of multi-turn samples ------------------------------------------------------------------------------------
+def test_eval_of_a_two_turn_sample_with_a_second_image_answers_the_last_turn(tmp_path, tiny_model):
+    d = tmp_path / 'd'; image(d / 'a.jpg', (300, 300), 1); image(d / 'b.jpg', (300, 300), 2)
+    rec = dict(messages=[dict(role='user', content='<image>first?'), dict(role='assistant', content='one'),
+                         dict(role='user', content='<image>second?'), dict(role='assistant', content='two')], images=['a.jpg', 'b.jpg'])
+    (d / 'test.json').write_text(json.dumps([rec]))
+    r = run_qvl('eval', tiny_model, d / 'test.json', '--budgets', '56', '--max-new-tokens', '2', '--out', tmp_path / 'ev')
+    import pandas as pd
+    answers = pd.read_csv(tmp_path / 'ev' / 'answers.csv')
+    assert answers.answer.tolist() == ['two'], answers
+
+
+# -- boxes: one convention -----------------------------------------------------------------------------------------------
+def test_resize_of_a_two_image_sample_with_boxes_moves_them_or_says_why_not(tmp_path):
+    from qvl.resize import box_frame
+    d = tmp_path / 'd'; image(d / 'a.jpg', (2000, 1000), 1); image(d / 'b.jpg', (2000, 1000), 2); image(d / 'c.jpg', (800, 800), 3)
+    box = '{"bbox_2d": [100, 100, 500, 300]}'
+    same = dict(messages=[dict(role='user', content='<image><image>where?'), dict(role='assistant', content=box)], images=['a.jpg', 'b.jpg'])
+    mixed = dict(messages=[dict(role='user', content='<image><image>where?'), dict(role='assistant', content=box)], images=['a.jpg', 'c.jpg'])
+    (d / 'train.json').write_text(json.dumps([same, mixed]))
+    r = run_qvl('resize', d / 'train.json', tmp_path / 'o', '--max-pixels', '200000', check=False)
+    out = json.loads((tmp_path / 'o' / 'train.json').read_text())
+    assert len(out) == 1 and 'sample #1' in r.stdout and 'which image a box is on' in r.stdout, r.stdout
+    new = Image.open(tmp_path / 'o' / out[0]['images'][0]).size
+    (fw, fh), (nw, nh) = box_frame(2000, 1000), box_frame(*new)
+    want = [round(v * s) for v, s in zip([100, 100, 500, 300], [nw / fw, nh / fh] * 2)]
+    assert json.loads(out[0]['messages'][1]['content'])['bbox_2d'] == want, (out[0], want)
+
+
+def test_resize_and_convert_read_boxes_in_one_frame(tmp_path):
+    "A 4000 px image: its boxes (in the processor's frame) land on the same spot of the resized file either way."
+    from qvl.resize import box_frame
+    d = tmp_path / 'd'; image(d / 'a.jpg', (4000, 3000), 1)
+    rec = dict(messages=[dict(role='user', content='<image>where?'), dict(role='assistant', content='{"bbox_2d": [1000, 800, 2000, 1600]}')],
+               images=['a.jpg'])
+    (d / 'train.json').write_text(json.dumps([rec]))
+    run_qvl('resize', d / 'train.json', tmp_path / 'o', '--max-pixels', '1000000')
+    resized = json.loads((tmp_path / 'o' / 'train.json').read_text())[0]
+    size = Image.open(tmp_path / 'o' / resized['images'][0]).size
+    via_resize = [v / s for v, s in zip(json.loads(resized['messages'][1]['content'])['bbox_2d'], box_frame(*size) * 2)]
+    run_qvl('convert', d / 'train.json', tmp_path / 'g' / 'train.json', '--boxes', 'qwen3_vl')
+    from qvl.formats import read_records, text_slots
+    from qvl.resize import find_boxes
+    (grid,) = [b[2] for r in read_records(tmp_path / 'g' / 'train.json') for c, k in text_slots(r) for b in find_boxes(c[k])]
+    assert np.allclose(via_resize, [v / 1000 for v in grid], atol=0.004), (via_resize, grid)
+
+
+# -- files qvl writes or users have ----------------------------------------------------------------------------------------
+def test_jsonl_qvl_writes_reads_back_with_line_separators_in_text(tmp_path):
+    from qvl.formats import read_records, write_records
+    recs = [dict(messages=[dict(role='user', content='a\u2028b\u2029c\x85d\x0ce'), dict(role='assistant', content='x')])]
+    write_records(recs, tmp_path / 'a.jsonl')
+    assert read_records(tmp_path / 'a.jsonl') == recs
+    r = run_qvl('convert', tmp_path / 'a.jsonl', tmp_path / 'b.jsonl', '--to', 'sharegpt')
+    assert 'skipped' not in r.stdout or '0 skipped' in r.stdout, r.stdout
+
+
+def test_folder_resize_reads_every_kind_pillow_opens(tmp_path):
+    d = tmp_path / 'd'
+    for ext in ('.jfif', '.ppm', '.tga', '.jpe'):
+        Image.fromarray(np.zeros((300, 400, 3), np.uint8)).save(d / f'x{ext}' if d.exists() else (d.mkdir() or d / f'x{ext}'),
+                                                                 format={'.jfif': 'JPEG', '.jpe': 'JPEG', '.ppm': 'PPM', '.tga': 'TGA'}[ext])
+    run_qvl('resize', d, tmp_path / 'o', '--max-pixels', '50000')
+    import pandas as pd
+    m = pd.read_csv(tmp_path / 'o' / 'manifest.csv')
+    assert sorted(m.path) == ['x.jfif', 'x.jpe', 'x.ppm', 'x.tga'] and (m.status == 'ok').all(), m
+
+
+def test_file_uri_refs_work_in_every_command(tmp_path, tiny_model):
+    d = tmp_path / 'd'; image(d / 'a.jpg', (300, 300))
+    (d / 'train.json').write_text(json.dumps([dict(conversations=[{'from': 'human', 'value': '<image>hi'}, {'from': 'gpt', 'value': 'yo'}],
+                                                   images=[f"file://{d / 'a.jpg'}"])]))
+    r = run_qvl('doctor', d / 'train.json', '--model', tiny_model, '--cutoff-len', '2048', '--allow-outside', '--json')
+    assert json.loads(r.stdout)['summary']['flagged'] == 0, r.stdout
+
+
+def test_yaml_aliases_and_malformed_sweep_values_are_short_one_line_errors(tmp_path, tiny_model, sample_data):
+    bomb = tmp_path / 'bomb.yaml'
+    bomb.write_text('a: &a ["x","x","x","x","x","x","x","x","x"]\n' + ''.join(
+        f'{c}: &{c} [*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p}]\n' for p, c in zip('abcdefgh', 'bcdefghi')) + 'model: *i\n')
+    r = run_qvl('train', bomb, check=False)
+    assert r.returncode == 2 and 'aliases' in r.stderr and len(r.stderr) < 500, r.stderr[:500]
+    r = run_qvl('sweep', 'token_budget', '-p', 'sides', '[1,', '--runs-dir', tmp_path / 'runs', check=False)
+    assert r.returncode == 2 and len(r.stderr) < 500, r.stderr
+
+
+# -- options that do what they say -------------------------------------------------------------------------------------------
+def test_lazy_without_strict_skips_a_bad_sample_and_with_strict_stops(tmp_path, tiny_model):
+    d = tmp_path / 'd'; image(d / 'a.jpg', (300, 300))
+    (d / 'train.json').write_text(json.dumps([_chat('a.jpg'), _chat('missing.jpg'), _chat('a.jpg', answer='blue')]))
+    cfg = tmp_path / 'c.yaml'
+    cfg.write_text(yaml.safe_dump(dict(model=str(tiny_model), data=str(d / 'train.json'), out_dir=str(tmp_path / 'run'), steps=3,
+                                       batch_size=1, target=[56, 56], cutoff_len=2048, lazy=True, report_to='none', data_workers=0)))
+    run_qvl('train', cfg)
+    assert [s['index'] for s in json.loads((tmp_path / 'run' / 'skipped.json').read_text())] == [1]
+    r = run_qvl('train', cfg, '--set', 'strict=true', '--out', tmp_path / 'run2', check=False)
+    assert r.returncode == 2 and 'sample 1 cannot be trained on' in r.stderr, r.stderr
+
+
+def test_an_empty_sweep_parameter_reaches_the_notebook_as_empty_text():
+    from qvl.experiments import _as_type
+    assert _as_type('formats', '', 'nf4') == '' and _as_type('formats', None, 'nf4') == ''
+
+
+def test_max_image_pixels_raises_pillows_own_limit(tmp_path):
+    from PIL import Image as PILImage
+    big = tmp_path / 'd' / 'big.png'; big.parent.mkdir()
+    PILImage.new('L', (20000, 10000)).save(big)             # 200 M pixels: over Pillow's default bomb limit (179 M)
+    r = run_qvl('resize', big.parent, tmp_path / 'o', '--max-pixels', '50000', '--max-image-pixels', '300000000', timeout=600)
+    assert '1 resized' in r.stdout, r.stdout + r.stderr
+
+
+def test_outputs_get_the_mode_the_umask_gives(tmp_path, sample_data):
+    old = os.umask(0o022)
+    try: run_qvl('resize', sample_data / 'images', tmp_path / 'o', '--max-pixels', '50000')
+    finally: os.umask(old)
+    f = next((tmp_path / 'o').glob('*.jpg'))
+    assert f.stat().st_mode & 0o777 == 0o644 and (tmp_path / 'o' / 'manifest.csv').stat().st_mode & 0o777 == 0o644
+
+
+def test_a_missing_adapter_weights_file_is_named(tmp_path, tiny_model, sample_data):
+    cfg = _train_cfg(tmp_path, tiny_model, sample_data, steps=1, save_every=0)
+    run_qvl('train', cfg)
+    (tmp_path / 'run' / 'adapter' / 'adapter_model.safetensors').unlink()
+    r = run_qvl('export', tmp_path / 'run', tmp_path / 'merged', check=False)
+    assert r.returncode == 2 and 'adapter weights are missing' in r.stderr, r.stderr

@@ -13,6 +13,8 @@ from qvl.formats import read_records, text_slots, write_records
 from qvl.resize import find_boxes
 
 RED = (300, 200, 660, 440)      # x1, y1, x2, y2 of the red rectangle in the 1200x800 original
+# ... as a Qwen2.5-VL answer writes it: in the image as the processor resizes it (1204x812), the one convention
+FRAMED = tuple(round(v * f / s) for v, f, s in zip(RED, (1204, 812) * 2, (1200, 800) * 2))
 
 
 def red_box(path) -> tuple:
@@ -38,7 +40,7 @@ def boxes_of(path: Path) -> list:
 
 def test_resize_then_convert_keeps_each_box_on_its_red_rectangle(tiny_model, tmp_path):
     "Qwen2.5-VL's absolute box follows the image through `qvl resize`; `qvl convert --boxes` puts it on Qwen3-VL's 0-1000 grid."
-    data = dataset(tmp_path / 'd', '{"bbox_2d": [%d, %d, %d, %d], "label": "red box"}' % RED)
+    data = dataset(tmp_path / 'd', '{"bbox_2d": [%d, %d, %d, %d], "label": "red box"}' % FRAMED)
     run_qvl('resize', data, tmp_path / 'small', '--max-pixels', str(400 * 300), '--model', tiny_model)
     small = tmp_path / 'small' / 'data.json'
     (box,) = boxes_of(small)
@@ -70,7 +72,7 @@ def test_doctor_flags_boxes_in_the_wrong_convention_or_past_the_image(tiny_model
 
 def test_fix_shrink_carries_boxes_with_their_image(tiny_model, tmp_path):
     "`qvl fix --strategy shrink` writes a smaller image for a sample over cutoff_len; its absolute box is rescaled to it."
-    data = dataset(tmp_path / 'd', '{"bbox_2d": [%d, %d, %d, %d], "label": "red box"}' % RED)
+    data = dataset(tmp_path / 'd', '{"bbox_2d": [%d, %d, %d, %d], "label": "red box"}' % FRAMED)
     r = run_qvl('fix', data, tmp_path / 'fixed', '--model', tiny_model, '--cutoff-len', '300', '--floor-tokens', '16')
     report = json.loads((tmp_path / 'fixed' / 'fix_report.json').read_text())
     assert len(report['shrunk']) == 1, r.stdout
