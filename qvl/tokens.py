@@ -35,6 +35,9 @@ FIXES = dict(
     text_truncated="raise cutoff_len, or shrink the images (`qvl fix --strategy shrink`); the answer's end would be cut",
     sequence_too_long="the text alone is over cutoff_len: raise it or shorten the sample (`qvl fix` drops it)",
     unparseable_sample="correct the record's layout (`qvl fix` drops it)",
+    unlearnable_sample="give it an assistant answer, name its turns system/user/assistant, and keep chat control tokens "
+                       "out of its text (`qvl fix` drops it)",
+    box_image_ambiguous="give a sample with boxes one image, or images of one size (`qvl fix` drops it)",
     **{f'{k}_mismatch': f"set config.json {k} to the tokenizer's id (`qvl fix-model`)" for k in TOKEN_ID_KEYS},
     special_token_missing="add the token to the tokenizer as a special token (`qvl fix-model`)",
     processor_image_token_mismatch="make the processor's image token <|image_pad|> with the config's id (`qvl fix-model`)",

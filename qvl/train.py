@@ -768,7 +768,8 @@ class Trainer(_Checkpoints, _Evaluation):
         first = self.step + 1               # this process's first step compiles, autotunes and grows the allocator
         if cuda: torch.cuda.reset_peak_memory_stats(self.device)
         while self.step < total:
-            r = self.train_step()
+            try: r = self.train_step()
+            except BaseException: bar.close(); raise       # an error starts on its own line
             r['warmup'] = self.step == first
             window.append(r)
             if not r['warmup']: steady.append(r)
