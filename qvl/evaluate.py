@@ -384,7 +384,7 @@ def generate_answers(model, processor, examples, batch_size: int = 8, max_new_to
     generated tokens."""
     import torch
     from tqdm.auto import tqdm
-    from qvl.data import IGNORE, VisionTextDataset, collate
+    from qvl.data import VisionTextDataset, collate
     from qvl.model import base_model, token_type_id
     ds, tok = VisionTextDataset(examples, processor), processor.tokenizer
     device, pad = model.device, tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id

@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from .core import QvlError, CHECKPOINT_MAX_PIXELS, CHECKPOINT_MIN_PIXELS, QWEN_TOKEN_IDS, atomic_dir
 from .formats import DEFAULT_PLACEHOLDER, IMAGE_PAD, VIDEO_PAD, VISION_END, VISION_START, Dataset, Sample, Spec, \
-    info_entry, load_dataset, local_ref, parse_sample, set_image_refs, text_slots, write_records
+    info_entry, load_dataset, local_ref, parse_sample, set_image_refs, write_records
 from .resize import BOX_STYLES, AspectRatioError, BoxStyle, Budget, ImageError, ResizeJob, find_boxes, image_size, \
-    rescale_grounding_text, rescale_record_boxes, run_jobs
+    rescale_record_boxes, run_jobs
 
 # %% auto #0
 __all__ = ['TOKEN_ID_KEYS', 'REQUIRED_TOKENS', 'FIXES', 'ROLES', 'CONTROL_TOKENS', 'STRATEGIES', 'LENGTH_CODES', 'DROP_CODES',

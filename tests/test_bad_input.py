@@ -606,7 +606,7 @@ def test_eval_of_a_two_turn_sample_with_a_second_image_answers_the_last_turn(tmp
     rec = dict(messages=[dict(role='user', content='<image>first?'), dict(role='assistant', content='one'),
                          dict(role='user', content='<image>second?'), dict(role='assistant', content='two')], images=['a.jpg', 'b.jpg'])
     (d / 'test.json').write_text(json.dumps([rec]))
-    r = run_qvl('eval', tiny_model, d / 'test.json', '--budgets', '56', '--max-new-tokens', '2', '--out', tmp_path / 'ev')
+    run_qvl('eval', tiny_model, d / 'test.json', '--budgets', '56', '--max-new-tokens', '2', '--out', tmp_path / 'ev')
     import pandas as pd
     answers = pd.read_csv(tmp_path / 'ev' / 'answers.csv')
     assert answers.answer.tolist() == ['two'], answers
