@@ -767,32 +767,34 @@ class Trainer(_Checkpoints, _Evaluation):
         window, steady, plot = [], [], None      # plot: this fit's live loss curve in a notebook
         first = self.step + 1               # this process's first step compiles, autotunes and grows the allocator
         if cuda: torch.cuda.reset_peak_memory_stats(self.device)
-        while self.step < total:
-            try: r = self.train_step()
-            except BaseException: bar.close(); raise       # an error starts on its own line
-            r['warmup'] = self.step == first
-            window.append(r)
-            if not r['warmup']: steady.append(r)
-            bar.update(); bar.set_postfix(loss=f"{r['loss']:.4f}")
-            if self.step % cfg.log_every == 0 or self.step == total:
-                rec = dict(step=self.step, epoch=round(self.position / len(self.train_set), 4),
-                           loss=sum(w['loss'] for w in window) / len(window), lr=r['lr'],
-                           **step_rates(window, self.peak_flops), seconds=round(sum(w['seconds'] for w in window), 4))
-                if cuda:
-                    # GB (10^9 bytes), the unit of `qvl estimate` and `qvl plan`, so that the two compare as they stand
-                    free, capacity = torch.cuda.mem_get_info(self.device)
-                    # outside_allocator: what the GPU holds beyond PyTorch's cache (the CUDA context, kernels, libraries;
-                    # other processes' memory too where the GPU is shared): a budget holds it beside the reserved peak
-                    rec.update(max_allocated_gb=torch.cuda.max_memory_allocated(self.device) / GB,
-                               max_reserved_gb=torch.cuda.max_memory_reserved(self.device) / GB,
-                               outside_allocator_gb=(capacity - free - torch.cuda.memory_reserved(self.device)) / GB)
-                    torch.cuda.reset_peak_memory_stats(self.device)
-                if self.eval_set is not None and ((cfg.eval_every and self.step % cfg.eval_every == 0) or self.step == total):
-                    rec['eval_loss'] = self.evaluate()
-                self._log(rec)
-                if self.plot: plot = _live_plot(self.history, plot)
-                window = []
-            if cfg.save_every and self.step % cfg.save_every == 0: self.save_checkpoint()
+        try:
+            while self.step < total:
+                r = self.train_step()
+                r['warmup'] = self.step == first
+                window.append(r)
+                if not r['warmup']: steady.append(r)
+                bar.update(); bar.set_postfix(loss=f"{r['loss']:.4f}")
+                if self.step % cfg.log_every == 0 or self.step == total:
+                    rec = dict(step=self.step, epoch=round(self.position / len(self.train_set), 4),
+                               loss=sum(w['loss'] for w in window) / len(window), lr=r['lr'],
+                               **step_rates(window, self.peak_flops), seconds=round(sum(w['seconds'] for w in window), 4))
+                    if cuda:
+                        # GB (10^9 bytes), the unit of `qvl estimate` and `qvl plan`, so that the two compare as they stand
+                        free, capacity = torch.cuda.mem_get_info(self.device)
+                        # outside_allocator: what the GPU holds beyond PyTorch's cache (the CUDA context, kernels, libraries;
+                        # other processes' memory too where the GPU is shared): a budget holds it beside the reserved peak
+                        rec.update(max_allocated_gb=torch.cuda.max_memory_allocated(self.device) / GB,
+                                   max_reserved_gb=torch.cuda.max_memory_reserved(self.device) / GB,
+                                   outside_allocator_gb=(capacity - free - torch.cuda.memory_reserved(self.device)) / GB)
+                        torch.cuda.reset_peak_memory_stats(self.device)
+                    if self.eval_set is not None and ((cfg.eval_every and self.step % cfg.eval_every == 0) or self.step == total):
+                        rec['eval_loss'] = self.evaluate()
+                    self._log(rec)
+                    if self.plot: plot = _live_plot(self.history, plot)
+                    window = []
+                if cfg.save_every and self.step % cfg.save_every == 0: self.save_checkpoint()
+        except BaseException:
+            bar.close(); raise          # an error starts on its own line, not after the bar
         bar.close()
         if rank() == 0 and cfg.lazy: self._write_skipped()      # lazily read samples are skipped as they come
         self.summary = run_summary(self.history, steady, self.peak_flops, first)

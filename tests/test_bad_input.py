@@ -726,3 +726,13 @@ def test_a_missing_adapter_weights_file_is_named(tmp_path, tiny_model, sample_da
     (tmp_path / 'run' / 'adapter' / 'adapter_model.safetensors').unlink()
     r = run_qvl('export', tmp_path / 'run', tmp_path / 'merged', check=False)
     assert r.returncode == 2 and 'adapter weights are missing' in r.stderr, r.stderr
+
+
+def test_a_rerun_reuses_the_merged_export_of_the_same_adapter(tmp_path, tiny_model, sample_data):
+    "What the eval template does first: a second run (after a failure) takes the merged model back instead of refusing."
+    from qvl.evaluate import export_source
+    run_qvl('train', _train_cfg(tmp_path, tiny_model, sample_data, steps=1, save_every=0))
+    first = export_source(tmp_path / 'run', tmp_path / 'exports')
+    stamp = (first / 'config.json').stat().st_mtime_ns
+    again = export_source(tmp_path / 'run', tmp_path / 'exports')
+    assert again == first and (again / 'config.json').stat().st_mtime_ns == stamp
