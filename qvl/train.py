@@ -731,11 +731,15 @@ class Trainer(_Checkpoints, _Evaluation):
     def fit(self, steps: int | None = None, resume: bool = False, overwrite: bool = False) -> 'pd.DataFrame':
         """Train to `steps` (default: the config's) optimizer steps; with `resume`, from the last checkpoint. A fresh run
         into an out_dir that holds another run is refused; with `overwrite`, that run's files are removed first."""
-        cfg = self.cfg
-        total = steps or cfg.steps
         self.out.mkdir(parents=True, exist_ok=True)
+        lock = lock_run_dir(self.out) if rank() == 0 else None      # held while this fit runs
+        try: return self._start(steps or self.cfg.steps, resume, overwrite)
+        finally:
+            if lock: lock.close()
+
+    def _start(self, total: int, resume: bool, overwrite: bool) -> 'pd.DataFrame':
+        cfg = self.cfg
         if rank() == 0:
-            self._lock = lock_run_dir(self.out)
             if not resume and (old := previous_run(self.out)):
                 if not overwrite: raise QvlError(f"{self.out} holds another run ({old}): --resume continues it, --overwrite "
                                                  "replaces it, or choose a new out_dir")
