@@ -179,9 +179,7 @@ def cmd_train(a) -> int:
     from qvl.config import load_config, rank, world_size
     from qvl.core import QvlError
     from qvl.train import Trainer, tiny_run_config
-    over = _overrides(a.set)
-    if a.steps: over['steps'] = a.steps
-    if a.out: over['out_dir'] = a.out
+    over = {**_overrides(a.set), **_run_keys_given(a)}
     if a.family and a.config: raise QvlError("--family picks the built-in default run's tiny model: give it without CONFIG")
     if a.family:
         from qvl.core import default_tiny_model
@@ -248,6 +246,33 @@ def _setup_flags(s, keys):
         elif f.name == 'image_size': g.add_argument(flag, type=_size, metavar='WxH', **kw)
         elif hint in (int, int | None): g.add_argument(flag, type=int, metavar='N', **kw)
         else: g.add_argument(flag, choices=choices, **kw)
+
+def _run_key_flags(s):
+    """One flag per run key (`qvl.config.TrainConfig`), grouped by its role, with the key's own help, choices and default:
+    `qvl train --lora-rank 16 --precision bf16-mixed` overrides RUN.yaml's keys (or the built-in run's)."""
+    import dataclasses, typing
+    from qvl.config import ROLES, TrainConfig, key_help
+    hints, helps = typing.get_type_hints(TrainConfig), key_help()
+    groups = {r: s.add_argument_group(f"run keys: {what} (each overrides the config's)") for r, what in ROLES.items()}
+    for f in dataclasses.fields(TrainConfig):
+        hint, choices = hints[f.name], f.metadata['choices']
+        flags = ['--' + f.name.replace('_', '-')] + (['--out'] if f.name == 'out_dir' else [])
+        shown = '' if f.default in (None, dataclasses.MISSING) else f" (default: {f.default})"
+        kw = dict(default=argparse.SUPPRESS, dest=f.name, help=helps[f.name].replace('%', '%%') + shown)
+        g = groups[f.metadata['role']]
+        if hint is bool: g.add_argument(*flags, action=argparse.BooleanOptionalAction, **kw)
+        elif f.name == 'target': g.add_argument(*flags, type=lambda t: list(_size(t)), metavar='WxH', **kw)
+        elif f.name == 'detail_budgets': g.add_argument(*flags, type=_sides, metavar='SIDES', **kw)
+        elif f.name == 'lora_targets': g.add_argument(*flags, type=lambda t: t if ',' not in t else t.split(','), metavar='NAMES', **kw)
+        elif hint in (int, int | None): g.add_argument(*flags, type=int, metavar='N', **kw)
+        elif hint in (float, float | None): g.add_argument(*flags, type=float, metavar='X', **kw)
+        else: g.add_argument(*flags, choices=choices, metavar=None if choices else 'TEXT', **kw)
+
+def _run_keys_given(a) -> dict:
+    "The run keys given as flags (`_run_key_flags`)."
+    import dataclasses
+    from qvl.config import TrainConfig
+    return {f.name: getattr(a, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(a, f.name)}
 
 def _setup(a):
     """The `Setup` the flags describe, and the run config: RUN.yaml (with --set and the flags of its keys) when given,
@@ -615,15 +640,14 @@ def commands() -> list[Command]:
                     'to the run directory. Runs data-parallel under torchrun --nproc_per_node N.',
                 args=[
             arg('config', metavar='CONFIG', nargs='?'),
-            arg('--steps', type=_positive, help='optimizer steps (overrides the config)'),
-            arg('--out-dir', '--out', dest='out', metavar='DIR', help='run directory (overrides out_dir)'),
             arg('--resume', action='store_true', help='continue from the last complete checkpoint in the run directory'),
             arg('--overwrite', action='store_true', help="remove the run an out_dir holds (its checkpoints, logs, weights) "
                 'and train afresh; without it or --resume, a fresh run into such an out_dir is refused'),
             arg('--set', action='append', metavar='KEY=VALUE', help='override a config key (repeatable)'),
             arg('--family', choices=TINY_FAMILIES, help="the built-in default run (no CONFIG) on this family's tiny model"),
             arg('--plan', type=_gigabytes, metavar='GB', help="first choose micro-batch x accumulation and checkpointed layers "
-                'for the fastest run that fits a GPU of GB (as `qvl plan`), the global batch kept')]),
+                'for the fastest run that fits a GPU of GB (as `qvl plan`), the global batch kept'),
+            _run_key_flags]),
         Command('estimate', cmd_estimate, help='predict the GPU memory of a training step (no GPU needed)',
                 description='Predict max_memory_allocated and max_memory_reserved of a steady-state training step, with every '
                     'component, from the model config alone; say whether it fits and what would.',

@@ -11,8 +11,9 @@ from .core import QvlError, load_yaml
 from .resize import Budget
 
 # %% auto #0
-__all__ = ['METHODS', 'PRECISIONS', 'SCHEDULES', 'SHARDINGS', 'ATTENTIONS', 'REPORTERS', 'world_size', 'rank', 'TrainConfig',
-           'config_from_dict', 'load_config', 'device_type', 'resolve_precision', 'sharding_mode']
+__all__ = ['METHODS', 'PRECISIONS', 'SCHEDULES', 'SHARDINGS', 'ATTENTIONS', 'REPORTERS', 'ROLES', 'world_size', 'rank', 'key',
+           'TrainConfig', 'key_help', 'keys_of', 'config_from_dict', 'load_config', 'device_type', 'resolve_precision',
+           'sharding_mode']
 
 # %% ../nbs/05_config.ipynb #ce1efae8
 def world_size() -> int: return int(os.environ.get('WORLD_SIZE', 1))
@@ -23,57 +24,67 @@ METHODS, PRECISIONS, SCHEDULES, SHARDINGS = ('lora', 'full', 'qlora'), ('auto', 
     ('cosine', 'linear', 'constant'), ('ddp', 'fsdp')
 ATTENTIONS = ('sdpa', 'flash_attention_2', 'eager')
 REPORTERS = ('tensorboard', 'mlflow', 'wandb', 'none')     # where a run's logged steps go besides log.jsonl / log.csv
+# what a run key is about: what is trained, what is read, one step's work, the schedule, what is written
+ROLES = dict(model='what is trained', data='what is read and how', step="one step's work (its memory and speed)",
+             schedule='how it learns over the steps', output='what is written, and when')
+
+def key(default=dataclasses.MISSING, role: str = 'step', choices: tuple | None = None, resumable: bool | None = None):
+    """A `TrainConfig` field: its default, its role (`ROLES`), its choices, and whether a `--resume` may change it (by
+    default: the output keys). Its help is the comment after it. Validation, `qvl train --help`, resume checks and the
+    estimator's shared keys all read this record."""
+    meta = dict(role=role, choices=choices, resumable=role == 'output' if resumable is None else resumable)
+    return dataclasses.field(default=default, metadata=meta)
 
 @dataclass
 class TrainConfig:
     "Everything a training run depends on; saved beside its outputs as config.json."
-    model: str                                  # checkpoint directory
-    data: str                                   # dataset file, or a folder with dataset_info.json
-    eval_data: str | None = None
-    dataset_name: str | None = None             # entry of dataset_info.json
-    out_dir: str = 'runs/train'
-    method: str = 'lora'                        # lora | full | qlora
-    lora_rank: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.0
-    lora_targets: str | list[str] = 'all-linear'   # every linear layer of the LLM, or module-name suffixes
-    freeze_vision: bool = True                  # full: keep the vision tower frozen
-    freeze_projector: bool = False              # full: keep the vision merger (projector) frozen
-    freeze_llm: bool = False                    # full: keep the language model frozen
-    precision: str = 'auto'                     # bf16 (pure) | bf16-mixed | fp16-mixed | fp32; auto: bf16 on GPU, fp32 on CPU
-    gradient_checkpointing: bool = True
-    checkpoint_layers: int | None = None        # with checkpointing: only the first N decoder layers (None: all; fewer: faster, more memory)
-    fast: bool = True                           # qvl.fast's step (same losses); false: transformers' plain forward
-    attn_implementation: str = 'sdpa'
-    learning_rate: float = 2e-4
-    weight_decay: float = 0.0
-    schedule: str = 'cosine'                    # cosine | linear | constant, after warmup
-    warmup_steps: int = 0
-    steps: int = 100                            # optimizer steps
-    batch_size: int = 1                         # per device and micro-step
-    grad_accum: int = 1
-    max_grad_norm: float | None = 1.0
-    cutoff_len: int = 2048
-    max_pixels: int | None = None               # resize budget (as `qvl resize`; the tightest cap wins)
-    min_pixels: int | None = None
-    max_side: int | None = None
-    max_tokens: int | None = None
-    target: list[int] | None = None             # [width, height]
-    placeholder: str = '<image>'
-    allow_outside: bool = False
-    strict: bool = False                        # stop on any sample that cannot be trained on
-    lazy: bool = False                          # encode samples when first used instead of up front
-    data_workers: int = 4                       # threads that read and process the next step's images while the GPU computes (0: in the step)
-    cache_dir: str | None = None                # tokenization cache (default: ~/.cache/qvl/cache/examples)
-    packing: bool = False                       # padding-free: each micro-batch packed into one row
-    log_every: int = 1
-    eval_every: int = 0                         # 0: only at the end (when eval_data is set)
-    save_every: int = 0                         # 0: only the final save
-    sharding: str = 'ddp'                       # ddp | fsdp (full fine-tuning on several GPUs)
-    detail_budgets: list[int] | None = None     # after training: answer accuracy on eval_data at these square sides
-    seed: int = 0
-    report_to: str = 'tensorboard'              # tensorboard (out_dir/tensorboard) | mlflow | wandb (offline, out_dir/wandb) | none
-    tracking_uri: str | None = None             # MLflow's store (default: $MLFLOW_TRACKING_URI, else sqlite in ./mlruns)
+    model: str = key(role='model')                          # checkpoint directory
+    data: str = key(role='data')                            # dataset file, or a folder with dataset_info.json
+    eval_data: str | None = key(None, 'output')             # held-out data: its loss is logged, the detail check answers it
+    dataset_name: str | None = key(None, 'data')            # entry of dataset_info.json
+    out_dir: str = key('runs/train', 'output')              # where the run writes its logs, checkpoints and weights
+    method: str = key('lora', 'model', METHODS)             # lora | full | qlora
+    lora_rank: int = key(8, 'model')                        # rank of the LoRA adapters
+    lora_alpha: int = key(16, 'model')                      # LoRA scaling numerator (the update is scaled by alpha / rank)
+    lora_dropout: float = key(0.0, 'model')                 # dropout on the adapters' input, in [0, 1)
+    lora_targets: str | list[str] = key('all-linear', 'model')   # every linear layer of the LLM, or module-name suffixes
+    freeze_vision: bool = key(True, 'model')                # full: keep the vision tower frozen
+    freeze_projector: bool = key(False, 'model')            # full: keep the vision merger (projector) frozen
+    freeze_llm: bool = key(False, 'model')                  # full: keep the language model frozen
+    precision: str = key('auto', 'step', PRECISIONS)        # bf16 (pure) | bf16-mixed | fp16-mixed | fp32; auto: bf16 on GPU, fp32 on CPU
+    gradient_checkpointing: bool = key(True)                # recompute the decoder layers' activations in backward
+    checkpoint_layers: int | None = key(None)               # with checkpointing: only the first N decoder layers (None: all; fewer: faster, more memory)
+    fast: bool = key(True)                                  # qvl.fast's step (same losses); false: transformers' plain forward
+    attn_implementation: str = key('sdpa', 'step', ATTENTIONS)   # the model's attention
+    learning_rate: float = key(2e-4, 'schedule')            # peak learning rate (AdamW)
+    weight_decay: float = key(0.0, 'schedule')              # AdamW weight decay
+    schedule: str = key('cosine', 'schedule', SCHEDULES)    # cosine | linear | constant, after warmup
+    warmup_steps: int = key(0, 'schedule')                  # steps of linear warm-up from 0
+    steps: int = key(100, 'schedule', resumable=True)       # optimizer steps (a --resume may train further)
+    batch_size: int = key(1)                                # per device and micro-step
+    grad_accum: int = key(1)                                # micro-steps per optimizer step
+    max_grad_norm: float | None = key(1.0)                  # clip the gradients' norm to this (null: no clipping); its norm is the step's work
+    cutoff_len: int = key(2048)                             # tokens per sample at most (images included); longer ones are skipped and listed
+    max_pixels: int | None = key(None)                      # resize budget (as `qvl resize`; the tightest cap wins)
+    min_pixels: int | None = key(None)                      # images below this many pixels are enlarged to it
+    max_side: int | None = key(None)                        # longest image side at most
+    max_tokens: int | None = key(None)                      # visual tokens per image at most
+    target: list[int] | None = key(None)                    # [width, height]: a pixel budget of width x height, aspect kept
+    placeholder: str = key('<image>', 'data')               # the image marker in the data's text
+    allow_outside: bool = key(False, 'data')                # read images outside the dataset's folder
+    strict: bool = key(False, 'data', resumable=True)       # stop on any sample that cannot be trained on
+    lazy: bool = key(False, 'data', resumable=True)         # encode samples when first used instead of up front
+    data_workers: int = key(4, 'step', resumable=True)      # threads that read and process the next step's images while the GPU computes (0: in the step)
+    cache_dir: str | None = key(None, 'data', resumable=True)   # tokenization cache (default: ~/.cache/qvl/cache/examples)
+    packing: bool = key(False)                              # padding-free: each micro-batch packed into one row
+    log_every: int = key(1, 'output')                       # log every N steps
+    eval_every: int = key(0, 'output')                      # evaluate every N steps; 0: only at the end (when eval_data is set)
+    save_every: int = key(0, 'output')                      # a resumable checkpoint every N steps; 0: only the final save
+    sharding: str = key('ddp', 'step', SHARDINGS)           # ddp | fsdp (full fine-tuning on several GPUs)
+    detail_budgets: list[int] | None = key(None, 'output')  # after training: answer accuracy on eval_data at these square sides
+    seed: int = key(0, 'schedule')                          # seeds the data order, dropout and the adapters' initialisation
+    report_to: str = key('tensorboard', 'output', REPORTERS)   # tensorboard (out_dir/tensorboard) | mlflow | wandb (offline, out_dir/wandb) | none
+    tracking_uri: str | None = key(None, 'output')          # MLflow's store (default: $MLFLOW_TRACKING_URI, else sqlite in ./mlruns)
 
     def budget(self) -> Budget:
         return Budget(max_pixels=self.max_pixels, min_pixels=self.min_pixels, max_side=self.max_side,
@@ -81,6 +92,16 @@ class TrainConfig:
 
     @property
     def global_batch(self) -> int: return self.batch_size * self.grad_accum * world_size()
+
+def key_help() -> dict[str, str]:
+    "Each run key's help: the comment after it in `TrainConfig`."
+    from fastcore.docments import docments
+    return {k: v or '' for k, v in docments(TrainConfig).items() if k != 'return'}
+
+def keys_of(role: str | None = None, resumable: bool | None = None) -> tuple[str, ...]:
+    "The run keys of a role (`ROLES`), or those a `--resume` may (or may not) change."
+    return tuple(f.name for f in dataclasses.fields(TrainConfig) if (role is None or f.metadata['role'] == role)
+                 and (resumable is None or f.metadata['resumable'] == resumable))
 
 # %% ../nbs/05_config.ipynb #65dbd086
 def _type_ok(v, hint) -> bool:
@@ -106,9 +127,9 @@ def config_from_dict(d: dict, **overrides) -> TrainConfig:
             raise QvlError(f"config key {k!r} should be {want}, got {reprlib.repr(v)}")
         if isinstance(v, float) and not math.isfinite(v): raise QvlError(f"config {k} must be a finite number, got {v}")
     c = TrainConfig(**d)
-    for k, choices in dict(method=METHODS, precision=PRECISIONS, schedule=SCHEDULES, sharding=SHARDINGS,
-                           attn_implementation=ATTENTIONS, report_to=REPORTERS).items():
-        if getattr(c, k) not in choices: raise QvlError(f"config {k}={getattr(c, k)!r}: choose one of {', '.join(choices)}")
+    for f in dataclasses.fields(c):           # each key's choices from its record
+        if f.metadata['choices'] and getattr(c, f.name) not in f.metadata['choices']:
+            raise QvlError(f"config {f.name}={getattr(c, f.name)!r}: choose one of {', '.join(f.metadata['choices'])}")
     for k in ('steps', 'batch_size', 'grad_accum', 'cutoff_len', 'log_every', 'lora_rank', 'lora_alpha'):
         if getattr(c, k) < 1: raise QvlError(f"config {k} must be at least 1, got {getattr(c, k)}")
     for k in ('warmup_steps', 'eval_every', 'save_every', 'weight_decay', 'data_workers'):

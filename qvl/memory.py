@@ -7,8 +7,8 @@ from __future__ import annotations
 import dataclasses, functools, gc, json, math
 from dataclasses import dataclass, field
 from pathlib import Path
-from .config import ATTENTIONS, METHODS, PRECISIONS, SHARDINGS as RUN_SHARDINGS, TrainConfig, config_from_dict, resolve_precision, \
-    sharding_mode
+from .config import SHARDINGS as RUN_SHARDINGS, TrainConfig, config_from_dict, resolve_precision, \
+    key_help, keys_of, sharding_mode
 from .core import GB, ImageSize, QvlError, atomic_file, load_config
 from .model import ModelShape, base_model, build_model, checkpointed_layers, decoder_layers, model_shape, prepare_model
 
@@ -28,7 +28,12 @@ __all__ = ['OPTIMIZERS', 'STATE_BYTES', 'SHARDINGS', 'RUN_KEYS', 'COEFFICIENTS',
 OPTIMIZERS = {'adamw': 2, 'adamw8bit': 2, 'sgd': 0, 'sgd-momentum': 1, 'adafactor': 0}   # states per trainable parameter
 STATE_BYTES = {'adamw8bit': 1}                       # 8-bit states; others take the parameter's (or fp32 master) width
 SHARDINGS = ('none',) + RUN_SHARDINGS + ('zero2', 'zero3')     # a run's, and DeepSpeed's ZeRO stages
-_RUN = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+_RUN = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+def _shared(name: str, note: str = ''):
+    "A `Setup` field that a run config has: its default, help and choices are the run key's (`TrainConfig`)."
+    f = _RUN[name]
+    return field(default=f.default, metadata=dict(help=key_help()[name] + (f"; {note}" if note else ''), choices=f.metadata['choices']))
 
 def _key(default, help: str, choices: tuple | None = None):
     "A `Setup` field: its default, what it means and its choices (the `qvl estimate` / `qvl profile` flags are made from them)."
@@ -40,33 +45,30 @@ class Setup:
     (`Setup.of` takes them from one); the rest describe the step's data (image size, text), the GPUs, and choices
     `qvl train` does not offer but the estimate covers (other optimizers, DeepSpeed ZeRO, peft's fp32 adapters)."""
     model: str = _key('Qwen2.5-VL-7B', 'known name, hub id or checkpoint directory (no weights needed)')
-    method: str = _key(_RUN['method'], 'lora, full or qlora', METHODS)
+    method: str = _shared('method')
     image_size: ImageSize = _key(ImageSize(448, 448), 'each image after resizing, WIDTHxHEIGHT (one number: a square)')
     images_per_sample: int = _key(1, 'images in each sample')
-    batch_size: int = _key(_RUN['batch_size'], 'samples per GPU and micro-step')
-    grad_accum: int = _key(_RUN['grad_accum'], 'micro-batches per optimizer step: after the first, backward starts with '
-                           'the gradients accumulated so far')
+    batch_size: int = _shared('batch_size')
+    grad_accum: int = _shared('grad_accum', 'after the first, backward starts with the gradients accumulated so far')
     prompt_tokens: int = _key(64, 'text tokens of each prompt')
     answer_tokens: int = _key(128, 'labelled answer tokens of each sample')
-    lora_rank: int = _key(_RUN['lora_rank'], 'LoRA rank')
+    lora_rank: int = _shared('lora_rank')
     lora_adapter_dtype: str | None = _key(None, "LoRA adapters' dtype: by default as `qvl train` makes them "
                                           "(bf16 under pure bf16, else fp32); fp32 is peft's own default", ('bf16', 'fp32'))
-    freeze_vision: bool = _key(_RUN['freeze_vision'], 'full fine-tuning: keep the vision tower frozen')
-    freeze_projector: bool = _key(_RUN['freeze_projector'], 'full fine-tuning: keep the merger (projector) frozen')
-    freeze_llm: bool = _key(_RUN['freeze_llm'], 'full fine-tuning: keep the language model frozen')
+    freeze_vision: bool = _shared('freeze_vision')
+    freeze_projector: bool = _shared('freeze_projector')
+    freeze_llm: bool = _shared('freeze_llm')
     optimizer: str = _key('adamw', 'the optimizer (`qvl train` uses adamw)', tuple(OPTIMIZERS))
-    precision: str = _key(_RUN['precision'], "as the run config's: auto is bf16 on a GPU; fp16-mixed has bf16-mixed's widths",
-                          PRECISIONS)
-    gradient_checkpointing: bool = _key(_RUN['gradient_checkpointing'], 'recompute activations in backward')
-    checkpoint_layers: int | None = _key(_RUN['checkpoint_layers'], 'with checkpointing: only the first N decoder layers '
-                                         'recompute (default: all); the others keep their activations')
-    attn_implementation: str = _key(_RUN['attn_implementation'], "the model's attention", ATTENTIONS)
+    precision: str = _shared('precision', "fp16-mixed has bf16-mixed's widths")
+    gradient_checkpointing: bool = _shared('gradient_checkpointing')
+    checkpoint_layers: int | None = _shared('checkpoint_layers')
+    attn_implementation: str = _shared('attn_implementation')
     vision_in_graph: bool = _key(False, "the frozen vision tower inside autograd, keeping its activations: what plain "
                                  "transformers + peft do with checkpointing (peft's enable_input_require_grads hooks the "
                                  "patch embedding too; Qwen2-VL, Qwen2.5-VL). qvl train keeps it out")
     gpus: int = _key(1, 'GPUs the run is spread over')
     sharding: str = _key('none', 'how weights, gradients and states are spread over the GPUs (zero2/zero3: DeepSpeed)', SHARDINGS)
-    fast: bool = _key(_RUN['fast'], "qvl.fast's step, which `qvl train` takes by default; no: the plain step")
+    fast: bool = _shared('fast')
     compiled_layers: bool = _key(True, "the fast step's decoder layers compiled, as `qvl train` runs them on a GPU with "
                                  "Triton (4-bit layers stay eager); no: eager")
     attention_mask: str | None = _key(None, "SDPA in the language model with a padding mask (padded: transformers' own "
@@ -77,15 +79,10 @@ class Setup:
 
     def __post_init__(self):
         def bad(msg): raise QvlError(msg)
-        if self.method not in METHODS: bad(f"unknown method {self.method!r}: choose one of {', '.join(METHODS)}")
-        if self.optimizer not in OPTIMIZERS: bad(f"unknown optimizer {self.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
-        if self.precision not in PRECISIONS: bad(f"unknown precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
-        if self.sharding not in SHARDINGS: bad(f"unknown sharding {self.sharding!r}: choose one of {', '.join(SHARDINGS)}")
-        if self.attn_implementation not in ATTENTIONS:
-            bad(f"unknown attn_implementation {self.attn_implementation!r}: choose one of {', '.join(ATTENTIONS)}")
-        dtypes = Setup.__dataclass_fields__['lora_adapter_dtype'].metadata['choices']
-        if self.lora_adapter_dtype not in (None, *dtypes):
-            bad(f"lora_adapter_dtype is {', '.join(dtypes)} or None, got {self.lora_adapter_dtype!r}")
+        for f in dataclasses.fields(self):        # every key with choices, the run config's among them, checked one way
+            v, choices = getattr(self, f.name), f.metadata['choices']
+            if choices and v not in choices and not (v is None and f.default is None):
+                bad(f"unknown {f.name} {v!r}: choose one of {', '.join(choices)}")
         for k in ('batch_size', 'gpus', 'lora_rank', 'grad_accum'):
             if getattr(self, k) < 1: bad(f"{k} must be at least 1, got {getattr(self, k)}")
         for k in ('prompt_tokens', 'answer_tokens', 'images_per_sample'):
@@ -98,8 +95,6 @@ class Setup:
         precision = resolve_precision(self.precision, 'cuda')
         put('precision', 'bf16-mixed' if precision == 'fp16-mixed' else precision)
         if self.lora_adapter_dtype is None: put('lora_adapter_dtype', 'bf16' if self.precision == 'bf16' else 'fp32')
-        masks = Setup.__dataclass_fields__['attention_mask'].metadata['choices']
-        if self.attention_mask not in (None, *masks): bad(f"attention_mask is {', '.join(masks)} or None, got {self.attention_mask!r}")
         if self.attention_mask is None: put('attention_mask', 'causal' if self.fast else 'padded')
         if self.gpus > 1 and self.sharding == 'none': put('sharding', 'ddp')
 
@@ -111,9 +106,9 @@ class Setup:
                       'sharding': sharding_mode(cfg, gpus) or 'none', **kw})
 
 RUN_KEYS = tuple(f.name for f in dataclasses.fields(Setup) if f.name in _RUN and f.name != 'sharding')   # what a run config sets
-# keys of a run config that do not change its step's memory or speed (profile_run leaves them out)
-_NOT_STEP = ('data', 'eval_data', 'dataset_name', 'out_dir', 'steps', 'log_every', 'eval_every', 'save_every', 'detail_budgets',
-             'cache_dir', 'lazy', 'strict', 'allow_outside')
+# keys of a run config that do not change its step's memory or speed (profile_run leaves them out): what is read and
+# written, and the schedule
+_NOT_STEP = keys_of('data') + keys_of('output') + keys_of('schedule')
 
 # %% ../nbs/10_memory.ipynb #36ff90e4
 @dataclass(frozen=True)

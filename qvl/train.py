@@ -8,7 +8,7 @@ import atexit, dataclasses, functools, json, math, os, random, shutil, time
 from pathlib import Path
 from typing import TYPE_CHECKING
 if TYPE_CHECKING: import pandas as pd      # names in annotations only
-from .config import TrainConfig, config_from_dict, device_type, rank, resolve_precision, sharding_mode, world_size
+from .config import TrainConfig, config_from_dict, device_type, keys_of, rank, resolve_precision, sharding_mode, world_size
 from .core import GB, QvlError, append_line, atomic_dir, atomic_file, check_model_dir, file_fingerprint, refuse_overlap, write_text
 from .model import checkpointed_layers, decoder_layers, model_shape, param_part, prepare_model, tied_names, token_type_id
 from .resize import Budget
@@ -145,8 +145,7 @@ def latest_checkpoint(out_dir, report=print) -> Path | None:
     return None
 
 # may differ between a run and its --resume: they change what is written or how long it goes, not what it computes
-RESUMABLE_KEYS = ('steps', 'out_dir', 'log_every', 'eval_every', 'save_every', 'detail_budgets', 'eval_data', 'cache_dir',
-                  'lazy', 'strict', 'report_to', 'tracking_uri', 'data_workers')
+RESUMABLE_KEYS = keys_of(resumable=True)
 
 def resume_conflicts(saved: dict, cfg: TrainConfig) -> list[str]:
     "Config keys whose values differ from the checkpoint's run (other than `RESUMABLE_KEYS`), as 'key: old -> new'."
