@@ -39,6 +39,7 @@ setuptools.setup(
     url=cfg['git_url'],
     packages=setuptools.find_packages(include=['qvl', 'qvl.*']),
     include_package_data=True,
+    package_data={'qvl': ['examples/*.yaml']},     # the example run configs (`qvl examples`)
     install_requires=cfg['requirements'].split(),
     extras_require=extras,
     python_requires='>=' + min_python,

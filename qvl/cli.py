@@ -9,9 +9,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['cmd_tiny_model', 'cmd_sample_data', 'cmd_info', 'cmd_resize', 'cmd_doctor', 'cmd_fix', 'cmd_fix_model', 'cmd_convert',
-           'cmd_train', 'cmd_sweep', 'cmd_estimate', 'cmd_calibrate', 'cmd_plan', 'cmd_profile', 'cmd_export',
-           'cmd_eval', 'cmd_demo', 'Command', 'arg', 'commands', 'parser', 'main', 'error_line', 'console']
+__all__ = ['cmd_tiny_model', 'cmd_examples', 'cmd_sample_data', 'cmd_info', 'cmd_resize', 'cmd_doctor', 'cmd_fix',
+           'cmd_fix_model', 'cmd_convert', 'cmd_train', 'cmd_sweep', 'cmd_estimate', 'cmd_calibrate', 'cmd_plan',
+           'cmd_profile', 'cmd_export', 'cmd_eval', 'cmd_demo', 'Command', 'arg', 'commands', 'parser', 'main',
+           'error_line', 'console']
 
 # %% ../nbs/13_cli.ipynb #b800730f
 def _size(text: str):
@@ -56,6 +57,21 @@ def cmd_tiny_model(a) -> int:
         return 0
     path = build_tiny_model(out, a.family, a.seed)
     print(f"tiny {a.family} model written to {path} (load it with AutoProcessor / AutoModelForImageTextToText)")
+    return 0
+
+def cmd_examples(a) -> int:
+    "List the example run configs, or print (with --out, write) one."
+    from qvl.config import example_config, example_configs
+    from qvl.core import QvlError, write_text
+    if not a.name:
+        for name, (_, what) in example_configs().items(): print(f"{name:16} {what}")
+        print("qvl examples NAME --out run.yaml writes one to start from")
+        return 0
+    text = example_config(a.name).read_text()
+    if not a.out: print(text, end=''); return 0
+    if Path(a.out).exists() and not a.force: raise QvlError(f"{a.out} exists: choose a new file or pass --force")
+    write_text(a.out, text)
+    print(f"{a.name} written to {a.out}: edit model and data, then `qvl train {a.out}`")
     return 0
 
 def cmd_sample_data(a) -> int:
@@ -542,6 +558,13 @@ def commands() -> list[Command]:
                     'a local checkpoint directory. With no MODEL, list the known names.',
                 args=[
             arg('model', metavar='MODEL', nargs='?', help='e.g. Qwen2.5-VL-7B, Qwen/Qwen2.5-VL-7B-Instruct or a directory')]),
+        Command('examples', cmd_examples, help='the example run configs for the common jobs',
+                description='Without NAME, list the run configs shipped for the common jobs (7B LoRA at 1344 px, 3B full '
+                    'fine-tuning, QLoRA in 24 GB, Qwen3-VL-8B, FSDP over 8 GPUs); with NAME, print it, or write it to --out.',
+                args=[
+            arg('name', metavar='NAME', nargs='?'),
+            arg('--out', metavar='FILE', help='write the config here instead of printing it'),
+            arg('--force', action='store_true', help='replace FILE if it exists')]),
         Command('tiny-model', cmd_tiny_model, help='write a tiny random-weight Qwen-VL checkpoint',
                 description='Write a tiny random-weight Qwen-VL checkpoint (tokenizer trained offline with the real special '
                     'tokens and chat template, processor, model) loadable with AutoProcessor and '

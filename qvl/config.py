@@ -12,8 +12,8 @@ from .resize import Budget
 
 # %% auto #0
 __all__ = ['METHODS', 'PRECISIONS', 'SCHEDULES', 'SHARDINGS', 'ATTENTIONS', 'REPORTERS', 'ROLES', 'world_size', 'rank', 'key',
-           'TrainConfig', 'key_help', 'keys_of', 'config_from_dict', 'load_config', 'device_type', 'resolve_precision',
-           'sharding_mode']
+           'TrainConfig', 'key_help', 'keys_of', 'config_from_dict', 'load_config', 'example_configs', 'example_config',
+           'device_type', 'resolve_precision', 'sharding_mode']
 
 # %% ../nbs/05_config.ipynb #ce1efae8
 def world_size() -> int: return int(os.environ.get('WORLD_SIZE', 1))
@@ -161,6 +161,21 @@ def load_config(path, **overrides) -> TrainConfig:
         except ValueError as e: raise QvlError(f"{p}: cannot be parsed ({type(e).__name__}: {e})") from None
     if not isinstance(d, dict): raise QvlError(f"{p}: expected a mapping of config keys")
     return config_from_dict(d, **overrides)
+
+# %% ../nbs/05_config.ipynb
+def example_configs() -> dict:
+    "The example run configs shipped with qvl: name -> (path, what it is: its first comment line)."
+    from importlib.resources import files
+    out = {}
+    for p in sorted(Path(str(files('qvl') / 'examples')).glob('*.yaml')):
+        out[p.stem] = (p, p.read_text().splitlines()[0].lstrip('# '))
+    return out
+
+def example_config(name: str) -> Path:
+    "The path of the example run config `name` (`example_configs`), or a `QvlError` that lists them."
+    ex = example_configs()
+    if name not in ex: raise QvlError(f"no example config {name!r}: choose one of {', '.join(ex)}")
+    return ex[name][0]
 
 # %% ../nbs/05_config.ipynb #8faa80a3
 def device_type(device) -> str:

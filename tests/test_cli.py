@@ -56,3 +56,39 @@ def test_demo_runs_end_to_end(tmp_path):
     assert 'loss' in r.stdout and '600x600' in r.stdout
     assert (tmp_path / 'demo' / 'tokens_by_side.png').stat().st_size > 10_000
     assert (tmp_path / 'demo' / 'sample-data-600' / 'manifest.csv').exists()
+
+
+def test_every_example_config_is_a_valid_run_that_fits_what_it_says(tmp_path):
+    "`qvl examples NAME --out` writes a config `qvl train` reads; the estimate of its step fits the GPUs its header names."
+    import re
+    from qvl.config import example_configs, load_config
+    from qvl.core import ImageSize
+    from qvl.memory import PLAN_MARGIN, Setup, estimate_setup
+    listed = run_qvl('examples').stdout
+    for name in example_configs():
+        assert name in listed
+        out = tmp_path / f'{name}.yaml'
+        run_qvl('examples', name, '--out', out)
+        cfg = load_config(out)
+        n, gb = map(int, re.search(r'# fits: (\d+) x (\d+) GB', out.read_text()).groups())
+        e = estimate_setup(Setup.of(cfg, image_size=ImageSize(*cfg.target), gpus=n))
+        assert e.fits(gb * 1e9, PLAN_MARGIN), (name, e.peak_reserved_bytes / 1e9, gb)
+        assert cfg.batch_size * cfg.grad_accum * n >= 8, name
+    r = run_qvl('examples', 'full-3b', '--out', tmp_path / 'full-3b.yaml', check=False)
+    assert r.returncode == 2 and 'exists' in r.stderr
+
+
+def test_train_has_a_flag_for_every_run_key_with_its_help(tmp_path, tiny_model, sample_data):
+    import dataclasses
+    from qvl.config import TrainConfig, key_help
+    out = run_qvl('train', '--help').stdout
+    helps = key_help()
+    for f in dataclasses.fields(TrainConfig):
+        flag = '--' + f.name.replace('_', '-')
+        assert flag in out, flag
+        assert helps[f.name].split()[0] in out, (f.name, helps[f.name])
+    run_qvl('train', '--model', tiny_model, '--data', sample_data / 'train.json', '--out', tmp_path / 'run', '--steps', '1',
+            '--lora-rank', '4', '--no-gradient-checkpointing', '--target', '56x56', '--report-to', 'none')
+    import json
+    saved = json.loads((tmp_path / 'run' / 'config.json').read_text())
+    assert (saved['lora_rank'], saved['gradient_checkpointing'], saved['target'], saved['steps']) == (4, False, [56, 56], 1)
