@@ -39,7 +39,7 @@ setuptools.setup(
     url=cfg['git_url'],
     packages=setuptools.find_packages(include=['qvl', 'qvl.*']),
     include_package_data=True,
-    package_data={'qvl': ['examples/*.yaml']},     # the example run configs (`qvl examples`)
+    package_data={'qvl': ['examples/*.yaml', 'fitted/*.json']},     # example run configs, fitted numbers
     install_requires=cfg['requirements'].split(),
     extras_require=extras,
     python_requires='>=' + min_python,

@@ -18,7 +18,7 @@ __all__ = ['OPTIMIZERS', 'STATE_BYTES', 'SHARDINGS', 'RUN_KEYS', 'COEFFICIENTS',
            'CUDA_CONTEXT', 'ACT_SCALE', 'STEP_TIME', 'TIME_TERMS', 'PLAN_MARGIN', 'NOMINAL_KEYS', 'CALIBRATION_FILE',
            'Setup', 'Batch', 'nominal_batch', 'features', 'synthetic_batch', 'traced_activations', 'Estimate',
            'padding_mask_bytes', 'kept_fraction', 'estimate', 'estimate_setup', 'largest', 'what_fits', 'advise',
-           'step_seconds', 'fit_step_time', 'image_sizes', 'skipped_summary', 'run_examples', 'RunShapes',
+           'fitted', 'step_seconds', 'fit_step_time', 'image_sizes', 'skipped_summary', 'run_examples', 'RunShapes',
            'run_micro_batches', 'distinct_batches', 'largest_micro_batch', 'estimate_data', 'NominalSample', 'RunData',
            'plan', 'plan_config', 'article_table', 'SyntheticData', 'profile_config', 'estimate_run',
            'step_attention_mask', 'profile_trainer', 'profile', 'profile_run', 'row_attention_mask', 'fit_coefficients',
@@ -634,11 +634,14 @@ def advise(e: Estimate, gpu_bytes: float = 141e9) -> str:
 # LoRA's adapters (every decoder layer), and full fine-tuning's checkpointed layers (their recomputation costs far more
 # than its FLOPs). Fitted by non-negative least squares on relative error (`fit_step_time`) on benchmarks/step_time_causal's
 # 1344 px steps (`qvl train`'s step through `profile`, with `causal_attention`); 896 px and Qwen3-VL held out
-STEP_TIME = {'micro_batch_s': 0.0747, 'model_efficiency': 0.5374, 'recompute_efficiency': 0.7398,
-             'lora_layer_token_s': 3.354e-07, 'full_checkpointed_layer_token_s': 1.697e-06,
-             'fitted_on': 'NVIDIA H200, 13 steps at 1344 px: Qwen2.5-VL-7B LoRA micro-batch 2/4/8 x k 0/14/28, Qwen2.5-VL-3B '
-                          'LoRA b4 k 0/36, Qwen2.5-VL-7B full b2 k 0/28; held out: 896 px (7B and 3B, LoRA and full) '
-                          'and Qwen3-VL-8B LoRA'}
+def fitted(name: str) -> dict:
+    """Numbers a fit script wrote (`qvl/fitted/NAME.json`): the values, and where they came from (the script, its
+    points and held-out points, the GPU, the date). Never typed by hand: `benchmarks/step_time_fit.py` writes the step
+    time's, and a test refits the committed rows and gets the shipped file back."""
+    from importlib.resources import files
+    return json.loads((files('qvl') / 'fitted' / f'{name}.json').read_text())
+
+STEP_TIME = dict(fitted('step_time')['values'], fitted_on=fitted('step_time')['fitted_on'])
 TIME_TERMS = ('micro_batch_s', 'model_efficiency', 'recompute_efficiency', 'lora_layer_token_s', 'full_checkpointed_layer_token_s')
 
 def _vision_trains(s: Setup) -> bool: return s.method == 'full' and not s.freeze_vision

@@ -445,3 +445,15 @@ def test_plan_of_mixed_sizes_takes_the_largest_micro_batch_and_reports_skips(sha
     r = run_qvl('plan', bad, '--gpu-memory', 40, '--out', tmp_path / 'none.plan.yaml', check=False, timeout=900)
     assert r.returncode == 2 and 'Traceback' not in r.stderr and not (tmp_path / 'none.plan.yaml').exists()
     assert 'no sample can be trained on at cutoff_len 64' in r.stderr.strip().splitlines()[-1], r.stderr
+
+
+def test_the_shipped_step_time_numbers_are_the_fit_of_the_committed_steps():
+    "`benchmarks/step_time_fit.py --check`: a refit of the committed H200 rows gives the shipped file's numbers back."
+    import subprocess, sys
+    from pathlib import Path
+    root = Path(__file__).parents[1]
+    r = subprocess.run([sys.executable, str(root / 'benchmarks' / 'step_time_fit.py'), '--check'], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    from qvl.memory import STEP_TIME, TIME_TERMS, fitted
+    shipped = fitted('step_time')
+    assert {k: STEP_TIME[k] for k in TIME_TERMS} == shipped['values'] and len(shipped['points']) == 13 and shipped['gpu'] == ['NVIDIA H200']
