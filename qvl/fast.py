@@ -203,7 +203,8 @@ def _compiled_layer_forward(self, *args, **kwargs):
         except Exception as e:
             if not _compile_failed(e): raise
             for m in list(_COMPILED_LAYERS): m.__dict__['_qvl_compiled'] = None
-            print(f"qvl.fast: compiling the decoder layers failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); they run eagerly")
+            print(f"qvl.fast: compiling the decoder layers failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+                  "they run eagerly", file=sys.stderr)     # stderr: a --json output stays JSON
     return self.__dict__['_qvl_plain_forward'](*args, **kwargs)
 
 import weakref
