@@ -21,6 +21,13 @@ def _size(text: str):
     try: return ImageSize.of(text)
     except QvlError as e: raise argparse.ArgumentTypeError(str(e)) from None
 
+_JSON_OUT = None      # under --json: the real stdout (everything else said goes to stderr)
+
+def _print_json(obj, indent: int | None = 1):
+    "A command's --json result: alone on stdout, whatever a library printed meanwhile having gone to stderr."
+    import json
+    print(json.dumps(obj, indent=indent, default=str), file=_JSON_OUT or sys.stdout, flush=True)
+
 def _positive(text: str) -> int:
     try:
         v = int(text)
@@ -141,11 +148,10 @@ def cmd_resize(a) -> int:
 
 # %% ../nbs/13_cli.ipynb #5390ace0
 def cmd_doctor(a) -> int:
-    import json
     from qvl.tokens import doctor
     r = doctor(a.data, a.model, a.cutoff_len, _budget(a) if _has_budget(a) else None, a.name, a.placeholder,
                a.allow_outside, progress=not a.json)
-    print(json.dumps(r.to_json(), indent=1, default=str) if a.json else r)
+    _print_json(r.to_json()) if a.json else print(r)
     return 0 if r.ok else 1
 
 def cmd_fix(a) -> int:
@@ -305,7 +311,7 @@ def _setup(a):
     return Setup.of(cfg, **{k: v for k, v in given.items() if k not in RUN_KEYS}), cfg
 
 def cmd_estimate(a) -> int:
-    import dataclasses, json
+    import dataclasses
     from qvl.memory import GB, advise, estimate_data, estimate_setup, what_fits
     from qvl.memory import NOMINAL_KEYS, load_corrections
     s, cfg = _setup(a)
@@ -319,7 +325,7 @@ def cmd_estimate(a) -> int:
             e = estimate_setup(s, corrections=corr)
     else: e = estimate_setup(s, corrections=corr)
     if a.json:
-        print(json.dumps(dict(e.to_json(), largest_batch=where), indent=1, default=str)); return 0
+        _print_json(dict(e.to_json(), largest_batch=where)); return 0
     if where:
         print(f"the largest micro-batch of {where['examples']} training examples ({where['skipped_summary']}) over the run's "
               f"{cfg.steps} steps ({where['distinct_batches']} shapes that could set the peak): step {where['step']}, GPU "
@@ -333,12 +339,11 @@ def cmd_estimate(a) -> int:
 
 def cmd_calibrate(a) -> int:
     "Measure a run's step on this GPU and store the estimator's corrections beside the run."
-    import json
     from qvl.config import load_config
     from qvl.memory import CALIBRATION_FILE, calibrate
     cfg = load_config(a.config, **_overrides(a.set))
     corr, df = calibrate(cfg, a.sides, a.batches, save=not a.no_save, progress=not a.json)
-    if a.json: print(json.dumps(corr, indent=1, default=str)); return 0
+    if a.json: _print_json(corr); return 0
     print(f"{cfg.model} {cfg.method} on {corr['gpu']}: {len(df)} steps measured")
     print(df.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     for o in corr['out_of_memory']: print(f"  {o['image_size']} batch {o['batch_size']}: out of memory (estimated {o['estimated_gb']:.2f} GB)")
@@ -393,11 +398,10 @@ def cmd_plan(a) -> int:
     new, df = _planned(cfg, a.gpu_memory, a.gpus, setup, a.min_side, cal, a.margin, progress=not a.json)
     c = df[df.chosen].iloc[0]
     if a.json:
-        import json
         write_text(out, yaml.safe_dump(dataclasses.asdict(new), sort_keys=False))
         pick = lambda r: {k: (v.item() if hasattr(v, 'item') else v) for k, v in r.items()}
-        print(json.dumps(dict(planned_on=df.attrs['planned_on'], skipped=df.attrs['skipped'], margin=df.attrs['margin'],
-                              written=str(out), chosen=pick(c), candidates=[pick(r) for _, r in df.iterrows()]), default=str))
+        _print_json(dict(planned_on=df.attrs['planned_on'], skipped=df.attrs['skipped'], margin=df.attrs['margin'],
+                         written=str(out), chosen=pick(c), candidates=[pick(r) for _, r in df.iterrows()]), indent=None)
         return 0
     show = df if a.all else df[df.fits | df.chosen].head(a.top)
     cols = dict(micro_batch='micro-batch', grad_accum='accum', checkpoint_layers='k', peak_gb='peak GB', reserved_gb='reserved GB',
@@ -423,12 +427,11 @@ def cmd_plan(a) -> int:
     return 0
 
 def cmd_profile(a) -> int:
-    import json
     from qvl.memory import RUN_KEYS, profile_config, profile_run
     s, cfg = _setup(a)
     if cfg is None: cfg = profile_config(**{k: getattr(s, k) for k in RUN_KEYS})
     r = profile_run(cfg, s.image_size, s.prompt_tokens, s.answer_tokens, snapshot=a.snapshot)
-    if a.json: print(json.dumps({k: (v.item() if hasattr(v, 'item') else v) for k, v in r.items()}, indent=1, default=str))
+    if a.json: _print_json({k: (v.item() if hasattr(v, 'item') else v) for k, v in r.items()})
     else:
         print(f"{r['model']} {r['method']} {s.image_size} batch {r['batch_size']}, {'fast' if cfg.fast else 'plain'} step "
               f"(as `qvl train` takes it) on {r['gpu']}: {r['status']}")
@@ -460,7 +463,6 @@ def cmd_eval(a) -> int:
     "Answer accuracy, latency, speed and memory of a model on a dataset at resize budgets."
     import pandas as pd
     from qvl.evaluate import EVAL_COLUMNS, evaluate
-    import json
     from qvl.core import atomic_file, refuse_overlap
     if a.out: refuse_overlap(a.out, {'model': a.model, 'data': a.data}, '--out')
     df = evaluate(a.model, a.data, a.budgets, a.batch_size, a.max_new_tokens, a.limit, a.cutoff_len, a.name, progress=not a.json)
@@ -470,7 +472,7 @@ def cmd_eval(a) -> int:
         atomic_file(out / 'answers.csv', lambda tmp: pd.DataFrame(df.attrs['samples']).to_csv(tmp, index=False))
     skipped = df.attrs['skipped']
     if a.json:
-        print(json.dumps(dict(rows=df.to_dict('records'), skipped=skipped), default=str))
+        _print_json(dict(rows=df.to_dict('records'), skipped=skipped), indent=None)
         return 0
     print(df[EVAL_COLUMNS].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     if skipped:
@@ -808,6 +810,8 @@ def main(argv: list[str] | None = None) -> int:
         p.print_help(); return 0
     from qvl.core import QvlError, on_sigterm
     on_sigterm()                                   # kill / docker stop / Slurm: cleaned up as on Ctrl-C
+    global _JSON_OUT
+    if getattr(a, 'json', False): _JSON_OUT, sys.stdout = sys.stdout, sys.stderr     # stdout: the JSON alone
     try: return a.func(a)
     except QvlError as e:
         print(f"qvl: error: {e}", file=sys.stderr); return 2
@@ -816,6 +820,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         if os.environ.get('QVL_DEBUG'): raise
         print(f"qvl: error: {error_line(e)}", file=sys.stderr); return 1
+    finally:
+        if _JSON_OUT is not None: sys.stdout, _JSON_OUT = _JSON_OUT, None
 
 def error_line(e: BaseException) -> str:
     "One line for an error from the system or a library: what failed, on which file, and what to do (no traceback)."

@@ -657,7 +657,7 @@ class Trainer(_Checkpoints, _Evaluation):
         from qvl.data import loss_tokens
         return sum(loss_tokens(examples[i]['labels']) for i in idx)
 
-    def train_step(self) -> dict:
+    def train_step(self, check_loss: bool = True) -> dict:
         "One optimizer step over a global batch; returns its loss, tokens and time."
         import torch
         cfg, W, R = self.cfg, world_size(), rank()
@@ -681,7 +681,7 @@ class Trainer(_Checkpoints, _Evaluation):
             loss_sum += loss.item() / W
         if self.scaler: self.scaler.unscale_(self.optimizer)
         loss_sum = all_reduce_sum(loss_sum, self.device)
-        if not math.isfinite(loss_sum) and not self.scaler:     # (fp16's scaler skips such a step itself)
+        if check_loss and not math.isfinite(loss_sum) and not self.scaler:     # (fp16's scaler skips such a step itself)
             self.optimizer.zero_grad(set_to_none=True)
             raise QvlError(non_finite_loss(loss_sum, self.step + 1, self.out))
         if cfg.max_grad_norm:
@@ -706,11 +706,11 @@ class Trainer(_Checkpoints, _Evaluation):
         row = dict(status='ok', error='')
         try:
             t0 = time.perf_counter()
-            for _ in range(warmup): self.train_step()
+            for _ in range(warmup): self.train_step(check_loss=False)     # a measured step's loss may be anything
             row['warmup_s'] = time.perf_counter() - t0
             if cuda: torch.cuda.reset_peak_memory_stats(self.device)
             if cuda and snapshot: torch.cuda.memory._record_memory_history(max_entries=200000)
-            runs = [self.train_step() for _ in range(steps)]
+            runs = [self.train_step(check_loss=False) for _ in range(steps)]
             if cuda and snapshot:
                 torch.cuda.memory._dump_snapshot(snapshot); torch.cuda.memory._record_memory_history(enabled=None)
             step_s = statistics.median(r['seconds'] for r in runs)
