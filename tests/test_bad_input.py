@@ -736,3 +736,23 @@ def test_a_rerun_reuses_the_merged_export_of_the_same_adapter(tmp_path, tiny_mod
     stamp = (first / 'config.json').stat().st_mtime_ns
     again = export_source(tmp_path / 'run', tmp_path / 'exports')
     assert again == first and (again / 'config.json').stat().st_mtime_ns == stamp
+
+
+def test_a_failed_eval_sweep_runs_again_and_an_empty_parameter_is_empty_text(tmp_path, tiny_model, sample_data):
+    "Through `qvl sweep`: the same parameters after a failure go on (the merged export reused); `-p data ''` is ''."
+    import shutil
+    run_qvl('train', _train_cfg(tmp_path, tiny_model, sample_data, steps=1, save_every=0))
+    later = tmp_path / 'later' / 'test.json'                  # the evaluation data, not there on the first try
+    args = ('sweep', 'eval', '-p', 'run_dir', tmp_path / 'run', '-p', 'formats', '', '-p', 'data', later, '-p', 'budgets', '56',
+            '-p', 'limit', '2', '-p', 'batch_size', '2', '--runs-dir', tmp_path / 'runs')
+    r = run_qvl(*args, check=False, timeout=900)
+    assert r.returncode == 2 and 'eval failed in cell' in r.stderr, r.stderr[-1500:]
+    assert list((tmp_path / 'runs' / 'eval').glob('*/exports/bf16-merged/merged/config.json'))     # merged before failing
+    later.parent.mkdir(); shutil.copy(sample_data / 'test.json', later)
+    shutil.copytree(sample_data / 'images', later.parent / 'images')
+    r = run_qvl(*args, timeout=900)
+    d = next((tmp_path / 'runs' / 'eval').iterdir())
+    assert (d / 'done.json').exists() and (d / 'results.csv').exists(), r.stdout
+    r = run_qvl('sweep', 'token_budget', '-p', 'data', '', '-p', 'n', '4', '--runs-dir', tmp_path / 'runs', timeout=900)
+    params = yaml.safe_load(next((tmp_path / 'runs' / 'token_budget').glob('*/params.yaml')).read_text())
+    assert params['data'] == '', params
