@@ -162,7 +162,7 @@ def load_config(path, **overrides) -> TrainConfig:
     if not isinstance(d, dict): raise QvlError(f"{p}: expected a mapping of config keys")
     return config_from_dict(d, **overrides)
 
-# %% ../nbs/05_config.ipynb
+# %% ../nbs/05_config.ipynb #7ffa1216
 def example_configs() -> dict:
     "The example run configs shipped with qvl: name -> (path, what it is: its first comment line)."
     from importlib.resources import files
