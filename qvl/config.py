@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_config.ipynb #5e4fd385
 from __future__ import annotations
-import dataclasses, json, math, os, reprlib, typing
+import dataclasses, functools, json, math, os, reprlib, typing
 from dataclasses import dataclass
 from pathlib import Path
 from .core import QvlError, load_yaml
@@ -93,6 +93,7 @@ class TrainConfig:
     @property
     def global_batch(self) -> int: return self.batch_size * self.grad_accum * world_size()
 
+@functools.lru_cache(maxsize=None)      # parsed once: `Setup` reads it for each of its shared keys
 def key_help() -> dict[str, str]:
     "Each run key's help: the comment after it in `TrainConfig`."
     from fastcore.docments import docments

@@ -641,7 +641,8 @@ def fitted(name: str) -> dict:
     from importlib.resources import files
     return json.loads((files('qvl') / 'fitted' / f'{name}.json').read_text())
 
-STEP_TIME = dict(fitted('step_time')['values'], fitted_on=fitted('step_time')['fitted_on'])
+_STEP_TIME_FILE = fitted('step_time')
+STEP_TIME = dict(_STEP_TIME_FILE['values'], fitted_on=_STEP_TIME_FILE['fitted_on'])
 TIME_TERMS = ('micro_batch_s', 'model_efficiency', 'recompute_efficiency', 'lora_layer_token_s', 'full_checkpointed_layer_token_s')
 
 def _vision_trains(s: Setup) -> bool: return s.method == 'full' and not s.freeze_vision
