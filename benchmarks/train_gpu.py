@@ -4,7 +4,7 @@ the same config and data beside the peak where the record has it, from the recor
 QVL_GPU_REPORT names a file.
 
     QVL_GPU_REPORT=runs.jsonl python -m pytest -m gpu tests/test_train_gpu.py     # on a machine with 2 GPUs
-    python benchmarks/train_gpu.py runs.jsonl
+    python benchmarks/train_gpu.py runs.jsonl [more.jsonl ...]     # several records: one table
 """
 import json, sys
 from pathlib import Path
@@ -29,7 +29,7 @@ def table(records: list[dict]) -> str:
 
 
 if __name__ == '__main__':
-    if len(sys.argv) != 2: sys.exit(__doc__)
-    recs = [json.loads(l) for l in Path(sys.argv[1]).read_text().splitlines() if l.strip()]
+    if len(sys.argv) < 2: sys.exit(__doc__)
+    recs = [json.loads(l) for f in sys.argv[1:] for l in Path(f).read_text().splitlines() if l.strip()]
     print(f"GPU: {recs[0]['gpu']}\n")
     print(table(recs))
