@@ -55,7 +55,8 @@ def prepare(work: Path, model: str, sides, n: int = 8) -> dict:
 def worker(a):
     "One model on one GPU: every method, step, side and batch."
     import torch
-    from qvl.train import Trainer, config_from_dict
+    from qvl.train import Trainer
+    from qvl.config import config_from_dict
     from qvl.data import VisionTextDataset, cached_examples
     from qvl.formats import load_dataset
     model = a.models[0]
@@ -102,7 +103,7 @@ def report(a):
     for k in ('peak_allocated', 'peak_reserved', 'step_s', 'mfu', 'tokens_per_s'):
         if k not in df: df[k] = float('nan')     # a CPU dry run has no GPU memory peaks or MFU
     df.to_csv(out / 'results.csv', index=False)
-    fast = df[df.variant == 'fast']     # the estimator's fast-step rows (qvl.memory.fit_coefficients' columns)
+    fast = df[df.variant == 'fast']     # the estimator's fast-step rows (qvl.profile.fit_coefficients' columns)
     pd.DataFrame(dict(model=fast.model, method=fast.method, image_h=fast.side, image_w=fast.side, batch_size=fast.batch,
                       gradient_checkpointing=True, fast=True, status=fast.status, gpu=fast.gpu,
                       peak_allocated=fast.peak_allocated, peak_reserved=fast.peak_reserved)).to_csv(out / 'memory.csv', index=False)

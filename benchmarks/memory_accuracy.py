@@ -1,4 +1,4 @@
-"""GPU memory of fine-tuning steps: measured on the GPU, estimated by qvl.memory, side by side.
+"""GPU memory of fine-tuning steps: measured on the GPU, estimated by qvl.estimate, side by side.
 
 Three commands:
 
@@ -30,8 +30,8 @@ def is_fit(side, batch): return side in FIT_SIDES and batch in FIT_BATCHES
 
 
 def measure(a):
-    "Measure the grid through `qvl.memory.profile` (the trainer's plain step, merger frozen), appending rows to --out."
-    from qvl.memory import profile
+    "Measure the grid through `qvl.profile.profile` (the trainer's plain step, merger frozen), appending rows to --out."
+    from qvl.profile import profile
     os.environ.setdefault('PYTORCH_CUDA_ALLOC_CONF', 'expandable_segments:True')
     out = Path(a.out)
     for gc_on in (True, False):
@@ -44,7 +44,7 @@ def measure(a):
 
 def fit(a):
     import pandas as pd
-    from qvl.memory import accuracy, fit_coefficients
+    from qvl.profile import accuracy, fit_coefficients
     df = pd.concat([pd.read_csv(p) for p in a.csv], ignore_index=True)
     df['split'] = ['fit' if is_fit(int(r.image_h), int(r.batch_size)) else 'holdout' for r in df.itertuples()]
     c = fit_coefficients(df[df.split == 'fit'])
@@ -70,10 +70,10 @@ FAMILY_SETTINGS = ((448, 2, True), (1344, 1, True), (896, 2, False))
 
 
 def families(a):
-    """Measure models of other families (no coefficient fitted on them) through `qvl.memory.profile` with `qvl train`'s
+    """Measure models of other families (no coefficient fitted on them) through `qvl.profile.profile` with `qvl train`'s
     defaults (fast step, merger trained), LoRA for every model and full fine-tuning for the 2B ones, and put
     `estimate_run` of the same run config beside each point. Rows are appended to --out as each model finishes."""
-    from qvl.memory import estimate_run, profile, profile_config
+    from qvl.profile import estimate_run, profile, profile_config
     os.environ.setdefault('PYTORCH_CUDA_ALLOC_CONF', 'expandable_segments:True')
     out = Path(a.out)
     for model in a.models.split(','):

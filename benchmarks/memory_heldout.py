@@ -7,12 +7,12 @@
 
 `measure` runs GROUPS (below) in `--workers` processes on the same GPU, each capped to its share of the GPU's memory
 (`torch.cuda.set_per_process_memory_fraction`): peaks are per process, so they do not mix; step times do, and this
-benchmark reports none. Every point is prepared as `qvl train` prepares it (`qvl.memory.profile_trainer`: the run
+benchmark reports none. Every point is prepared as `qvl train` prepares it (`qvl.profile.profile_trainer`: the run
 config's model, adapters, precision, step and optimizer) and steps synthetic samples shaped as the processor makes them
-(`qvl.memory.SyntheticData`). An out-of-memory point is a row with status 'oom'. No coefficient of `qvl.memory` was
+(`qvl.profile.SyntheticData`). An out-of-memory point is a row with status 'oom'. No coefficient of `qvl.estimate` was
 fitted on any of these models (its fits: Qwen2.5-VL-3B/7B), so every row is held out.
 
-`report` puts `qvl.memory.estimate_setup` of each row beside it and writes the table per family x precision x
+`report` puts `qvl.estimate.estimate_setup` of each row beside it and writes the table per family x precision x
 checkpointing x step.
 """
 import argparse, csv, gc, subprocess, sys, time
@@ -60,7 +60,7 @@ FIELDS = ['model', 'method', 'precision', 'fast', 'gradient_checkpointing', 'ima
 
 def worker(a):
     import torch
-    from qvl.memory import SyntheticData, profile_config, profile_trainer
+    from qvl.profile import SyntheticData, profile_config, profile_trainer
     from qvl.core import ImageSize
     if a.smoke:     # the script's own check on any machine: a tiny model, CPU
         from qvl.cli import main as qvl
@@ -123,7 +123,8 @@ def measure(a):
 
 def report(a):
     import pandas as pd
-    from qvl.memory import Setup, estimate_setup, row_attention_mask
+    from qvl.estimate import Setup, estimate_setup
+    from qvl.profile import row_attention_mask
     df = pd.concat([pd.read_csv(p).assign(worker=int(Path(p).stem.split('_')[-1])) for p in a.rows], ignore_index=True)
     est, res = [], []
     for _, r in df.iterrows():

@@ -5,7 +5,7 @@ coefficient of the step-time model was fitted on (its fit: 1344 px steps; these:
 
 Each run is `qvl train` in its own process on real JPEGs (global batch 8, written as micro-batch 1 x 8; the planner picks
 the split and the checkpointed layers); its summary.json gives the steady steps' seconds and the memory peak. The
-prediction is `qvl.memory.plan_config` of the same config (a nominal sample of the run's image size and 64 + 128 text
+prediction is `qvl.plan.plan_config` of the same config (a nominal sample of the run's image size and 64 + 128 text
 tokens). Rows: DIR/runs.json.
 """
 import argparse, json, sys, time
@@ -22,7 +22,8 @@ def main():
     from fast_step import prepare
     from train_mfu import train_run
     from qvl.config import config_from_dict
-    from qvl.memory import GB, plan_config
+    from qvl.core import GB
+    from qvl.plan import plan_config
     t0 = time.time()
     work, out = Path(a.work), Path(a.out); out.mkdir(parents=True, exist_ok=True)
     rows = []

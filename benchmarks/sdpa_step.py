@@ -1,4 +1,4 @@
-"""One step of 7B LoRA 1344 px b4 without checkpointing (`qvl.memory.profile_trainer`, synthetic samples), with SDPA's
+"""One step of 7B LoRA 1344 px b4 without checkpointing (`qvl.profile.profile_trainer`, synthetic samples), with SDPA's
 backends restricted by QVL_EXP_SDPA (default, flash, efficient): step time, MFU, GPU busy time and the attention
 kernels' time under torch.profiler. OUT/step_MODE_bB.json.
 
@@ -12,7 +12,7 @@ mode = os.environ.get('QVL_EXP_SDPA', 'default')
 if mode == 'flash': torch.backends.cuda.enable_cudnn_sdp(False); torch.backends.cuda.enable_mem_efficient_sdp(False)
 if mode == 'efficient': torch.backends.cuda.enable_cudnn_sdp(False); torch.backends.cuda.enable_flash_sdp(False)
 from qvl.core import ImageSize
-from qvl.memory import profile_config, profile_trainer
+from qvl.profile import profile_config, profile_trainer
 B = int(os.environ.get('QVL_EXP_B', 4))
 t0 = time.time()
 cfg = profile_config('Qwen2.5-VL-7B', 'lora', False, True)

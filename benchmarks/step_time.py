@@ -7,7 +7,7 @@
     python benchmarks/step_time.py trace --out DIR          # where one step's time goes (torch.profiler), 7B LoRA 1344 b4 k=0
     python benchmarks/step_time.py plan-plot --runs benchmarks/train_mfu_causal/runs.json --out DIR   # the planner's plot
 
-Every point is `qvl.memory.profile` (the trainer's own preparation and step, synthetic samples of one image with 64
+Every point is `qvl.profile.profile` (the trainer's own preparation and step, synthetic samples of one image with 64
 prompt and 128 answer tokens): warm-up step(s), then the median of 3 timed steps; MFU counts the vision tower's FLOPs
 and not recomputation, HFU counts recomputation. k=0 is checkpointing off; k=N every layer. Rows: DIR/rows.csv.
 """
@@ -41,7 +41,7 @@ GRIDS['causal2'] = [('Qwen2.5-VL-7B', 'full', 1344, (2,), (28,)),
 
 def measure(a):
     import pandas as pd, torch
-    from qvl.memory import profile
+    from qvl.profile import profile
     out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
     t0, rows = time.time(), []
     for model, method, side, batches, ks in GRIDS[a.grid]:
@@ -61,7 +61,7 @@ def measure(a):
 def trace(a):
     "One step of 7B LoRA 1344 b4 without checkpointing under torch.profiler: GPU busy time and the top kernels."
     from qvl.core import ImageSize
-    from qvl.memory import profile_config, profile_trainer
+    from qvl.profile import profile_config, profile_trainer
     out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
     cfg = profile_config('Qwen2.5-VL-7B', 'lora', False, True)
     tr = profile_trainer(cfg, ImageSize(1344, 1344), 4)
@@ -80,7 +80,9 @@ def report(a):
     """Each measured row beside what `qvl plan` predicts for it (`estimate_setup` and `step_seconds` of the same Setup):
     DIR/predicted.csv and a table; Qwen2.5-VL rows at 1344 px are the step-time model's fit, the rest held out."""
     import pandas as pd
-    from qvl.memory import STEP_TIME, Setup, estimate_setup, row_attention_mask, step_seconds
+    from qvl.plan import STEP_TIME, step_seconds
+    from qvl.estimate import Setup, estimate_setup
+    from qvl.profile import row_attention_mask
     df = pd.concat([pd.read_csv(p) for p in a.rows], ignore_index=True)
     df = df[df.status == 'ok'].copy()
     pk, ps = [], []
@@ -112,7 +114,8 @@ def plan_plot(a):
     import json, matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    from qvl.memory import Setup, plan
+    from qvl.estimate import Setup
+    from qvl.plan import plan
     s = Setup(model='Qwen2.5-VL-7B', method='lora', image_size=(1344, 1344), batch_size=8, fast=True)
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), sharey=True)
     runs = {r['run']: r for r in json.loads(Path(a.runs).read_text())} if a.runs else {}

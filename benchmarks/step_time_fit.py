@@ -1,11 +1,11 @@
 """Fit the step-time model's five numbers on the committed H200 steps and write them, with where they came from, to the
-file qvl ships (`qvl/fitted/step_time.json`, read as `qvl.memory.STEP_TIME`):
+file qvl ships (`qvl/fitted/step_time.json`, read as `qvl.plan.STEP_TIME`):
 
     python benchmarks/step_time_fit.py            # refit and write qvl/fitted/step_time.json
     python benchmarks/step_time_fit.py --check    # refit and compare with the shipped file (what the tests do)
 
 Fitted on the 1344 px steps of Qwen2.5-VL-3B and 7B (LoRA and full) in `benchmarks/step_time_causal/rows_*.csv`; the
-896 px steps and Qwen3-VL-8B are held out (`nbs/10_memory.ipynb` prints the errors on both).
+896 px steps and Qwen3-VL-8B are held out (`nbs/12_plan.ipynb` prints the errors on both).
 """
 import json, sys, time
 from pathlib import Path
@@ -21,7 +21,8 @@ def _sig(v: float, digits: int = 4) -> float: return float(f'{v:.{digits}g}')
 def fit(folder: Path = ROWS) -> dict:
     "The fitted numbers (4 significant digits) and their provenance: the points, the held-out ones, the GPU, the script."
     import pandas as pd
-    from qvl.memory import TIME_TERMS, Setup, fit_step_time
+    from qvl.plan import TIME_TERMS, fit_step_time
+    from qvl.estimate import Setup
     m = pd.concat([pd.read_csv(p) for p in sorted(folder.glob('rows_*.csv'))], ignore_index=True)
     m = m[m.status == 'ok']
     fitted = (m.image_h == 1344) & (m.model != 'Qwen3-VL-8B')

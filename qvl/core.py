@@ -16,7 +16,7 @@ __all__ = ['QWEN_TOKEN_IDS', 'QWEN35_TOKEN_IDS', 'ARCHITECTURES', 'GB', 'CHECKSU
            'seed_everything', 'inside', 'atomic_file', 'write_text', 'append_line', 'atomic_dir', 'on_sigterm',
            'load_yaml', 'refuse_overlap', 'file_fingerprint', 'file_digest', 'write_checksums', 'verify_checksums',
            'looks_like_path', 'check_model_dir', 'build_tiny_tokenizer', 'tiny_config', 'build_processor',
-           'build_tiny_model', 'load_tiny', 'build_random_checkpoint', 'default_tiny_model']
+           'build_tiny_model', 'load_tiny', 'build_random_checkpoint', 'default_tiny_model', 'fitted']
 
 # %% ../nbs/00_core.ipynb #c20a75c8
 class QvlError(Exception):
@@ -521,3 +521,11 @@ def default_tiny_model(family: str = 'qwen2_5_vl') -> Path:
     "The built-in tiny model under `qvl_home()`, built on first use."
     p = qvl_home() / 'tiny' / family
     return p if (p / 'config.json').exists() else build_tiny_model(p, family)
+
+# %% ../nbs/00_core.ipynb #b34b9010
+def fitted(name: str) -> dict:
+    """Numbers a fit script wrote (`qvl/fitted/NAME.json`): the values, and where they came from (the script, its
+    points and held-out points, the GPU, the date). Never typed by hand: `benchmarks/step_time_fit.py` writes the step
+    time's, and a test refits the committed rows and gets the shipped file back."""
+    from importlib.resources import files
+    return json.loads((files('qvl') / 'fitted' / f'{name}.json').read_text())

@@ -4,14 +4,15 @@
 
 # %% ../nbs/07_data.ipynb #db21cb22
 from __future__ import annotations
-import dataclasses, hashlib, json, os
+import dataclasses, functools, hashlib, json, os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 if TYPE_CHECKING: import torch      # names in annotations only
-from .core import QvlError, atomic_dir, file_digest, file_fingerprint, qvl_home, verify_checksums, write_checksums
-from .formats import DEFAULT_PLACEHOLDER, Dataset, image_refs
+from .config import TrainConfig
+from .core import atomic_dir, file_digest, file_fingerprint, qvl_home, QvlError, verify_checksums, write_checksums
+from .formats import Dataset, DEFAULT_PLACEHOLDER, image_refs
 from .model import inner_model
 from .resize import Budget
 from .tokens import analyse, inspect_model, model_budget
@@ -19,7 +20,7 @@ from .tokens import analyse, inspect_model, model_budget
 # %% auto #0
 __all__ = ['IGNORE', 'MODEL_FILES', 'CACHE_FORMAT', 'assistant_mask', 'expand_example', 'Examples', 'build_examples', 'cache_key',
            'save_examples', 'load_examples', 'cached_examples', 'VisionTextDataset', 'padded_length', 'loss_tokens',
-           'collate', 'collate_packed', 'lazy_examples']
+           'collate', 'collate_packed', 'lazy_examples', 'stream_indices', 'micro_batches']
 
 # %% ../nbs/07_data.ipynb #bdfc1dec
 IGNORE = -100
@@ -316,3 +317,20 @@ class lazy_examples:
             self.cache[i] = dict(input_ids=torch.tensor(ids, dtype=torch.int32), labels=torch.tensor(labels, dtype=torch.int32),
                                  images=images, index=idx)
         return self.cache[i]
+
+# %% ../nbs/07_data.ipynb #9c3e0b2d
+@functools.lru_cache(maxsize=4)
+def _epoch_order(n: int, seed: int, epoch: int) -> tuple:
+    "Epoch `epoch`'s seeded permutation of `n` (kept: the planner walks a run's steps once for each micro-batch size)."
+    import torch
+    return tuple(torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100003 + epoch)).tolist())
+
+def stream_indices(n: int, start: int, count: int, seed: int) -> list[int]:
+    "Examples `start .. start+count` of the endless stream of seeded per-epoch permutations of `n`."
+    return [_epoch_order(n, seed, p // n)[p % n] for p in range(start, start + count)]
+
+def micro_batches(cfg: TrainConfig, n: int, position: int, world: int = 1, rank: int = 0) -> tuple[list, list]:
+    """One optimizer step from stream `position` over `n` examples: the global batch's indices, and the micro-batches
+    process `rank` of `world` trains on (what `Trainer.train_step` takes, and what the estimate of a run's data walks)."""
+    idx = stream_indices(n, position, cfg.batch_size * cfg.grad_accum * world, cfg.seed)
+    return idx, [idx[(m * world + rank) * cfg.batch_size:][:cfg.batch_size] for m in range(cfg.grad_accum)]

@@ -59,7 +59,7 @@ def decoder_layers(model) -> list:
 
 def checkpointed_layers(run, n: int, name: str = 'the language model') -> int:
     """How many of a language model's `n` decoder layers recompute their activations in backward under `run` (anything
-    with `gradient_checkpointing` and `checkpoint_layers`: a `TrainConfig`, a `qvl.memory.Setup`): none without
+    with `gradient_checkpointing` and `checkpoint_layers`: a `TrainConfig`, a `qvl.estimate.Setup`): none without
     checkpointing, the first `checkpoint_layers` with it (None: all)."""
     if not run.gradient_checkpointing: return 0
     k = n if run.checkpoint_layers is None else run.checkpoint_layers
@@ -79,7 +79,7 @@ def keep_vision_out_of_autograd(model) -> int:
     """Remove the hooks `enable_input_require_grads` put on `model`'s input embeddings (transformers' checkpointing and
     peft add them):
     they make a frozen vision tower's patch embedding output require grad, so the whole tower joins autograd
-    (`qvl.memory.Setup.vision_in_graph` says what that costs). Returns how many were removed."""
+    (`qvl.estimate.Setup.vision_in_graph` says what that costs). Returns how many were removed."""
     base = base_model(model)
     base.disable_input_require_grads()
     n = 0       # it may have been called more than once, each call forgetting the handles of the last: remove them all

@@ -63,7 +63,8 @@ def test_every_example_config_is_a_valid_run_that_fits_what_it_says(tmp_path):
     import re
     from qvl.config import example_configs, load_config
     from qvl.core import ImageSize
-    from qvl.memory import PLAN_MARGIN, Setup, estimate_setup
+    from qvl.plan import PLAN_MARGIN
+    from qvl.estimate import Setup, estimate_setup
     listed = run_qvl('examples').stdout
     for name in example_configs():
         assert name in listed

@@ -42,7 +42,7 @@ def only_run(runs, experiment):
 
 def test_vram_sweep_template_records_results_figures_and_environment(tmp_path):
     import json
-    from qvl.memory import estimate
+    from qvl.estimate import estimate
     runs = tmp_path / 'runs'
     args = ['vram_sweep', '-p', 'models', 'Qwen2.5-VL-3B', '-p', 'sides', '448,1344', '-p', 'batches', '1,2',
             '-p', 'cpu_sides', '224', '-p', 'cpu_batches', '1,2']

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from conftest import run_qvl
-from qvl.memory import estimate
+from qvl.estimate import estimate
 
 BENCH = Path(__file__).parents[1] / 'benchmarks'
 
@@ -36,7 +36,7 @@ def test_estimate_within_5_percent_of_measured_on_held_out_points():
 def test_sweep_of_the_trainers_step_against_its_estimate():
     "The VRAM sweep measured `qvl train`'s (fast) step on H200s: its predictions are the estimates of the same run configs, as accurate as the README says."
     from qvl.experiments import point_config
-    from qvl.memory import estimate_run
+    from qvl.profile import estimate_run
     sweep = pd.read_csv(BENCH / 'vram_sweep' / 'results.csv')
     ok = sweep[sweep.status == 'ok']
     assert len(ok) == 64 and ok.fast.all()
@@ -55,7 +55,7 @@ def test_estimate_on_families_no_coefficient_was_fitted_on():
     and `memory_accuracy.py families` (Qwen2-VL-2B, Qwen3-VL 2B/4B/8B): the estimate of every point is the shipped
     estimator's, and within the stated errors. Only the tied-table term saw Qwen3-VL-2B (one full point at 448 px b2)."""
     from qvl.experiments import point_config
-    from qvl.memory import accuracy, estimate_run
+    from qvl.profile import accuracy, estimate_run
     sweep = pd.read_csv(BENCH / 'vram_sweep_qwen3' / 'results.csv')
     ok = sweep[sweep.status == 'ok']
     assert len(ok) == 24 and set(ok.model) == {'Qwen3-VL-2B', 'Qwen3.5-0.8B'}
@@ -140,7 +140,7 @@ def test_profile_measures_what_the_estimate_predicts(fast):
     """`profile` measures the trainer's own step (fast by default), a model per checkpointing setting; with checkpointing
     the estimate of the same run config is within 5%. (Without it the estimate is 6% under for the fast step and 45%
     over for the plain one on an H200: its coefficients come from another harness, which the estimator work replaces.)"""
-    from qvl.memory import estimate_run, profile, profile_config
+    from qvl.profile import estimate_run, profile, profile_config
     df = profile('Qwen2.5-VL-3B', 'lora', settings=[(896, 2, True), (1120, 1, False)], fast=fast, progress=False)
     assert (df.status == 'ok').all() and (df.fast == fast).all() and (df.step_s > 0).all()
     assert df.after_load.max() < 9e9          # each model is freed before the next is built
@@ -209,9 +209,9 @@ def test_estimate_of_a_run_walks_its_own_data(tiny_model, tmp_path):
     from qvl.config import load_config
     from qvl.data import build_examples
     from qvl.formats import load_dataset
-    from qvl.memory import estimate_data
+    from qvl.plan import estimate_data
     from qvl.sample import write_sample_data
-    from qvl.train import micro_batches
+    from qvl.data import micro_batches
     data = write_sample_data(tmp_path / 'data', n=16, seed=1, min_side=300, max_side=1500, progress=False)
     path = tmp_path / 'run.yaml'
     path.write_text(yaml.safe_dump(dict(model=str(tiny_model), data=str(data / 'train.json'), batch_size=2, steps=6,
@@ -308,7 +308,7 @@ def test_selective_checkpointing_measured_between_all_and_none(tmp_path):
 def test_plan_writes_the_fastest_config_that_fits(tmp_path):
     "`qvl plan`: the global batch kept, the chosen config fits by the estimate, the source untouched; nothing fits: one line."
     from qvl.config import load_config
-    from qvl.memory import Setup, estimate_setup
+    from qvl.estimate import Setup, estimate_setup
     run = tmp_path / 'run.yaml'
     run.write_text(yaml.safe_dump(dict(model='Qwen2.5-VL-7B', data='d.json', method='lora', batch_size=1, grad_accum=8,
                                        target=[1344, 1344])))
@@ -334,7 +334,8 @@ def test_plan_smaller_images_and_a_calibration(tmp_path):
     max_pixels; a calibration beside the run (its step-time model, slower than the H200 fit) changes s/step, not the fit."""
     from qvl.config import load_config
     from qvl.core import ImageSize
-    from qvl.memory import CALIBRATION_FILE, PLAN_MARGIN, STEP_TIME, Setup, estimate_setup
+    from qvl.estimate import CALIBRATION_FILE, Setup, estimate_setup
+    from qvl.plan import PLAN_MARGIN, STEP_TIME
     run = tmp_path / 'run.yaml'
     run.write_text(yaml.safe_dump(dict(model='Qwen2.5-VL-7B', data='d.json', method='lora', batch_size=1, grad_accum=8,
                                        target=[1344, 1344], out_dir=str(tmp_path / 'out'))))
@@ -391,7 +392,8 @@ def test_plan_of_a_run_plans_its_own_data(shaped_3b, tmp_path):
     """1344 px JPEGs and no resize budget: `qvl plan` plans the micro-batches the run will see (not a nominal 448 px
     sample), the chosen peak is `qvl estimate` of the written plan on the same data within 1%, and with the margin and
     the CUDA context it stays within the budget; `--image-size` still plans a nominal sample, and says so."""
-    from qvl.memory import CUDA_CONTEXT, PLAN_MARGIN
+    from qvl.estimate import CUDA_CONTEXT
+    from qvl.plan import PLAN_MARGIN
     from qvl.sample import write_sample_data
     data = write_sample_data(tmp_path / 'data', n=24, seed=0, min_side=1344, max_side=1344, progress=False)
     run = tmp_path / 'run.yaml'
@@ -420,7 +422,8 @@ def test_plan_of_mixed_sizes_takes_the_largest_micro_batch_and_reports_skips(sha
     reported with the doctor's reason, and a run in which none can be trained on is refused in one line."""
     import dataclasses
     from qvl.config import load_config
-    from qvl.memory import Setup, RunShapes, estimate_setup, run_examples, run_micro_batches
+    from qvl.estimate import Setup, estimate_setup
+    from qvl.plan import RunShapes, run_examples, run_micro_batches
     from qvl.sample import write_sample_data
     data = write_sample_data(tmp_path / 'data', n=40, seed=2, min_side=300, max_side=1800, progress=False)
     run = tmp_path / 'run.yaml'
@@ -454,6 +457,7 @@ def test_the_shipped_step_time_numbers_are_the_fit_of_the_committed_steps():
     root = Path(__file__).parents[1]
     r = subprocess.run([sys.executable, str(root / 'benchmarks' / 'step_time_fit.py'), '--check'], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
-    from qvl.memory import STEP_TIME, TIME_TERMS, fitted
+    from qvl.plan import STEP_TIME, TIME_TERMS
+    from qvl.core import fitted
     shipped = fitted('step_time')
     assert {k: STEP_TIME[k] for k in TIME_TERMS} == shipped['values'] and len(shipped['points']) == 13 and shipped['gpu'] == ['NVIDIA H200']

@@ -72,7 +72,8 @@ def test_adapter_loads_with_peft_and_matches(tiny_model, colour_data, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForImageTextToText
     from qvl.data import collate
-    from qvl.train import Trainer, config_from_dict
+    from qvl.train import Trainer
+    from qvl.config import config_from_dict
     cfg = config_from_dict(base_config(tiny_model, colour_data, tmp_path / 'lora', method='lora', steps=4, save_every=0,
                                        learning_rate=5e-3, eval_every=0))
     tr = Trainer(cfg, progress=False, plot=False)
@@ -213,7 +214,7 @@ def test_cuda_decisions_are_made_by_functions_a_cpu_can_call(tiny_model):
 
 def test_log_keeps_warmup_apart_and_reports_speed_and_mfu(tiny_model, colour_data, tmp_path):
     "The first step (compilation, autotuning) is reported apart; every logged step has tokens/s and TFLOP/s."
-    from qvl.train import step_rates
+    from qvl.trackers import step_rates
     rows = [dict(seconds=10.0, tokens=100, flops=1e12, warmup=True), dict(seconds=1.0, tokens=100, flops=1e12),
             dict(seconds=1.0, tokens=100, flops=1e12)]
     r = step_rates(rows, peak_flops=2e12)
