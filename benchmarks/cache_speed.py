@@ -10,7 +10,7 @@ The key is computed on every load, so the timing includes the staleness check.
 import argparse, os, platform, shutil, tempfile, time
 from pathlib import Path
 
-from qvl.core import default_tiny_model
+from qvl.families import default_tiny_model
 from qvl.data import cached_examples
 from qvl.resize import Budget
 from qvl.sample import write_sample_data

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from qvl.core import default_tiny_model, load_tiny
+from qvl.families import default_tiny_model, load_tiny
 from qvl.formats import SPECS, parse_sample, write_records
 from qvl.tokens import _template_parts, doctor
 

@@ -33,7 +33,7 @@ def prepare(work: Path, model: str, sides, n: int = 8) -> dict:
     "The random checkpoint and one dataset per side (made once under `work`)."
     import random
     from transformers import AutoTokenizer
-    from qvl.core import build_random_checkpoint
+    from qvl.families import build_random_checkpoint
     from qvl.sample import write_sample_data
     ck = work / model
     if not (ck / 'config.json').exists(): build_random_checkpoint(model, ck)

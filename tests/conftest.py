@@ -31,14 +31,14 @@ def run_qvl(*args, check=True, **kw):
 
 @pytest.fixture(scope='session')
 def tiny_model(tmp_path_factory):
-    from qvl.core import build_tiny_model
+    from qvl.families import build_tiny_model
     return build_tiny_model(tmp_path_factory.mktemp('models') / 'tiny25')
 
 
 @pytest.fixture(scope='session')
 def tiny_qwen3(tmp_path_factory):
     "The offline tiny Qwen3-VL: 16-pixel patches (an image factor of 32), no vision windows, DeepStack."
-    from qvl.core import build_tiny_model
+    from qvl.families import build_tiny_model
     return build_tiny_model(tmp_path_factory.mktemp('models') / 'tiny3', family='qwen3_vl')
 
 

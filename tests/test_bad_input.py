@@ -219,7 +219,7 @@ def test_sigkill_of_resize_ends_its_workers_and_the_next_run_cleans_up(tmp_path)
 
 def test_a_sweep_killed_mid_row_resumes(tmp_path):
     from qvl.experiments import grid, measure_cpu, point_config   # noqa: F401
-    from qvl.core import default_tiny_model
+    from qvl.families import default_tiny_model
     pts = grid([str(default_tiny_model())], ['lora'], [224], [1, 2])
     out = tmp_path / 'measured-cpu.csv'
     measure_cpu(pts[:1], out, progress=False)

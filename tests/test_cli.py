@@ -44,7 +44,7 @@ def test_info_known_model():
 
 def test_tiny_model_cli_writes_a_loadable_checkpoint(tmp_path):
     run_qvl('tiny-model', tmp_path / 'm', '--family', 'qwen2_vl')
-    from qvl.core import load_tiny
+    from qvl.families import load_tiny
     processor, model = load_tiny(tmp_path / 'm')
     assert model.config.model_type == 'qwen2_vl' and processor.image_token == '<|image_pad|>'
     r = run_qvl('tiny-model', tmp_path / 'm', check=False)

@@ -6,7 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from qvl.core import (QvlError, SPECIAL_TOKENS, build_tiny_model, count_parameters, load_config, load_tiny)
+from qvl.core import QvlError
+from qvl.families import SPECIAL_TOKENS, build_tiny_model, count_parameters, load_tiny, model_config
 
 
 def chat(question, answer):
@@ -62,25 +63,25 @@ def test_tiny_model_is_deterministic(tmp_path):
 @pytest.mark.parametrize('name,params', [('Qwen2.5-VL-7B', 8_292_166_656), ('Qwen2.5-VL-3B', 3_754_622_976),
                                          ('Qwen/Qwen2.5-VL-7B-Instruct', 8_292_166_656)])
 def test_shipped_configs_have_published_parameter_counts(name, params):
-    assert count_parameters(load_config(name)) == params
+    assert count_parameters(model_config(name)) == params
 
 
-def test_load_config_reads_a_checkpoint_directory(tiny_model):
-    cfg = load_config(tiny_model)
+def test_model_config_reads_a_checkpoint_directory(tiny_model):
+    cfg = model_config(tiny_model)
     assert cfg.model_type == 'qwen2_5_vl' and cfg.text_config.hidden_size == 64
 
 
 @pytest.mark.parametrize('bad', ['Qwen2.5-VL-9B', 'llava-hf/llava-1.5-7b-hf'])
 def test_unknown_name_is_one_line_naming_choices(bad):
     with pytest.raises(QvlError) as e:
-        load_config(bad)
+        model_config(bad)
     msg = str(e.value)
     assert '\n' not in msg and 'Qwen2.5-VL-7B' in msg and 'Qwen2-VL-2B' in msg and bad in msg
 
 
 def test_directory_without_config_is_one_line(tmp_path):
     with pytest.raises(QvlError) as e:
-        load_config(tmp_path)
+        model_config(tmp_path)
     assert '\n' not in str(e.value) and 'no config.json' in str(e.value)
 
 

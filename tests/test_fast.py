@@ -44,9 +44,10 @@ def test_fast_step_trains_like_the_plain_step(tiny_model, data, tmp_path, method
 def test_qwen3_families_fast_step_trains_like_the_plain_step(family, tiny_qwen3, data, tmp_path):
     """Qwen3-VL (16-pixel patches, one attention over each image, DeepStack) and Qwen3.5 (linear-attention layers
     among full ones): the fast step's losses are the plain step's."""
-    from qvl.core import build_tiny_model, image_factor, load_config
+    from qvl.families import build_tiny_model, image_factor
+    from qvl.families import model_config
     model = tiny_qwen3 if family == 'qwen3_vl' else build_tiny_model(tmp_path / 'tiny35', family='qwen3_5')
-    assert image_factor(load_config(model)) == 32
+    assert image_factor(model_config(model)) == 32
     r_fast, fast, ev_fast = train(model, data, tmp_path / 'fast')
     r_plain, plain, ev_plain = train(model, data, tmp_path / 'plain', fast=False)
     assert 'fast step: vision_attention' in r_fast.stdout and len(fast) == len(plain) == 6
@@ -68,7 +69,7 @@ def test_fast_step_on_cuda_bf16_matches_plain(tiny_model):
     "On CUDA in bf16 with every route (compiled norms and SwiGLU included): the plain step's loss and gradients."
     import torch
     from peft import LoraConfig, get_peft_model
-    from qvl.core import load_tiny
+    from qvl.families import load_tiny
     from qvl.fast import enable, disable, ROUTES
     from qvl.model import llm_linear_names
     from PIL import Image

@@ -37,7 +37,7 @@ def test_real_error_then_fix_trains(tiny_model, tmp_path):
     """A 2000x2000 image at cutoff 1024 with the checkpoint's default max_pixels crashes the real model;
     `qvl fix` output trains on the same model."""
     import torch
-    from qvl.core import load_tiny
+    from qvl.families import load_tiny
     data = tmp_path / 'data'
     jpeg(data / 'img/big.jpg', 2000, 2000)
     jpeg(data / 'img/small.jpg', 500, 400, 1)
@@ -110,7 +110,7 @@ def test_doctor_flags_exactly_the_planted_problems(tiny_model, tmp_path):
 
 def test_doctor_counts_what_the_processor_produces(tmp_path):
     "Every clean sample's token count equals the real processor's input_ids length, for both model families."
-    from qvl.core import build_tiny_model, load_tiny
+    from qvl.families import build_tiny_model, load_tiny
     from qvl.tokens import analyse, inspect_model, load_dataset, model_budget
     recs = planted_dataset(tmp_path / 'data')
     for family in ('qwen2_5_vl', 'qwen2_vl'):
@@ -148,7 +148,7 @@ def test_doctor_finds_model_problems_and_fix_model_repairs_them(tiny_model, tmp_
     assert 'image_token_id: 151655 ->' in out and 'added special token <|video_pad|>' in out
     assert (bad / 'config.json').read_bytes() == before                   # never in place
     assert run_qvl('doctor', planted / 'd.jsonl', '--model', tmp_path / 'good').returncode == 0
-    from qvl.core import load_tiny                                           # and it still loads and runs
+    from qvl.families import load_tiny                                       # and it still loads and runs
     processor, model = load_tiny(tmp_path / 'good')
     b = trainer_batch(processor, dict(messages=turns('<image>x'), images=['a.jpg']), planted, 4096)
     assert model(**b).logits.shape[1] == b['input_ids'].shape[1]

@@ -174,7 +174,7 @@ def test_packing_trains_the_same_losses_as_padding(tiny_model, colour_data, tmp_
 def test_cuda_decisions_are_made_by_functions_a_cpu_can_call(tiny_model):
     "Every choice `Trainer` makes only on a GPU, taken for a stated device: a mistake in a CUDA-only branch fails here."
     import torch
-    from qvl.core import load_tiny
+    from qvl.families import load_tiny
     from qvl.fast import device_routes, disable, enable
     from qvl.config import config_from_dict, resolve_precision, sharding_mode
     from qvl.model import decoder_layers
@@ -199,7 +199,7 @@ def test_cuda_decisions_are_made_by_functions_a_cpu_can_call(tiny_model):
     if importlib.util.find_spec('triton'): assert {'fused_kernels', 'compiled_layers'} <= set(fp.on), fp
     disable(m)
     # Qwen3.5: its linear-attention layers stay eager on a GPU, its full-attention layers are compiled
-    from qvl.core import default_tiny_model
+    from qvl.families import default_tiny_model
     from qvl.fast import compilable_layers
     _, q35 = load_tiny(default_tiny_model('qwen3_5'))
     layers = decoder_layers(q35)
@@ -241,10 +241,11 @@ def test_the_default_run_trains_each_family_and_checks_detail(family, tmp_path):
     assert len(losses(out)) == 4 and all(math.isfinite(l) for _, l in losses(out))
     dc = pd.read_csv(out / 'detail_check.csv')
     # the visual tokens of each held-out image at a 100x100 pixel budget, in the family's own tokens (28 or 32 pixels)
-    from qvl.core import image_factor, load_config
+    from qvl.families import image_factor
+    from qvl.families import model_config
     from qvl.formats import image_refs, load_dataset
     from qvl.resize import Budget, image_size
-    f = image_factor(load_config(cfg['model']))
+    f = image_factor(model_config(cfg['model']))
     assert f == (32 if family.startswith('qwen3') else 28)
     ds = load_dataset(cfg['eval_data'])
     want = [Budget(target=(100, 100), factor=f).tokens(*reversed(image_size(ds.root / image_refs(r, ds.spec)[0]))) for r in ds.records]
