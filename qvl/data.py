@@ -20,7 +20,8 @@ from .tokens import analyse, inspect_model, model_budget
 # %% auto #0
 __all__ = ['IGNORE', 'MODEL_FILES', 'CACHE_FORMAT', 'assistant_mask', 'expand_example', 'Examples', 'build_examples', 'cache_key',
            'save_examples', 'load_examples', 'cached_examples', 'VisionTextDataset', 'padded_length', 'loss_tokens',
-           'collate', 'collate_packed', 'lazy_examples', 'stream_indices', 'micro_batches']
+           'collate', 'collate_packed', 'lazy_examples', 'stream_indices', 'micro_batches', 'skipped_summary',
+           'run_examples']
 
 # %% ../nbs/08_data.ipynb #bdfc1dec
 IGNORE = -100
@@ -334,3 +335,28 @@ def micro_batches(cfg: TrainConfig, n: int, position: int, world: int = 1, rank:
     process `rank` of `world` trains on (what `Trainer.train_step` takes, and what the estimate of a run's data walks)."""
     idx = stream_indices(n, position, cfg.batch_size * cfg.grad_accum * world, cfg.seed)
     return idx, [idx[(m * world + rank) * cfg.batch_size:][:cfg.batch_size] for m in range(cfg.grad_accum)]
+
+# %% ../nbs/08_data.ipynb #6981af90
+def skipped_summary(skipped: list, total: int) -> str:
+    "One line: how many of a run's `total` samples it skips, and the doctor's reasons (finding codes), most frequent first."
+    from collections import Counter
+    if not skipped: return f"none of its {total} samples skipped"
+    codes = Counter(c for s in skipped for c in (s.get('codes') or ['unknown']))
+    return f"{len(skipped)} of {total} samples skipped (" + ', '.join(f"{code}: {n}" for code, n in codes.most_common()) + ')'
+
+def run_examples(cfg: TrainConfig, path=None, progress: bool = True, lazy: bool | None = None) -> tuple:
+    """The examples `qvl train` trains `cfg` on (or evaluates on: `path`, its `eval_data`) and whether they came from
+    the tokenization cache: the dataset tokenized at the run's image budget and `cutoff_len` (as read with `lazy`,
+    default `cfg.lazy`; the planner walks every example's length and takes them all at once),
+    one cache shared by training, `qvl estimate` and `qvl plan`. A training set in which no sample can be trained on is
+    an error that says why."""
+    from qvl.formats import load_dataset
+    path = path or cfg.data
+    ds = load_dataset(path, cfg.dataset_name if path == cfg.data else None)
+    if cfg.lazy if lazy is None else lazy: return lazy_examples(ds, cfg.model, cfg.budget(), cfg.cutoff_len, cfg.placeholder, cfg.allow_outside, cfg.strict), False
+    ex, hit = cached_examples(ds, cfg.model, cfg.budget(), cfg.cutoff_len, cfg.placeholder, cfg.allow_outside, cfg.strict,
+                              cache_dir=cfg.cache_dir, progress=progress)
+    if path == cfg.data and not len(ex):
+        raise QvlError(f"{path}: no sample can be trained on at cutoff_len {cfg.cutoff_len}: "
+                       f"{skipped_summary(ex.skipped, len(ex.skipped))} (`qvl doctor` says more)")
+    return ex, hit

@@ -8,7 +8,7 @@ import dataclasses, json, math
 from dataclasses import dataclass, field
 from pathlib import Path
 from .config import key_help, keys_of, resolve_precision, sharding_mode, SHARDINGS as RUN_SHARDINGS, TrainConfig
-from .core import GB, ImageSize, QvlError
+from .core import fitted, GB, ImageSize, QvlError
 from .model import checkpointed_layers, model_shape, ModelShape
 from .trace import traced_activations
 
@@ -139,22 +139,10 @@ def features(s: Setup, shape: ModelShape, batch: Batch | None = None) -> dict:
                 vision_mlp=P * shape.vision_mlp)
 
 # %% ../nbs/12_estimate.ipynb #eee8d061
-COEFFICIENTS = {
-    # bytes per feature unit, fitted by benchmarks/memory_accuracy.py (fit split only)
-    # (the loss is derived: `CE_BYTES` per token and vocabulary entry, every token's logits in the plain step)
-    'gc': {'hidden': 0.0, 'layer': 5.740, 'vision': 11.20, 'vision_mlp': 29.94, 'const': 32280000.0},
-    'nogc': {'const': 0.0},     # beside what `traced_activations` derives for the layers and vision blocks
-    # the fast step (qvl.fast): logits of labelled tokens only, the frozen vision tower outside autograd
-    # (fitted on benchmarks/fast_step_nocompile's steps at batch 1 and 4; batch 2 held out)
-    'fast-gc': {'layer': 8.06, 'vision': 0.0, 'vision_mlp': 0.0, 'const': 0.0},
-    'fast-nogc': {'vision': 0.0, 'vision_mlp': 0.0, 'const': 0.0},   # its layers: FAST_KEPT x what `traced_activations` derives
-    'optimizer_temp': 1.007,   # bytes of foreach temporaries per byte of one optimizer state
-    # max_memory_reserved = peak allocated + frac * activations + const, by method and checkpointing:
-    # freed activation blocks stay cached (fragmentation), more so when gradients are allocated among them
-    'reserved': {'lora-gc': [0.1463, 161900000.0], 'lora-nogc': [0.02841, 73270000.0], 'full-gc': [0.2441, 0.0], 'full-nogc': [0.03073, 283400000.0],
-                 'fast-lora-gc': [0.04494, 5.145e+07], 'fast-lora-nogc': [0.007104, 2.699e+07]},
-    'fitted_on': 'NVIDIA H200, 38 measured plain steps and 16 fast steps',
-}
+# bytes per feature unit and the measured fractions, as `benchmarks/memory_accuracy.py` and `kept_fraction` fitted them
+# on H200 steps (`qvl/fitted/memory.json` says which steps each was fitted on and judged on)
+_MEMORY = fitted('memory')
+COEFFICIENTS = dict(_MEMORY['values']['coefficients'], fitted_on=_MEMORY['fitted_on'])
 # Terms taken from what the step computes, not fitted:
 # the loss keeps the fp32 logits, their log-softmax and that one's gradient alive together in backward: 3 x 4 bytes per
 # token and vocabulary entry, over the labelled tokens in the fast step and over every token in the plain step
@@ -175,19 +163,19 @@ TIED_TABLE_GRADS = 2
 # no-checkpointing steps of Qwen2.5-VL-3B/7B LoRA in benchmarks/fast_step_nocompile (eager layers, padding mask:
 # `padding_mask_bytes` taken out); held out: Qwen2-VL and Qwen3-VL (families_h200), and full fine-tuning's compiled
 # layers (0.71-0.74: step_time_holdout, step_time_causal)
-FAST_KEPT = 0.72
+FAST_KEPT = _MEMORY['values']['fast_kept']
 # LoRA's decoder layers compiled (what `qvl train` runs on a GPU with Triton) keep more than its eager fused ones: this
 # fraction (`kept_fraction`), fitted on the six no-checkpointing steps of Qwen2.5-VL-7B LoRA in benchmarks/step_time
 # (1344 and 896 px, b1-8, padding mask taken out: 0.772-0.781); held out: the same steps without the mask
 # (step_time_causal, 0.772-0.778), Qwen2.5-VL-3B and Qwen3-VL-8B (step_time_holdout, step_time_causal) and the compiled
 # LoRA rows of memory_heldout and memory/families_h200
-FAST_KEPT_COMPILED_LORA = 0.78
+FAST_KEPT_COMPILED_LORA = _MEMORY['values']['fast_kept_compiled_lora']
 # QLoRA: peft's k-bit preparation upcasts every parameter that is not 4-bit (embeddings, norms) to fp32, so the residual
 # stream and the norms' outputs are fp32, and qvl.fast leaves 4-bit layers eager (no FAST_KEPT). Its decoder layers keep
 # this many times what `traced_activations` derives for bf16 LoRA: a measured correction, fitted on the four steps of
 # Qwen2-VL-2B QLoRA without checkpointing in benchmarks/memory_heldout (1.54-1.64); held out: its checkpointed steps,
 # Qwen3-VL-2B and Qwen3-VL-4B QLoRA
-QLORA_KEPT = 1.59
+QLORA_KEPT = _MEMORY['values']['qlora_kept']
 
 # %% ../nbs/12_estimate.ipynb #a5950874
 GPU_SIZES = {'24 GB': 24e9, '40 GB': 40e9, '80 GB': 80e9, '141 GB (H200)': 141e9}

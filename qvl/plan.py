@@ -8,13 +8,14 @@ import dataclasses
 from pathlib import Path
 from .config import TrainConfig
 from .core import fitted, ImageSize, QvlError
+from .data import run_examples, skipped_summary
 from .estimate import Batch, CUDA_CONTEXT, Estimate, estimate_setup, Setup
 from .model import checkpointed_layers, model_shape
 
 # %% auto #0
-__all__ = ['STEP_TIME', 'TIME_TERMS', 'PLAN_MARGIN', 'NOMINAL_KEYS', 'step_seconds', 'fit_step_time', 'image_sizes',
-           'skipped_summary', 'run_examples', 'RunShapes', 'run_micro_batches', 'distinct_batches',
-           'largest_micro_batch', 'estimate_data', 'NominalSample', 'RunData', 'plan', 'plan_config']
+__all__ = ['STEP_TIME', 'TIME_TERMS', 'PLAN_MARGIN', 'NOMINAL_KEYS', 'step_seconds', 'fit_step_time', 'image_sizes', 'RunShapes',
+           'run_micro_batches', 'distinct_batches', 'largest_micro_batch', 'estimate_data', 'NominalSample', 'RunData',
+           'plan', 'plan_config']
 
 # %% ../nbs/13_plan.ipynb #e2d10d0d
 # seconds of the fast step per micro-batch, five terms: a fixed part; the model's FLOPs and the recomputed FLOPs, each at
@@ -104,26 +105,6 @@ def image_sizes(size, min_side: int | None, factor: int = 28) -> list:
     return out
 
 # %% ../nbs/13_plan.ipynb #pd01a002
-def skipped_summary(skipped: list, total: int) -> str:
-    "One line: how many of a run's `total` samples it skips, and the doctor's reasons (finding codes), most frequent first."
-    from collections import Counter
-    if not skipped: return f"none of its {total} samples skipped"
-    codes = Counter(c for s in skipped for c in (s.get('codes') or ['unknown']))
-    return f"{len(skipped)} of {total} samples skipped (" + ', '.join(f"{code}: {n}" for code, n in codes.most_common()) + ')'
-
-def run_examples(cfg: TrainConfig, progress: bool = True):
-    """The examples `qvl train` trains `cfg` on: its dataset tokenized at the run's image budget and `cutoff_len` (the
-    tokenization cache shared with training); a run in which no sample can be trained on is an error that says why."""
-    from qvl.data import cached_examples
-    from qvl.formats import load_dataset
-    ds = load_dataset(cfg.data, cfg.dataset_name)
-    ex, _ = cached_examples(ds, cfg.model, cfg.budget(), cfg.cutoff_len, cfg.placeholder, cfg.allow_outside,
-                            cache_dir=cfg.cache_dir, progress=progress)
-    if not len(ex):
-        raise QvlError(f"{cfg.data}: no sample can be trained on at cutoff_len {cfg.cutoff_len}: "
-                       f"{skipped_summary(ex.skipped, len(ex.skipped))} (`qvl doctor` says more)")
-    return ex
-
 class RunShapes:
     """What each training example of a run costs as the trainer batches it: its tokens, its labelled tokens and its
     images' vision patches (at the run's budget, for a model of image `factor`; each LLM image token is 4 patches)."""
@@ -181,7 +162,7 @@ def estimate_data(cfg: TrainConfig, setup: Setup | None = None, steps: int | Non
     for `steps` (default: the run's) on each of `setup.gpus` GPUs. `setup`: `Setup.of(cfg)` with any other keys.
     Returns the estimate, and where that micro-batch is: its step, GPU, samples (positions in the data file) and ids."""
     s = setup or Setup.of(cfg)
-    ex = run_examples(cfg, progress)
+    ex, _ = run_examples(cfg, progress=progress, lazy=False)
     shapes = RunShapes(ex, model_shape(s.model).factor, cfg.packing)
     batches = distinct_batches(shapes, run_micro_batches(cfg, len(ex), s.gpus, steps))
     e, (step, gpu, mb) = largest_micro_batch(s, batches, corrections=corrections)
@@ -220,7 +201,7 @@ class RunData:
     walked in the run's order for each micro-batch size (a larger micro-batch groups other samples)."""
     def __init__(self, cfg: TrainConfig, steps: int | None = None, progress: bool = False):
         self.cfg, self.steps = cfg, steps
-        self.ex = run_examples(cfg, progress)
+        self.ex, _ = run_examples(cfg, progress=progress, lazy=False)
         self.shape = model_shape(cfg.model)
         self.shapes = RunShapes(self.ex, self.shape.factor, cfg.packing)
         w, h = max(((w, h) for im in self.ex.images for _, h, w in im), key=lambda wh: wh[0] * wh[1], default=(0, 0))

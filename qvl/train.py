@@ -12,7 +12,7 @@ from .checkpoints import Checkpoints, clear_run, latest_checkpoint, lock_run_dir
     resume_conflicts
 from .config import config_from_dict, device_type, rank, resolve_precision, sharding_mode, TrainConfig, world_size
 from .core import atomic_dir, atomic_file, file_fingerprint, GB, QvlError, refuse_overlap, write_text
-from .data import micro_batches
+from .data import micro_batches, run_examples
 from .families import check_model_dir
 from .flops import device_peak_flops, FlopCounter
 from .model import decoder_layers, prepare_model, token_type_id
@@ -58,6 +58,13 @@ def all_reduce_sum(x: float, device) -> float:
     t = torch.tensor([x], dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return t.item()
+
+def _on_rank0_first(read):
+    "`read()` on rank 0 first, then on the other ranks (what rank 0 writes to a shared cache, they read)."
+    if world_size() > 1 and rank() != 0: _barrier()
+    out = read()
+    if world_size() > 1 and rank() == 0: _barrier()
+    return out
 
 # %% ../nbs/16_train.ipynb #cdf811ab
 def optimizer_options(cfg: TrainConfig, device, sharding: str | None) -> dict:
@@ -153,44 +160,39 @@ class Trainer(Checkpoints, _Evaluation):
     def __init__(self, cfg: TrainConfig, progress: bool = True, plot: bool | None = None, model=None, train_set=None):
         import torch
         from qvl.core import seed_everything
-        from qvl.formats import load_dataset
-        from qvl.data import VisionTextDataset, cached_examples, lazy_examples
+        from qvl.data import VisionTextDataset
         from transformers import AutoProcessor
         self.cfg, self.progress = cfg, progress and rank() == 0
         self.plot = in_notebook() if plot is None else plot
         check_tracker(cfg)
         self.tracker = None                 # where report_to sends the logged steps (rank 0, opened by fit)
+        # 1. the device, what it computes in, how the model is spread over the processes
         self.device = setup_device()
         self.precision = resolve_precision(cfg.precision, self.device)
         self.sharding = sharding_mode(cfg, world_size())
+        # 2. the output folder: a run never writes over what it reads (its model, its data)
         self.out = Path(cfg.out_dir)
-        # a run never writes over what it reads: its model, its data
         refuse_overlap(self.out, {'model': cfg.model if Path(cfg.model).exists() else None, 'data': cfg.data,
                                   'eval_data': cfg.eval_data}, 'out_dir')
         seed_everything(cfg.seed)
         if model is None: check_model_dir(cfg.model)
+        # 3. the data: the run's examples (rank 0 fills the tokenization cache, the others then read it)
         self.processor = AutoProcessor.from_pretrained(cfg.model) if train_set is None else None
-        def examples(path):
-            ds = load_dataset(path, cfg.dataset_name if path == cfg.data else None)
-            if cfg.lazy: return lazy_examples(ds, cfg.model, cfg.budget(), cfg.cutoff_len, cfg.placeholder, cfg.allow_outside, cfg.strict)
-            if world_size() > 1 and rank() != 0: _barrier()     # rank 0 builds the cache, the others then read it
-            ex, self.cache_hit = cached_examples(ds, cfg.model, cfg.budget(), cfg.cutoff_len, cfg.placeholder,
-                                                 cfg.allow_outside, cfg.strict, None, cfg.cache_dir, self.progress)
-            if world_size() > 1 and rank() == 0: _barrier()
-            return ex
+        self.cache_hit = False
         if train_set is None:
-            self.train_examples = examples(cfg.data)
-            if len(self.train_examples) == 0: raise QvlError(f"{cfg.data}: no sample can be trained on; see `qvl doctor`")
+            self.train_examples, self.cache_hit = _on_rank0_first(lambda: run_examples(cfg, progress=self.progress))
             self.train_set = VisionTextDataset(self.train_examples, self.processor)
         else: self.train_set, self.train_examples = train_set, train_set.examples
         self._ahead, self._pool = {}, None       # micro-batches prepared ahead (`_read_ahead`) and the threads preparing them
-        self.eval_examples = examples(cfg.eval_data) if cfg.eval_data and train_set is None else None
+        self.eval_examples = _on_rank0_first(lambda: run_examples(cfg, cfg.eval_data, self.progress))[0] \
+            if cfg.eval_data and train_set is None else None
         self.eval_set = VisionTextDataset(self.eval_examples, self.processor) if self.eval_examples else None
+        # 4. the model, prepared for the method; 5. the fast step's routes, before DDP/FSDP wrap it (they then call them)
         self.model = prepare_model(cfg, self.device, self.precision, model)
         self.module = self.model            # the unwrapped model (for saving)
-        # before DDP/FSDP wrap the model: the wrappers then call the fast forward
         self.fast = enable_fast(cfg, self.model, self.device)
         if self.fast and self.progress: print(self.fast)
+        # 6. the wrapping over processes; 7. the optimizer, its schedule and (fp16) the loss scaler
         if self.sharding: self._wrap()
         self.optimizer = make_optimizer([p for p in self.model.parameters() if p.requires_grad], cfg, self.device, self.sharding)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))

@@ -423,7 +423,8 @@ def test_plan_of_mixed_sizes_takes_the_largest_micro_batch_and_reports_skips(sha
     import dataclasses
     from qvl.config import load_config
     from qvl.estimate import Setup, estimate_setup
-    from qvl.plan import RunShapes, run_examples, run_micro_batches
+    from qvl.data import run_examples
+    from qvl.plan import RunShapes, run_micro_batches
     from qvl.sample import write_sample_data
     data = write_sample_data(tmp_path / 'data', n=40, seed=2, min_side=300, max_side=1800, progress=False)
     run = tmp_path / 'run.yaml'
@@ -432,7 +433,7 @@ def test_plan_of_mixed_sizes_takes_the_largest_micro_batch_and_reports_skips(sha
     out = plan_json(run, 40, '--out', tmp_path / 'p.yaml')
     c = out['chosen']
     cfg = load_config(run)
-    ex = run_examples(cfg, progress=False)
+    ex, _ = run_examples(cfg, progress=False)
     assert ex.skipped and all('image_tokens_truncated' in s['codes'] for s in ex.skipped)
     assert f"{len(ex.skipped)} of {len(ex) + len(ex.skipped)} samples skipped (image_tokens_truncated: " in out['planned_on']
     assert out['skipped'] in out['planned_on']
