@@ -816,11 +816,14 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if not getattr(a, 'func', None):
         p.print_help(); return 0
-    from qvl.core import QvlError, on_sigterm
+    from qvl.core import check_interrupt, QvlError, on_sigterm
     on_sigterm()                                   # kill / docker stop / Slurm: cleaned up as on Ctrl-C
     global _JSON_OUT
     if getattr(a, 'json', False): _JSON_OUT, sys.stdout = sys.stdout, sys.stderr     # stdout: the JSON alone
-    try: return a.func(a)
+    try:
+        rc = a.func(a)
+        check_interrupt()
+        return rc
     except QvlError as e:
         print(f"qvl: error: {e}", file=sys.stderr); return 2
     except KeyboardInterrupt:

@@ -10,8 +10,8 @@ from typing import NamedTuple
 
 # %% auto #0
 __all__ = ['GB', 'CHECKSUMS', 'QvlError', 'ImageSize', 'qvl_home', 'seed_everything', 'inside', 'atomic_file', 'write_text',
-           'append_line', 'atomic_dir', 'on_sigterm', 'load_yaml', 'refuse_overlap', 'file_fingerprint', 'file_digest',
-           'write_checksums', 'verify_checksums', 'fitted']
+           'append_line', 'atomic_dir', 'on_sigterm', 'check_interrupt', 'load_yaml', 'refuse_overlap',
+           'file_fingerprint', 'file_digest', 'write_checksums', 'verify_checksums', 'fitted']
 
 # %% ../nbs/00_core.ipynb #c20a75c8
 class QvlError(Exception):
@@ -80,6 +80,7 @@ def atomic_file(dst, write, root=None) -> Path:
     try:
         write(tmp)
         os.chmod(tmp, 0o666 & ~_umask())
+        check_interrupt()
         os.replace(tmp, dst)
     finally:
         if os.path.exists(tmp): os.remove(tmp)
@@ -120,6 +121,7 @@ def atomic_dir(dst: Path, build, root=None) -> Path:
     try:
         build(tmp)
         os.chmod(tmp, 0o777 & ~_umask())
+        check_interrupt()
         if dst.exists(): shutil.rmtree(dst)
         tmp.rename(dst)
     finally:
@@ -132,8 +134,18 @@ def on_sigterm():
     command exits as it does on Ctrl-C (the CLI calls this once)."""
     import signal, threading
     if threading.current_thread() is not threading.main_thread(): return
-    def stop(signum, frame): raise KeyboardInterrupt(f'signal {signum}')
+    def stop(signum, frame):
+        _SIGNALLED.append(signum); raise KeyboardInterrupt(f'signal {signum}')
     signal.signal(signal.SIGTERM, stop)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})   # a launcher may hand it on blocked
+
+_SIGNALLED = []      # the signals `on_sigterm` caught in this process
+
+def check_interrupt():
+    """Raise again the interrupt a signal asked for, where a library swallowed it (an interrupt that lands inside the
+    import of a compiled module is lost there): every qvl writer calls this before it renames its result into place,
+    and the CLI before it reports success."""
+    if _SIGNALLED: raise KeyboardInterrupt(f'signal {_SIGNALLED[0]}')
 
 _FLOAT12 = re.compile(r'^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$')
 

@@ -13,13 +13,13 @@ from .families import CHECKPOINT_MAX_PIXELS, CHECKPOINT_MIN_PIXELS, FAMILIES
 from .formats import image_refs, image_slots, load_dataset, local_ref, text_slots, write_records
 
 # %% auto #0
-__all__ = ['PROCESSOR_MIN_PIXELS', 'PROCESSOR_MAX_PIXELS', 'COMMON_BUDGETS', 'DEFAULT_MAX_IMAGE_PIXELS', 'FILTERS', 'BOX_STYLES',
-           'IMAGE_EXTS', 'FORMATS', 'MANIFEST_COLUMNS', 'AspectRatioError', 'smart_resize', 'image_tokens',
-           'vision_patches', 'Budget', 'token_table', 'plot_tokens', 'ImageError', 'image_size', 'to_rgb', 'open_image',
-           'resize_image', 'load_resized', 'scale_boxes', 'rescale_grounding_text', 'BoxStyle', 'box_style',
-           'find_boxes', 'convert_grounding_text', 'convert_record_boxes', 'box_frame', 'rescale_record_boxes',
-           'apply_budget', 'save_processor', 'image_exts', 'ResizeJob', 'output_name', 'plan_outputs',
-           'jpeg_subsampling', 'run_job', 'run_jobs', 'resize_folder', 'resize_dataset', 'summarize']
+__all__ = ['PROCESSOR_MIN_PIXELS', 'PROCESSOR_MAX_PIXELS', 'COMMON_BUDGETS', 'DEFAULT_MAX_IMAGE_PIXELS', 'FILTERS', 'IMAGE_EXTS',
+           'FORMATS', 'MANIFEST_COLUMNS', 'AspectRatioError', 'smart_resize', 'image_tokens', 'vision_patches',
+           'Budget', 'token_table', 'plot_tokens', 'ImageError', 'image_size', 'to_rgb', 'open_image', 'resize_image',
+           'load_resized', 'scale_boxes', 'rescale_grounding_text', 'BoxStyle', 'box_style', 'find_boxes',
+           'convert_grounding_text', 'convert_record_boxes', 'box_frame', 'rescale_record_boxes', 'apply_budget',
+           'save_processor', 'image_exts', 'ResizeJob', 'output_name', 'plan_outputs', 'jpeg_subsampling', 'run_job',
+           'run_jobs', 'resize_folder', 'resize_dataset', 'summarize']
 
 # %% ../nbs/03_resize.ipynb #6bbce161
 PROCESSOR_MIN_PIXELS, PROCESSOR_MAX_PIXELS = 56 * 56, 28 * 28 * 1280   # transformers class defaults
@@ -286,18 +286,17 @@ class BoxStyle:
     syntax: str          # 'json': "bbox_2d": [x1, y1, x2, y2] / "point_2d": [x, y]; 'tokens': <|box_start|>(x1,y1),(x2,y2)<|box_end|>
     scale: str           # 'pixels': absolute, in the image as the model sees it; 'grid1000': relative, 0-1000 on each axis
 
-BOX_STYLES = {m: BoxStyle(*f.boxes) for m, f in FAMILIES.items()}     # each family's entry says how it writes a box
-
 def box_style(family_or_model) -> BoxStyle:
-    "The `BoxStyle` of a family name (`qwen2_5_vl`, ...) or of a model (known name, hub id or checkpoint directory)."
+    """The `BoxStyle` of a family name (`qwen2_5_vl`, ...) or of a model (known name, hub id or checkpoint directory),
+    as its `FAMILIES` entry says (read at each call, so a family registered later is known too)."""
     key = str(family_or_model)
-    if key not in BOX_STYLES:
+    if key not in FAMILIES:
         from qvl.families import model_config
         try: key = model_config(key).model_type
-        except QvlError as e: raise QvlError(f"no box convention for {family_or_model!r}: give a family ({', '.join(BOX_STYLES)}) "
+        except QvlError as e: raise QvlError(f"no box convention for {family_or_model!r}: give a family ({', '.join(FAMILIES)}) "
                                              f"or a model ({e})") from None
-    if key not in BOX_STYLES: raise QvlError(f"no box convention known for {family_or_model!r}: choose one of {', '.join(BOX_STYLES)}")
-    return BOX_STYLES[key]
+    if key not in FAMILIES: raise QvlError(f"no box convention known for {family_or_model!r}: choose one of {', '.join(FAMILIES)}")
+    return BoxStyle(*FAMILIES[key].boxes)
 
 _BOX_TOKENS = re.compile(r'<\|box_start\|>\s*\(\s*(-?[\d.]+)\s*,\s*(-?[\d.]+)\s*\)\s*,\s*\(\s*(-?[\d.]+)\s*,\s*(-?[\d.]+)\s*\)\s*<\|box_end\|>')
 _BOX_JSON = re.compile(r'"(bbox_2d|point_2d)"\s*:\s*\[([^\]]*)\]')

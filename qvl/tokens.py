@@ -8,10 +8,10 @@ import dataclasses, hashlib, json, os, shutil, time
 from dataclasses import dataclass, field
 from pathlib import Path
 from .core import atomic_dir, QvlError
-from .families import CHECKPOINT_MAX_PIXELS, CHECKPOINT_MIN_PIXELS, QWEN_TOKEN_IDS
+from .families import CHECKPOINT_MAX_PIXELS, CHECKPOINT_MIN_PIXELS, FAMILIES, QWEN_TOKEN_IDS
 from .formats import Dataset, DEFAULT_PLACEHOLDER, IMAGE_PAD, info_entry, load_dataset, local_ref, parse_sample, \
     Sample, set_image_refs, Spec, VIDEO_PAD, VISION_END, VISION_START, write_records
-from .resize import AspectRatioError, BOX_STYLES, BoxStyle, Budget, find_boxes, image_size, ImageError, \
+from .resize import AspectRatioError, box_style, BoxStyle, Budget, find_boxes, image_size, ImageError, \
     rescale_record_boxes, ResizeJob, run_jobs
 
 # %% auto #0
@@ -309,7 +309,7 @@ def analyse(ds: Dataset, info: ModelInfo, budget: Budget, cutoff_len: int | None
         else:
             _check_learnable(c)
             _check_images(c, ds.root, budget, allow_outside, sizes)
-            if info.family in BOX_STYLES: _check_boxes(c, budget, BOX_STYLES[info.family])
+            if info.family in FAMILIES: _check_boxes(c, budget, box_style(info.family))
         checks.append(c)
     if info.tokenizer is not None:
         _check_lengths(checks, info.tokenizer, info.pad_id, cutoff_len, progress, keep_ids)
@@ -529,7 +529,7 @@ def fix_dataset(data, out, model, cutoff_len: int, strategy: str = 'shrink', bud
     checks = analyse(Dataset(ds.path, records, ds.spec, ds.name), info, b, cutoff_len, placeholder, allow_outside, progress)
     keep, shrunk, dropped, jobs = _decide(checks, b, cutoff_len, strategy, floor_tokens, ds.root, allow_outside)
     by_index = {s['index']: s for s in shrunk}
-    style = BOX_STYLES.get(info.family, BOX_STYLES['qwen2_5_vl'])
+    style = box_style(info.family if info.family in FAMILIES else 'qwen2_5_vl')
     for c in [c for c in keep if c.index in by_index]:     # absolute boxes follow their images to the new sizes
         s = by_index[c.index]
         why = rescale_record_boxes(records[c.index], list(zip(c.sizes, s['sizes'])), style)
@@ -563,7 +563,7 @@ def fix_dataset(data, out, model, cutoff_len: int, strategy: str = 'shrink', bud
 # %% ../nbs/05_tokens.ipynb #30464296
 def fix_model(model, out) -> list[str]:
     "Write a corrected copy of checkpoint `model` into the new directory `out`; returns the changes made."
-    from qvl.families import CHAT_TEMPLATE, FAMILIES
+    from qvl.families import CHAT_TEMPLATE
     src, out = Path(model), Path(out)
     if not (src / 'config.json').exists(): raise QvlError(f"{src} is not a checkpoint directory (no config.json)")
     if out.exists() and any(out.iterdir()): raise QvlError(f"{out} exists and is not empty: choose a new directory")

@@ -96,3 +96,18 @@ def test_tiny_model_trains_on_gpu_in_bf16(tiny_model):
     out = model(**batch, labels=batch['input_ids'])
     out.loss.backward()
     assert torch.isfinite(out.loss)
+
+
+def test_a_sigterm_a_library_swallowed_still_stops_the_write(tmp_path):
+    import os, signal
+    from qvl import core
+    old = signal.getsignal(signal.SIGTERM)
+    try:
+        core.on_sigterm()
+        try: os.kill(os.getpid(), signal.SIGTERM); [None for _ in range(10**5)]     # the handler runs in this loop
+        except KeyboardInterrupt: pass                                             # ... and a library eats it
+        with pytest.raises(KeyboardInterrupt): core.write_text(tmp_path / 'a.txt', 'x')
+        with pytest.raises(KeyboardInterrupt): core.atomic_dir(tmp_path / 'd', lambda t: (t / 'x').write_text('x'))
+        assert list(tmp_path.iterdir()) == []          # neither the file nor the folder nor a temporary sibling
+    finally:
+        core._SIGNALLED.clear(); signal.signal(signal.SIGTERM, old)
