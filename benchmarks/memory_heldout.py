@@ -121,18 +121,23 @@ def measure(a):
              for i in which]
     sys.exit(max(p.wait() for p in procs))
 
+def row_setup(r):
+    "The `Setup` of a measured row (`qvl train`'s preparation: the merger trained)."
+    from qvl.estimate import Setup
+    from qvl.profile import row_attention_mask
+    return Setup(model=r.model, method=r.method, precision=r.precision, fast=bool(r.fast),
+                 gradient_checkpointing=bool(r.gradient_checkpointing), image_size=(int(r.image_w), int(r.image_h)),
+                 batch_size=int(r.batch_size), images_per_sample=int(r.images_per_sample), prompt_tokens=int(r.prompt_tokens),
+                 answer_tokens=int(r.answer_tokens), freeze_projector=False, attention_mask=row_attention_mask(r))
+
+
 def report(a):
     import pandas as pd
-    from qvl.estimate import Setup, estimate_setup
-    from qvl.profile import row_attention_mask
+    from qvl.estimate import estimate_setup
     df = pd.concat([pd.read_csv(p).assign(worker=int(Path(p).stem.split('_')[-1])) for p in a.rows], ignore_index=True)
     est, res = [], []
     for _, r in df.iterrows():
-        s = Setup(model=r.model, method=r.method, precision=r.precision, fast=bool(r.fast),
-                  gradient_checkpointing=bool(r.gradient_checkpointing), image_size=(int(r.image_w), int(r.image_h)),
-                  batch_size=int(r.batch_size), images_per_sample=int(r.images_per_sample), prompt_tokens=int(r.prompt_tokens),
-                  answer_tokens=int(r.answer_tokens), freeze_projector=False, attention_mask=row_attention_mask(r))
-        e = estimate_setup(s); est.append(e.peak_allocated_bytes); res.append(e.peak_reserved_bytes)
+        e = estimate_setup(row_setup(r)); est.append(e.peak_allocated_bytes); res.append(e.peak_reserved_bytes)
     df['estimated_allocated'], df['estimated_reserved'] = est, res
     # each worker's cap: its share of the GPU's memory (PLAN), which bounds what the allocator reserves; an out-of-memory
     # row is right when the estimate of the reserved peak is above it

@@ -173,7 +173,7 @@ FAST_KEPT_COMPILED_LORA = _MEMORY['values']['fast_kept_compiled_lora']
 # QLoRA: peft's k-bit preparation upcasts every parameter that is not 4-bit (embeddings, norms) to fp32, so the residual
 # stream and the norms' outputs are fp32, and qvl.fast leaves 4-bit layers eager (no FAST_KEPT). Its decoder layers keep
 # this many times what `traced_activations` derives for bf16 LoRA: a measured correction, fitted on the four steps of
-# Qwen2-VL-2B QLoRA without checkpointing in benchmarks/memory_heldout (1.54-1.64); held out: its checkpointed steps,
+# Qwen2-VL-2B QLoRA without checkpointing in benchmarks/memory_heldout (their spread: `kept_fractions` in qvl/fitted/memory.json); held out: its checkpointed steps,
 # Qwen3-VL-2B and Qwen3-VL-4B QLoRA
 QLORA_KEPT = _MEMORY['values']['qlora_kept']
 
@@ -272,6 +272,10 @@ def _fast_kept(s: Setup) -> float:
     if not s.fast or s.method == 'qlora': return 1        # 4-bit layers stay eager and unfused
     return FAST_KEPT_COMPILED_LORA if s.method == 'lora' and _compiled(s) else FAST_KEPT
 
+def _qlora_scale(s: Setup) -> float:
+    "How many times the bf16 LoRA layers' traced activations a step's decoder layers keep: `QLORA_KEPT` for QLoRA, else 1."
+    return QLORA_KEPT if s.method == 'qlora' else 1
+
 def _traced_layers(s: Setup, shape: ModelShape, f: dict) -> float:
     "What `traced_activations` derives for the decoder layers that are not checkpointed."
     t, k = _traced(s), checkpointed_layers(s, shape.layers, shape.name)
@@ -302,7 +306,7 @@ def _llm_activations(s: Setup, shape: ModelShape, f: dict, c: dict) -> float:
         kept += (inputs * k / n + gc.get('layer', 0) * f['layer']) * ACT_SCALE[s.precision]
     if k < n and 'layer_all' in no: kept += no['layer_all'] * f['layer_all'] * (n - k) / n * ACT_SCALE[s.precision]
     elif k < n: kept += _traced_layers(s, shape, f) * _fast_kept(s)
-    return kept * (QLORA_KEPT if s.method == 'qlora' else 1) + padding_mask_bytes(s, shape, f)
+    return kept * _qlora_scale(s) + padding_mask_bytes(s, shape, f)
 
 def _vision_kept(s: Setup) -> bool:
     "Whether the vision tower is in autograd: it trains, or the plain step keeps the frozen tower in (`vision_in_graph`)."

@@ -10,7 +10,7 @@ from .config import config_from_dict, TrainConfig
 from .core import atomic_file, GB, ImageSize, QvlError
 from .families import model_config
 from .estimate import CALIBRATION_FILE, COEFFICIENTS, estimate, Estimate, estimate_setup, _fast_kept, \
-    LAYER_INPUT_BYTES, _NOT_STEP, QLORA_KEPT, Setup, _traced_layers, _vision_kept
+    LAYER_INPUT_BYTES, _NOT_STEP, _qlora_scale, Setup, _traced_layers, _vision_kept
 from .model import build_model, model_shape
 from .plan import fit_step_time, _nnls, step_seconds
 from .trace import synthetic_batch
@@ -135,13 +135,15 @@ def row_attention_mask(r) -> str:
     v = r.get('attention_mask')
     return v if isinstance(v, str) else 'padded' if 'fast' in r else 'causal'
 
-def kept_fraction(row) -> float | None:
-    """What a measured fast step's not-checkpointed decoder layers kept, as a fraction of `traced_activations`: its peak
-    less every other term of its estimate, over the traced bytes (how `FAST_KEPT` and `FAST_KEPT_COMPILED_LORA` are
-    fitted). None for a row whose estimated peak is not the start of backward, or with every layer checkpointed."""
-    s = Setup(**_row_setup(row))
+def kept_fraction(row, setup: Setup | None = None) -> float | None:
+    """What a measured step's not-checkpointed decoder layers kept, as a fraction of what the estimate gives them
+    (`traced_activations`, times `QLORA_KEPT` for QLoRA): its peak less every other term of its estimate, over those
+    bytes (how `FAST_KEPT`, `FAST_KEPT_COMPILED_LORA` and `QLORA_KEPT` are fitted). `setup`: the row's `Setup` where its
+    columns are not `profile`'s. None for a row whose estimated peak is not the start of backward, or with every layer
+    checkpointed."""
+    s = setup or Setup(**_row_setup(row))
     e = estimate_setup(s)
-    traced = _traced_layers(s, model_shape(s.model), e.features) * (QLORA_KEPT if s.method == 'qlora' else 1)
+    traced = _traced_layers(s, model_shape(s.model), e.features) * _qlora_scale(s)
     if e.peak_phase != 'backward start' or not traced: return None
     return (float(row['peak_allocated']) - e.peak_allocated_bytes + traced * _fast_kept(s)) / traced
 
