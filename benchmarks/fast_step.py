@@ -56,6 +56,7 @@ def worker(a):
     "One model on one GPU: every method, step, side and batch."
     import torch
     from qvl.train import Trainer
+    from qvl.profile import measure_steps
     from qvl.config import config_from_dict
     from qvl.data import VisionTextDataset, cached_examples
     from qvl.formats import load_dataset
@@ -82,7 +83,7 @@ def worker(a):
                 steps = a.plain_steps if variant == 'plain' else a.steps
                 r = dict(model=model, method=method, variant=variant, side=side, batch=b, gpu=torch.cuda.get_device_name(),
                          tokens_per_sample=sets[side].examples.tokens / len(sets[side].examples),
-                         **tr.measure(steps, a.warmup))
+                         **measure_steps(tr, steps, a.warmup))
                 print(json.dumps(r), flush=True)
                 rows.append(r)
                 (out / f'rows-{model}.json').write_text(json.dumps(rows))     # kept if a later setting dies

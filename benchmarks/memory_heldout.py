@@ -60,7 +60,7 @@ FIELDS = ['model', 'method', 'precision', 'fast', 'gradient_checkpointing', 'ima
 
 def worker(a):
     import torch
-    from qvl.profile import SyntheticData, profile_config, profile_trainer
+    from qvl.profile import measure_steps, SyntheticData, profile_config, profile_trainer
     from qvl.core import ImageSize
     if a.smoke:     # the script's own check on any machine: a tiny model, CPU
         from qvl.cli import main as qvl
@@ -98,7 +98,7 @@ def worker(a):
                     row['lora_adapter_dtype'] = next((str(q.dtype).split('.')[-1] for n, q in tr.module.named_parameters()
                                                       if 'lora_' in n), '')
                 tr.use_data(SyntheticData(tr.module.config, ImageSize(side, side), b, p, ans, images_per_sample=n_img), b)
-                r = tr.measure(steps=1, warmup=1)
+                r = measure_steps(tr, steps=1, warmup=1)
                 row.update({k: r.get(k) for k in ('status', 'error', 'peak_allocated', 'peak_reserved')}, after_load=loaded)
             except torch.OutOfMemoryError as e:
                 row.update(status='oom', error=str(e).split('.')[0], peak_allocated=torch.cuda.max_memory_allocated(dev) if dev.type == 'cuda' else None)

@@ -13,7 +13,7 @@ from .trackers import summary_line
 
 # %% auto #0
 __all__ = ['RESUMABLE_KEYS', 'RUN_FILES', 'latest_checkpoint', 'resume_conflicts', 'previous_run', 'clear_run', 'lock_run_dir',
-           'non_finite_loss', 'model_card', 'Checkpoints']
+           'non_finite_loss', 'model_card', 'Checkpoints', 'RunOutputs']
 
 # %% ../nbs/15_checkpoints.ipynb #0916f449
 def _optimizer_state(opt) -> tuple[dict, dict]:
@@ -134,7 +134,7 @@ def model_card(cfg: TrainConfig, history: list[dict], summary: dict | None = Non
 
 # %% ../nbs/15_checkpoints.ipynb #7b11b068
 class Checkpoints:
-    "The persistent half of `Trainer`: checkpoints that resume exactly, the log, and the final adapter or model."
+    "What lets `Trainer` resume exactly: complete checkpoints of a step, and the log kept in step with them."
     def _trainable_state(self) -> dict:
         return {n: p.detach().contiguous().cpu() for n, p in self.module.named_parameters() if p.requires_grad}
 
@@ -190,6 +190,8 @@ class Checkpoints:
         self.history = [r for r in rows if isinstance(r, dict) and r.get('step', 0) <= self.step]
         if rank() == 0: write_text(p, ''.join(json.dumps(r) + '\n' for r in self.history))
 
+class RunOutputs:
+    "What a finished run leaves besides its checkpoints: the skipped samples, the final adapter or model, its card."
     def _write_skipped(self):
         write_text(self.out / 'skipped.json', json.dumps(getattr(self.train_examples, 'skipped', []), indent=1, default=str))
 

@@ -247,9 +247,9 @@ def _done(csv: Path) -> set:
 def measure_gpu_worker(points_json: str, out_csv: str) -> None:
     """One GPU's share of a sweep: for each (model, method, checkpointing, step) one trainer (`qvl train`'s model
     preparation, fast step and optimizer on a real-size model with random weights), then each point's steady step
-    (`Trainer.measure`), smallest first; each row appended as it is measured."""
+    (`qvl.profile.measure_steps`), smallest first; each row appended as it is measured."""
     import torch, pandas as pd
-    from qvl.profile import SyntheticData, profile_trainer
+    from qvl.profile import measure_steps, SyntheticData, profile_trainer
     points, out = json.loads(Path(points_json).read_text()), Path(out_csv)
     done = _done(out)
     groups = {}
@@ -267,7 +267,7 @@ def measure_gpu_worker(points_json: str, out_csv: str) -> None:
         for p in pts:
             try:
                 tr.use_data(SyntheticData(tr.module.config, (p['side'], p['side']), p['batch_size']), p['batch_size'])
-                r = tr.measure(steps=1, warmup=1)
+                r = measure_steps(tr, steps=1, warmup=1)
                 row = dict(p, status=r['status'], error=r['error'], measured_allocated_gb=r.get('peak_allocated', 0) / 1e9,
                            measured_reserved_gb=r.get('peak_reserved', 0) / 1e9, step_seconds=r.get('step_s'),
                            tokens_per_s=r.get('tokens_per_s'), mfu=r.get('mfu'), hfu=r.get('hfu'))

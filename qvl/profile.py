@@ -17,7 +17,8 @@ from .trace import synthetic_batch
 
 # %% auto #0
 __all__ = ['SyntheticData', 'profile_config', 'estimate_run', 'step_attention_mask', 'profile_trainer', 'profile', 'profile_run',
-           'row_attention_mask', 'kept_fraction', 'fit_coefficients', 'accuracy', 'fit_corrections', 'calibrate']
+           'measure_steps', 'row_attention_mask', 'kept_fraction', 'fit_coefficients', 'accuracy', 'fit_corrections',
+           'calibrate']
 
 # %% ../nbs/17_profile.ipynb #c52236bc
 class SyntheticData:
@@ -73,7 +74,7 @@ def profile(model: str = 'Qwen2.5-VL-3B', method: str = 'lora', settings=((448, 
             prompt_tokens: int = 64, answer_tokens: int = 128, steps: int = 1, warmup: int = 1, snapshot: str | None = None,
             progress: bool = True, **kw):
     """Measure `settings` ((image size, batch, checkpointing) tuples; the size as `ImageSize.of` reads it, width first)
-    of `qvl train`'s step (`Trainer.measure`) for
+    of `qvl train`'s step (`qvl.profile.measure_steps`) for
     one model and method: a DataFrame. `kw`: other `TrainConfig` keys (lora_rank, freeze_projector, precision, ...)."""
     import pandas as pd, torch
     from tqdm.auto import tqdm
@@ -89,7 +90,7 @@ def profile(model: str = 'Qwen2.5-VL-3B', method: str = 'lora', settings=((448, 
         loaded = torch.cuda.memory_allocated(dev)
         for size, b in pts:
             tr.use_data(SyntheticData(tr.module.config, size, b, prompt_tokens, answer_tokens), b)
-            r = tr.measure(steps, warmup, snapshot)
+            r = measure_steps(tr, steps, warmup, snapshot)
             mask = step_attention_mask(tr.fast)
             rows.append(dict(model=model, method=method, image_h=size.height, image_w=size.width, batch_size=b, gradient_checkpointing=gc_on,
                              fast=fast, freeze_projector=cfg.freeze_projector, attention_mask=mask, after_load=loaded,
@@ -114,6 +115,36 @@ def profile_run(cfg: TrainConfig, image_size=448, prompt_tokens: int = 64, answe
                 answer_tokens, steps, warmup, snapshot, progress=False, **_profile_keys(cfg)).iloc[0].to_dict()
     e = estimate_run(cfg, size, prompt_tokens, answer_tokens)
     return dict(r, estimated_allocated=e.peak_allocated_bytes, estimated_reserved=e.peak_reserved_bytes)
+
+# %% ../nbs/17_profile.ipynb #9903a260
+def measure_steps(trainer, steps: int = 2, warmup: int = 1, snapshot: str | None = None) -> dict:
+    """`warmup` steps, then `steps` timed steps of `trainer.train_step`: median seconds, tokens/s, MFU and both memory
+    peaks (bytes, over the timed steps) on a GPU; `snapshot`: PyTorch's memory snapshot of the timed steps to this file.
+    An out-of-memory error is a result (`status` 'oom'). The one measuring loop of `profile`, sweeps and benchmarks."""
+    import statistics, time, torch
+    tr, cuda = trainer, trainer.device.type == 'cuda'
+    row = dict(status='ok', error='')
+    try:
+        t0 = time.perf_counter()
+        for _ in range(warmup): tr.train_step(check_loss=False)     # a measured step's loss may be anything
+        row['warmup_s'] = time.perf_counter() - t0
+        if cuda: torch.cuda.reset_peak_memory_stats(tr.device)
+        if cuda and snapshot: torch.cuda.memory._record_memory_history(max_entries=200000)
+        runs = [tr.train_step(check_loss=False) for _ in range(steps)]
+        if cuda and snapshot:
+            torch.cuda.memory._dump_snapshot(snapshot); torch.cuda.memory._record_memory_history(enabled=None)
+        step_s, last, peak = statistics.median(r['seconds'] for r in runs), runs[-1], tr.peak_flops
+        row.update(step_s=step_s, tokens=last['tokens'], tokens_per_s=last['tokens'] / step_s,
+                   tflops=last['flops'] / step_s / 1e12, loss=last['loss'],
+                   mfu=last['flops'] / step_s / peak if peak else None, hfu=last['hardware_flops'] / step_s / peak if peak else None)
+    except torch.OutOfMemoryError as e:
+        row.update(status='oom', error=str(e).split('.')[0])
+    finally:
+        tr.optimizer.zero_grad(set_to_none=True)
+    if cuda:
+        row.update(peak_allocated=torch.cuda.max_memory_allocated(tr.device), peak_reserved=torch.cuda.max_memory_reserved(tr.device))
+        import gc; gc.collect(); torch.cuda.empty_cache()
+    return row
 
 # %% ../nbs/17_profile.ipynb #6d3b45f0
 def _row_flag(r, key: str, missing: bool) -> bool:

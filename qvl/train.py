@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 if TYPE_CHECKING: import pandas as pd      # names in annotations only
 from .checkpoints import Checkpoints, clear_run, latest_checkpoint, lock_run_dir, non_finite_loss, previous_run, \
-    resume_conflicts
+    resume_conflicts, RunOutputs
 from .config import config_from_dict, device_type, rank, resolve_precision, sharding_mode, TrainConfig, world_size
 from .core import atomic_dir, atomic_file, file_fingerprint, GB, QvlError, refuse_overlap, write_text
 from .data import micro_batches, run_examples
@@ -150,33 +150,44 @@ class _Evaluation:
         return df.groupby(['budget', 'side', 'task'], sort=False).agg(accuracy=('correct', 'mean'), samples=('correct', 'size'),
                                                                      visual_tokens=('visual_tokens', 'mean')).reset_index()
 
-# %% ../nbs/16_train.ipynb #f3b9eccd
-class Trainer(Checkpoints, _Evaluation):
-    """A training run: `fit()` trains, logs and checkpoints; `evaluate()` gives the held-out loss.
-
-    `model`: an already loaded model instead of loading `cfg.model` (the method, checkpointing and the fast step are
-    applied to it as to a loaded one). `train_set`: a dataset of collatable items with `.examples` (as
-    `qvl.data.VisionTextDataset`, or `qvl.profile.SyntheticData`) instead of reading `cfg.data`."""
+# %% ../nbs/16_train.ipynb #75fb7633
+class _Assembly:
+    """How `Trainer` is put together, in named steps (litgpt's order): device, output folder, data, model and fast routes,
+    wrapping and optimizer, and what the step reads off the model."""
     def __init__(self, cfg: TrainConfig, progress: bool = True, plot: bool | None = None, model=None, train_set=None):
-        import torch
-        from qvl.core import seed_everything
-        from qvl.data import VisionTextDataset
-        from transformers import AutoProcessor
         self.cfg, self.progress = cfg, progress and rank() == 0
         self.plot = in_notebook() if plot is None else plot
         check_tracker(cfg)
         self.tracker = None                 # where report_to sends the logged steps (rank 0, opened by fit)
-        # 1. the device, what it computes in, how the model is spread over the processes
+        self._device()
+        self._output(model)
+        self._data(train_set)
+        self._model(model)
+        self._optimizer()
+        self._counters()
+        self.step, self.position, self.history = 0, 0, []
+
+    def _device(self):
+        "1. The device, what it computes in, how the model is spread over the processes."
         self.device = setup_device()
-        self.precision = resolve_precision(cfg.precision, self.device)
-        self.sharding = sharding_mode(cfg, world_size())
-        # 2. the output folder: a run never writes over what it reads (its model, its data)
+        self.precision = resolve_precision(self.cfg.precision, self.device)
+        self.sharding = sharding_mode(self.cfg, world_size())
+
+    def _output(self, model):
+        "2. The output folder: a run never writes over what it reads (its model, its data)."
+        from qvl.core import seed_everything
+        cfg = self.cfg
         self.out = Path(cfg.out_dir)
         refuse_overlap(self.out, {'model': cfg.model if Path(cfg.model).exists() else None, 'data': cfg.data,
                                   'eval_data': cfg.eval_data}, 'out_dir')
         seed_everything(cfg.seed)
         if model is None: check_model_dir(cfg.model)
-        # 3. the data: the run's examples (rank 0 fills the tokenization cache, the others then read it)
+
+    def _data(self, train_set):
+        "3. The run's examples (rank 0 fills the tokenization cache, the others then read it), or the `train_set` given."
+        from qvl.data import VisionTextDataset
+        from transformers import AutoProcessor
+        cfg = self.cfg
         self.processor = AutoProcessor.from_pretrained(cfg.model) if train_set is None else None
         self.cache_hit = False
         if train_set is None:
@@ -187,20 +198,27 @@ class Trainer(Checkpoints, _Evaluation):
         self.eval_examples = _on_rank0_first(lambda: run_examples(cfg, cfg.eval_data, self.progress))[0] \
             if cfg.eval_data and train_set is None else None
         self.eval_set = VisionTextDataset(self.eval_examples, self.processor) if self.eval_examples else None
-        # 4. the model, prepared for the method; 5. the fast step's routes, before DDP/FSDP wrap it (they then call them)
-        self.model = prepare_model(cfg, self.device, self.precision, model)
+
+    def _model(self, model):
+        "4. The model, prepared for the method; 5. the fast step's routes, before DDP/FSDP wrap it (they then call them)."
+        self.model = prepare_model(self.cfg, self.device, self.precision, model)
         self.module = self.model            # the unwrapped model (for saving)
-        self.fast = enable_fast(cfg, self.model, self.device)
+        self.fast = enable_fast(self.cfg, self.model, self.device)
         if self.fast and self.progress: print(self.fast)
-        # 6. the wrapping over processes; 7. the optimizer, its schedule and (fp16) the loss scaler
+
+    def _optimizer(self):
+        "6. The wrapping over processes; 7. the optimizer, its schedule and (fp16) the loss scaler."
+        import torch
         if self.sharding: self._wrap()
-        self.optimizer = make_optimizer([p for p in self.model.parameters() if p.requires_grad], cfg, self.device, self.sharding)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
+        self.optimizer = make_optimizer([p for p in self.model.parameters() if p.requires_grad], self.cfg, self.device, self.sharding)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(self.cfg))
         self.scaler = torch.amp.GradScaler('cuda') if self.precision == 'fp16-mixed' else None
-        self.step, self.position, self.history = 0, 0, []
+
+    def _counters(self):
+        "8. What the step reads off the model: the padding id, the image token id, its FLOPs and the device's peak."
         self.pad_id = self.processor.tokenizer.pad_token_id if self.processor else self.module.config.text_config.pad_token_id or 0
         self.image_type_id = token_type_id(self.module)
-        self._flops = FlopCounter(cfg, self.module)
+        self._flops = FlopCounter(self.cfg, self.module)
         self.peak_flops = device_peak_flops(self.device)
 
     def _wrap(self):
@@ -213,15 +231,9 @@ class Trainer(Checkpoints, _Evaluation):
             self.model = DDP(self.model, device_ids=[self.device.index] if self.device.type == 'cuda' else None,
                              find_unused_parameters=False)
 
-    @property
-    def trainable(self) -> int: return sum(p.numel() for p in self.module.parameters() if p.requires_grad)
-
-    def _autocast(self):
-        import contextlib, torch
-        if self.precision in ('bf16-mixed', 'fp16-mixed'):
-            return torch.autocast(self.device.type, dtype=torch.bfloat16 if self.precision == 'bf16-mixed' else torch.float16)
-        return contextlib.nullcontext()
-
+# %% ../nbs/16_train.ipynb #c7552cde
+class _Feed:
+    "How `Trainer`'s micro-batches reach the device: prepared ahead in threads, collated, page-locked, moved."
     def _read_ahead(self, positions):
         """Start preparing the micro-batches this process trains on at the steps beginning at stream `positions` in
         `data_workers` threads (image decoding, processing and collation overlap the GPU's work); `_batch` takes them."""
@@ -266,9 +278,21 @@ class Trainer(Checkpoints, _Evaluation):
         from qvl.data import loss_tokens
         return sum(loss_tokens(examples[i]['labels']) for i in idx)
 
+# %% ../nbs/16_train.ipynb #490331e6
+class _Step:
+    "`Trainer`'s optimizer step: forward and backward over the micro-batches, the loss checked, clipping, the update."
+    @property
+    def trainable(self) -> int: return sum(p.numel() for p in self.module.parameters() if p.requires_grad)
+
+    def _autocast(self):
+        import contextlib, torch
+        if self.precision in ('bf16-mixed', 'fp16-mixed'):
+            return torch.autocast(self.device.type, dtype=torch.bfloat16 if self.precision == 'bf16-mixed' else torch.float16)
+        return contextlib.nullcontext()
+
     def train_step(self, check_loss: bool = True) -> dict:
         "One optimizer step over a global batch; returns its loss, tokens and time."
-        import torch
+        import contextlib, torch
         cfg, W, R = self.cfg, world_size(), rank()
         t0 = time.perf_counter()
         idx, mbs = micro_batches(cfg, len(self.train_set), self.position, W, R)
@@ -280,9 +304,7 @@ class Trainer(Checkpoints, _Evaluation):
             batch = self._batch(self.train_set, mb, flops, self.position)
             tokens += int(batch['attention_mask'].sum()) if 'attention_mask' in batch else batch['input_ids'].numel()
             sync = m == cfg.grad_accum - 1 or W == 1 or not hasattr(self.model, 'no_sync')
-            import contextlib
-            ctx = contextlib.nullcontext() if sync else self.model.no_sync()
-            with ctx, self._autocast():
+            with contextlib.nullcontext() if sync else self.model.no_sync(), self._autocast():
                 # only the loss is kept: holding the outputs would keep the full bf16 logits alive through backward
                 # use_cache=False: no cache in training, and a packed row's examples only stay apart without one
                 loss = self.model(**batch, num_items_in_batch=n_items, use_cache=False).loss * W   # DDP averages over ranks
@@ -306,36 +328,52 @@ class Trainer(Checkpoints, _Evaluation):
                     flops=all_reduce_sum(sum(f for f, _ in flops), self.device),
                     hardware_flops=all_reduce_sum(sum(h for _, h in flops), self.device), lr=lr, seconds=time.perf_counter() - t0)
 
-    def measure(self, steps: int = 2, warmup: int = 1, snapshot: str | None = None) -> dict:
-        """`warmup` steps, then `steps` timed steps of `train_step`: median seconds, tokens/s, MFU and both memory peaks
-        (bytes, over the timed steps) on a GPU; `snapshot`: PyTorch's memory snapshot of the timed steps to this file.
-        An out-of-memory error is a result (`status` 'oom')."""
-        import statistics, torch
-        cuda = self.device.type == 'cuda'
-        row = dict(status='ok', error='')
-        try:
-            t0 = time.perf_counter()
-            for _ in range(warmup): self.train_step(check_loss=False)     # a measured step's loss may be anything
-            row['warmup_s'] = time.perf_counter() - t0
-            if cuda: torch.cuda.reset_peak_memory_stats(self.device)
-            if cuda and snapshot: torch.cuda.memory._record_memory_history(max_entries=200000)
-            runs = [self.train_step(check_loss=False) for _ in range(steps)]
-            if cuda and snapshot:
-                torch.cuda.memory._dump_snapshot(snapshot); torch.cuda.memory._record_memory_history(enabled=None)
-            step_s = statistics.median(r['seconds'] for r in runs)
-            row.update(step_s=step_s, tokens=runs[-1]['tokens'], tokens_per_s=runs[-1]['tokens'] / step_s,
-                       tflops=runs[-1]['flops'] / step_s / 1e12, loss=runs[-1]['loss'],
-                       mfu=runs[-1]['flops'] / step_s / self.peak_flops if self.peak_flops else None,
-                       hfu=runs[-1]['hardware_flops'] / step_s / self.peak_flops if self.peak_flops else None)
-        except torch.OutOfMemoryError as e:
-            row.update(status='oom', error=str(e).split('.')[0])
-        finally:
-            self.optimizer.zero_grad(set_to_none=True)
-        if cuda:
-            row.update(peak_allocated=torch.cuda.max_memory_allocated(self.device), peak_reserved=torch.cuda.max_memory_reserved(self.device))
-            import gc; gc.collect(); torch.cuda.empty_cache()
-        return row
+# %% ../nbs/16_train.ipynb #1ac5ce45
+class _Record:
+    "What `Trainer` writes of a run: a logged step's record, and the summary, weights, detail check and card at its end."
+    def _record(self, window: list[dict], total: int) -> dict:
+        "The log record of the steps in `window`: mean loss, rates, the memory peaks since the last record, the eval loss."
+        import torch
+        cfg = self.cfg
+        rec = dict(step=self.step, epoch=round(self.position / len(self.train_set), 4),
+                   loss=sum(w['loss'] for w in window) / len(window), lr=window[-1]['lr'],
+                   **step_rates(window, self.peak_flops), seconds=round(sum(w['seconds'] for w in window), 4))
+        if self.device.type == 'cuda':
+            # GB (10^9 bytes), the unit of `qvl estimate` and `qvl plan`, so that the two compare as they stand
+            free, capacity = torch.cuda.mem_get_info(self.device)
+            # outside_allocator: what the GPU holds beyond PyTorch's cache (the CUDA context, kernels, libraries;
+            # other processes' memory too where the GPU is shared): a budget holds it beside the reserved peak
+            rec.update(max_allocated_gb=torch.cuda.max_memory_allocated(self.device) / GB,
+                       max_reserved_gb=torch.cuda.max_memory_reserved(self.device) / GB,
+                       outside_allocator_gb=(capacity - free - torch.cuda.memory_reserved(self.device)) / GB)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        if self.eval_set is not None and ((cfg.eval_every and self.step % cfg.eval_every == 0) or self.step == total):
+            rec['eval_loss'] = self.evaluate()
+        return rec
 
+    def _finish(self, steady: list[dict], first: int):
+        "The end of a fit: skipped samples (lazy runs), the summary, the final weights, the detail check, the card."
+        cfg = self.cfg
+        if rank() == 0 and cfg.lazy: self._write_skipped()      # lazily read samples are skipped as they come
+        self.summary = run_summary(self.history, steady, self.peak_flops, first)
+        if rank() == 0 and self.summary:
+            write_text(self.out / 'summary.json', json.dumps(self.summary, indent=1))
+            if self.progress: print(summary_line(self.summary))
+        self.save_final()
+        if cfg.detail_budgets and cfg.eval_data and rank() == 0:
+            dc = self.detail_check()
+            atomic_file(self.out / 'detail_check.csv', lambda tmp: dc.to_csv(tmp, index=False))
+        self.write_card()
+        if self.tracker is not None: self.tracker.close(self.summary); self.tracker = None
+        if world_size() > 1: _barrier()    # every rank leaves once rank 0 has written the results
+
+# %% ../nbs/16_train.ipynb #8caa7839
+class Trainer(_Assembly, _Feed, _Step, _Record, Checkpoints, RunOutputs, _Evaluation):
+    """A training run: `fit()` trains, logs and checkpoints; `evaluate()` gives the held-out loss.
+
+    `model`: an already loaded model instead of loading `cfg.model` (the method, checkpointing and the fast step are
+    applied to it as to a loaded one). `train_set`: a dataset of collatable items with `.examples` (as
+    `qvl.data.VisionTextDataset`, or `qvl.profile.SyntheticData`) instead of reading `cfg.data`."""
     def fit(self, steps: int | None = None, resume: bool = False, overwrite: bool = False) -> 'pd.DataFrame':
         """Train to `steps` (default: the config's) optimizer steps; with `resume`, from the last checkpoint. A fresh run
         into an out_dir that holds another run is refused; with `overwrite`, that run's files are removed first."""
@@ -346,7 +384,6 @@ class Trainer(Checkpoints, _Evaluation):
             if lock: lock.close()
 
     def _start(self, total: int, resume: bool, overwrite: bool) -> 'pd.DataFrame':
-        cfg = self.cfg
         if rank() == 0:
             if not resume and (old := previous_run(self.out)):
                 if not overwrite: raise QvlError(f"{self.out} holds another run ({old}): --resume continues it, --overwrite "
@@ -355,12 +392,12 @@ class Trainer(Checkpoints, _Evaluation):
             for tmp in (self.out / 'checkpoints').glob('.step-*'): shutil.rmtree(tmp, ignore_errors=True)   # a killed save's
         ck = latest_checkpoint(self.out, print if rank() == 0 else None) if resume else None
         if ck:
-            conflicts = resume_conflicts(json.loads((ck / 'trainer.json').read_text()).get('config', {}), cfg)
+            conflicts = resume_conflicts(json.loads((ck / 'trainer.json').read_text()).get('config', {}), self.cfg)
             if conflicts: raise QvlError(f"--resume with a config that differs from the run's ({'; '.join(conflicts)}): "
                                          f"resume with the same settings, or train into a new out_dir")
             self.load_checkpoint(ck)
         elif rank() == 0: (self.out / 'log.jsonl').unlink(missing_ok=True)
-        if rank() == 0: self.tracker = open_tracker(cfg, self.out, resume=bool(ck))
+        if rank() == 0: self.tracker = open_tracker(self.cfg, self.out, resume=bool(ck))
         try: return self._fit(total)
         except BaseException:      # the tracker's run ends as failed (an interrupt too); the error goes on
             if self.tracker is not None: self.tracker.close(None, failed=True); self.tracker = None
@@ -374,11 +411,10 @@ class Trainer(Checkpoints, _Evaluation):
             write_text(self.out / 'config.json', json.dumps(dataclasses.asdict(cfg), indent=1))
             self._write_skipped()
         self._restore_log()
-        cuda = self.device.type == 'cuda'
         bar = tqdm(total=total, initial=self.step, desc='train', unit='step', disable=not self.progress)
         window, steady, plot = [], [], None      # plot: this fit's live loss curve in a notebook
         first = self.step + 1               # this process's first step compiles, autotunes and grows the allocator
-        if cuda: torch.cuda.reset_peak_memory_stats(self.device)
+        if self.device.type == 'cuda': torch.cuda.reset_peak_memory_stats(self.device)
         try:
             while self.step < total:
                 r = self.train_step()
@@ -387,39 +423,14 @@ class Trainer(Checkpoints, _Evaluation):
                 if not r['warmup']: steady.append(r)
                 bar.update(); bar.set_postfix(loss=f"{r['loss']:.4f}")
                 if self.step % cfg.log_every == 0 or self.step == total:
-                    rec = dict(step=self.step, epoch=round(self.position / len(self.train_set), 4),
-                               loss=sum(w['loss'] for w in window) / len(window), lr=r['lr'],
-                               **step_rates(window, self.peak_flops), seconds=round(sum(w['seconds'] for w in window), 4))
-                    if cuda:
-                        # GB (10^9 bytes), the unit of `qvl estimate` and `qvl plan`, so that the two compare as they stand
-                        free, capacity = torch.cuda.mem_get_info(self.device)
-                        # outside_allocator: what the GPU holds beyond PyTorch's cache (the CUDA context, kernels, libraries;
-                        # other processes' memory too where the GPU is shared): a budget holds it beside the reserved peak
-                        rec.update(max_allocated_gb=torch.cuda.max_memory_allocated(self.device) / GB,
-                                   max_reserved_gb=torch.cuda.max_memory_reserved(self.device) / GB,
-                                   outside_allocator_gb=(capacity - free - torch.cuda.memory_reserved(self.device)) / GB)
-                        torch.cuda.reset_peak_memory_stats(self.device)
-                    if self.eval_set is not None and ((cfg.eval_every and self.step % cfg.eval_every == 0) or self.step == total):
-                        rec['eval_loss'] = self.evaluate()
-                    self._log(rec)
+                    self._log(self._record(window, total))
                     if self.plot: plot = live_plot(self.history, plot)
                     window = []
                 if cfg.save_every and self.step % cfg.save_every == 0: self.save_checkpoint()
         except BaseException:
             bar.close(); raise          # an error starts on its own line, not after the bar
         bar.close()
-        if rank() == 0 and cfg.lazy: self._write_skipped()      # lazily read samples are skipped as they come
-        self.summary = run_summary(self.history, steady, self.peak_flops, first)
-        if rank() == 0 and self.summary:
-            write_text(self.out / 'summary.json', json.dumps(self.summary, indent=1))
-            if self.progress: print(summary_line(self.summary))
-        self.save_final()
-        if cfg.detail_budgets and cfg.eval_data and rank() == 0:
-            dc = self.detail_check()
-            atomic_file(self.out / 'detail_check.csv', lambda tmp: dc.to_csv(tmp, index=False))
-        self.write_card()
-        if self.tracker is not None: self.tracker.close(self.summary); self.tracker = None
-        if world_size() > 1: _barrier()    # every rank leaves once rank 0 has written the results
+        self._finish(steady, first)
         return pd.DataFrame(self.history)
 
 # %% ../nbs/16_train.ipynb #afce2b9b
