@@ -478,3 +478,15 @@ def test_the_shipped_memory_numbers_are_the_fit_of_the_committed_measurements():
     v = fitted('memory')['values']
     assert {k: x for k, x in COEFFICIENTS.items() if k != 'fitted_on'} == v['coefficients']
     assert (FAST_KEPT, FAST_KEPT_COMPILED_LORA, QLORA_KEPT) == (v['fast_kept'], v['fast_kept_compiled_lora'], v['qlora_kept'])
+
+
+def test_the_readme_states_the_plain_steps_held_out_error_as_the_committed_table_has_it():
+    "README's figure for the plain step's held-out memory error is the one `benchmarks/memory/accuracy.csv` gives."
+    import re
+    from pathlib import Path
+    readme = (Path(__file__).parents[1] / 'README.md').read_text()
+    worst, median = (float(v) for v in re.search(r'within ([\d.]+)% \(median ([\d.]+)%\) on every point not used in the fit',
+                                                 readme.replace('\n', ' ')).groups())
+    a = pd.read_csv(BENCH / 'memory' / 'accuracy.csv')
+    err = a[a.split == 'holdout'].error_allocated.abs() * 100
+    assert (worst, median) == (round(err.max() + 0.05, 1), round(err.median(), 1)), (err.max(), err.median())
