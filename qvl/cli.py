@@ -25,6 +25,15 @@ def _overrides(pairs) -> dict:
         k, v = p.split('=', 1)
         out[k.strip().replace('-', '_')] = load_yaml(v, f"--set {k.strip()}")
     return out
+def _flag_type(parse):
+    "A run key's `parse` (`qvl.config.key`) as an argparse type: a value it refuses is argparse's one-line error."
+    def run(text: str):
+        from qvl.core import QvlError
+        try: return parse(text)
+        except (QvlError, ValueError) as e: raise argparse.ArgumentTypeError(str(e)) from None
+    run.__name__ = parse.__name__.lstrip('_')      # argparse names the type in its error
+    return run
+
 def _run_key_flags(s):
     """One flag per run key (`qvl.config.TrainConfig`), grouped by its role, with the key's own help, choices and default:
     `qvl train --lora-rank 16 --precision bf16-mixed` overrides RUN.yaml's keys (or the built-in run's)."""
@@ -33,15 +42,13 @@ def _run_key_flags(s):
     hints, helps = typing.get_type_hints(TrainConfig), key_help()
     groups = {r: s.add_argument_group(f"run keys: {what} (each overrides the config's)") for r, what in ROLES.items()}
     for f in dataclasses.fields(TrainConfig):
-        hint, choices = hints[f.name], f.metadata['choices']
-        flags = ['--' + f.name.replace('_', '-')] + (['--out'] if f.name == 'out_dir' else [])
+        hint, choices, parse = hints[f.name], f.metadata['choices'], f.metadata['parse']
+        flags = ['--' + f.name.replace('_', '-'), *f.metadata['also']]
         shown = '' if f.default in (None, dataclasses.MISSING) else f" (default: {f.default})"
         kw = dict(default=argparse.SUPPRESS, dest=f.name, help=helps[f.name].replace('%', '%%') + shown)
         g = groups[f.metadata['role']]
         if hint is bool: g.add_argument(*flags, action=argparse.BooleanOptionalAction, **kw)
-        elif f.name == 'target': g.add_argument(*flags, type=lambda t: list(_size(t)), metavar='WxH', **kw)
-        elif f.name == 'detail_budgets': g.add_argument(*flags, type=_sides, metavar='SIDES', **kw)
-        elif f.name == 'lora_targets': g.add_argument(*flags, type=lambda t: t if ',' not in t else t.split(','), metavar='NAMES', **kw)
+        elif parse: g.add_argument(*flags, type=_flag_type(parse), metavar=f.metadata['metavar'], **kw)
         elif hint in (int, int | None): g.add_argument(*flags, type=int, metavar='N', **kw)
         elif hint in (float, float | None): g.add_argument(*flags, type=float, metavar='X', **kw)
         else: g.add_argument(*flags, choices=choices, metavar=None if choices else 'TEXT', **kw)

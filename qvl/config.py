@@ -28,12 +28,31 @@ REPORTERS = ('tensorboard', 'mlflow', 'wandb', 'none')     # where a run's logge
 ROLES = dict(model='what is trained', data='what is read and how', step="one step's work (its memory and speed)",
              schedule='how it learns over the steps', output='what is written, and when')
 
-def key(default=dataclasses.MISSING, role: str = 'step', choices: tuple | None = None, resumable: bool | None = None):
+def key(default=dataclasses.MISSING, role: str = 'step', choices: tuple | None = None, resumable: bool | None = None,
+        parse=None, metavar: str | None = None, also: tuple = ()):
     """A `TrainConfig` field: its default, its role (`ROLES`), its choices, and whether a `--resume` may change it (by
-    default: the output keys). Its help is the comment after it. Validation, `qvl train --help`, resume checks and the
-    estimator's shared keys all read this record."""
-    meta = dict(role=role, choices=choices, resumable=role == 'output' if resumable is None else resumable)
+    default: the output keys). Its help is the comment after it. `parse`: how a flag's text becomes the value where
+    its type alone does not say (`metavar`: the text's shape); `also`: more flags for it. Validation, `qvl train
+    --help`, resume checks and the estimator's shared keys all read this record."""
+    meta = dict(role=role, choices=choices, resumable=role == 'output' if resumable is None else resumable, parse=parse,
+                metavar=metavar, also=also)
     return dataclasses.field(default=default, metadata=meta)
+
+def _wxh(text: str) -> list[int]:
+    "A `WxH` flag (one number: a square) as `[width, height]`."
+    from qvl.core import ImageSize
+    return list(ImageSize.of(text))
+
+def _side_list(text: str) -> list[int]:
+    "A comma-separated list of image sides, e.g. `336,168,84`."
+    try: sides = [int(v) for v in text.split(',')]
+    except ValueError: sides = []
+    if not sides or min(sides) < 1: raise QvlError(f"expected image sides such as 336,168,84, got {text!r}")
+    return sides
+
+def _names(text: str) -> str | list[str]:
+    "One name, or a comma-separated list of names."
+    return text if ',' not in text else text.split(',')
 
 @dataclass
 class TrainConfig:
@@ -42,12 +61,12 @@ class TrainConfig:
     data: str = key(role='data')                            # dataset file, or a folder with dataset_info.json
     eval_data: str | None = key(None, 'output')             # held-out data: its loss is logged, the detail check answers it
     dataset_name: str | None = key(None, 'data')            # entry of dataset_info.json
-    out_dir: str = key('runs/train', 'output')              # where the run writes its logs, checkpoints and weights
+    out_dir: str = key('runs/train', 'output', also=('--out',))   # where the run writes its logs, checkpoints and weights
     method: str = key('lora', 'model', METHODS)             # lora | full | qlora
     lora_rank: int = key(8, 'model')                        # rank of the LoRA adapters
     lora_alpha: int = key(16, 'model')                      # LoRA scaling numerator (the update is scaled by alpha / rank)
     lora_dropout: float = key(0.0, 'model')                 # dropout on the adapters' input, in [0, 1)
-    lora_targets: str | list[str] = key('all-linear', 'model')   # every linear layer of the LLM, or module-name suffixes
+    lora_targets: str | list[str] = key('all-linear', 'model', parse=_names, metavar='NAMES')   # every linear layer of the LLM, or module-name suffixes
     freeze_vision: bool = key(True, 'model')                # full: keep the vision tower frozen
     freeze_projector: bool = key(False, 'model')            # full: keep the vision merger (projector) frozen
     freeze_llm: bool = key(False, 'model')                  # full: keep the language model frozen
@@ -69,7 +88,7 @@ class TrainConfig:
     min_pixels: int | None = key(None)                      # images below this many pixels are enlarged to it
     max_side: int | None = key(None)                        # longest image side at most
     max_tokens: int | None = key(None)                      # visual tokens per image at most
-    target: list[int] | None = key(None)                    # [width, height]: a pixel budget of width x height, aspect kept
+    target: list[int] | None = key(None, parse=_wxh, metavar='WxH')   # [width, height]: a pixel budget of width x height, aspect kept
     placeholder: str = key('<image>', 'data')               # the image marker in the data's text
     allow_outside: bool = key(False, 'data')                # read images outside the dataset's folder
     strict: bool = key(False, 'data', resumable=True)       # stop on any sample that cannot be trained on
@@ -81,7 +100,7 @@ class TrainConfig:
     eval_every: int = key(0, 'output')                      # evaluate every N steps; 0: only at the end (when eval_data is set)
     save_every: int = key(0, 'output')                      # a resumable checkpoint every N steps; 0: only the final save
     sharding: str = key('ddp', 'step', SHARDINGS)           # ddp | fsdp (full fine-tuning on several GPUs)
-    detail_budgets: list[int] | None = key(None, 'output')  # after training: answer accuracy on eval_data at these square sides
+    detail_budgets: list[int] | None = key(None, 'output', parse=_side_list, metavar='SIDES')   # after training: answer accuracy on eval_data at these square sides
     seed: int = key(0, 'schedule')                          # seeds the data order, dropout and the adapters' initialisation
     report_to: str = key('tensorboard', 'output', REPORTERS)   # tensorboard (out_dir/tensorboard) | mlflow | wandb (offline, out_dir/wandb) | none
     tracking_uri: str | None = key(None, 'output')          # MLflow's store (default: $MLFLOW_TRACKING_URI, else sqlite in ./mlruns)
