@@ -8,7 +8,7 @@ What is fitted on what (every other measured point is held out, and the tests na
 estimate on those):
 - the plain step's coefficients, the optimizer's temporaries and the plain groups' reserved overhead: the square sides
   448, 1344 and 2016 at batch 1 and 4 of `benchmarks/memory/m_*.csv` (`memory_accuracy.py`'s fit split);
-- the fast step's coefficients and reserved overhead: batch 1 and 4 of `benchmarks/fast_step_nocompile/memory.csv`
+- the fast step's coefficients and reserved overhead: batch 1 and 4 of `benchmarks/fast_step/nocompile/memory.csv`
   (eager decoder layers, padding mask);
 - `fast_kept`: the median kept fraction of that file's no-checkpointing steps;
 - `fast_kept_compiled_lora`: the median of `benchmarks/step_time/rows.csv`'s no-checkpointing steps (7B LoRA, compiled);
@@ -50,7 +50,7 @@ def _rows():
     from memory_accuracy import is_fit
     plain = pd.concat([pd.read_csv(p) for p in sorted((BENCH / 'memory').glob('m_*.csv'))], ignore_index=True)
     plain = plain[[is_fit(int(r.image_h), int(r.batch_size)) for r in plain.itertuples()]]
-    fast = pd.read_csv(BENCH / 'fast_step_nocompile' / 'memory.csv').assign(compiled_layers=False)
+    fast = pd.read_csv(BENCH / 'fast_step/nocompile' / 'memory.csv').assign(compiled_layers=False)
     compiled = pd.read_csv(BENCH / 'step_time' / 'rows.csv')
     held = pd.concat([pd.read_csv(p) for p in sorted((BENCH / 'memory_heldout').glob('rows_*.csv'))], ignore_index=True)
     qlora = held[(held.status == 'ok') & (held.method == 'qlora') & (held.model == 'Qwen2-VL-2B') & ~held.gradient_checkpointing.astype(bool)]

@@ -4,7 +4,7 @@ kernels' time under torch.profiler. OUT/step_MODE_bB.json.
 
     QVL_EXP_SDPA=flash OUT=DIR python benchmarks/sdpa_step.py     # one CUDA GPU
 
-`step_time_causal/masked_step_b4.json` is its default run before the fast step's causal_attention (revision 3fb91f0):
+`step_time/causal/masked_step_b4.json` is its default run before the fast step's causal_attention (revision 3fb91f0):
 the masked attention's kernels. Under compiled decoder layers the global backend flags did not move the language
 model's attention off cuDNN."""
 import os, json, time, torch, statistics

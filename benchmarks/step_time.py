@@ -5,7 +5,7 @@
     python benchmarks/step_time.py measure --grid causal --out DIR    # after causal_attention: fit and held-out steps
     python benchmarks/step_time.py report DIR/rows.csv ... --out DIR  # anywhere: the plan's prediction beside each row
     python benchmarks/step_time.py trace --out DIR          # where one step's time goes (torch.profiler), 7B LoRA 1344 b4 k=0
-    python benchmarks/step_time.py plan-plot --runs benchmarks/train_mfu_causal/runs.json --out DIR   # the planner's plot
+    python benchmarks/step_time.py plan-plot --runs benchmarks/train_mfu/causal/runs.json --out DIR   # the planner's plot
 
 Every point is `qvl.profile.profile` (the trainer's own preparation and step, synthetic samples of one image with 64
 prompt and 128 answer tokens): warm-up step(s), then the median of 3 timed steps; MFU counts the vision tower's FLOPs

@@ -4,14 +4,14 @@ file qvl ships (`qvl/fitted/step_time.json`, read as `qvl.plan.STEP_TIME`):
     python benchmarks/step_time_fit.py            # refit and write qvl/fitted/step_time.json
     python benchmarks/step_time_fit.py --check    # refit and compare with the shipped file (what the tests do)
 
-Fitted on the 1344 px steps of Qwen2.5-VL-3B and 7B (LoRA and full) in `benchmarks/step_time_causal/rows_*.csv`; the
+Fitted on the 1344 px steps of Qwen2.5-VL-3B and 7B (LoRA and full) in `benchmarks/step_time/causal/rows_*.csv`; the
 896 px steps and Qwen3-VL-8B are held out (`nbs/13_plan.ipynb` prints the errors on both).
 """
 import json, sys, time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-ROWS = ROOT / 'benchmarks' / 'step_time_causal'
+ROWS = ROOT / 'benchmarks' / 'step_time/causal'
 SHIPPED = ROOT / 'qvl' / 'fitted' / 'step_time.json'
 
 

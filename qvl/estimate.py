@@ -160,14 +160,14 @@ LAYER_INPUT_BYTES = 2
 TIED_TABLE_GRADS = 2
 # without checkpointing, the fast step's layers (fused RMSNorm, SwiGLU and LoRA kernels) keep this fraction of what the
 # eager layers keep (`traced_activations`): a measured correction (`kept_fraction`), 0.715-0.725 on the 12
-# no-checkpointing steps of Qwen2.5-VL-3B/7B LoRA in benchmarks/fast_step_nocompile (eager layers, padding mask:
+# no-checkpointing steps of Qwen2.5-VL-3B/7B LoRA in benchmarks/fast_step/nocompile (eager layers, padding mask:
 # `padding_mask_bytes` taken out); held out: Qwen2-VL and Qwen3-VL (families_h200), and full fine-tuning's compiled
-# layers (0.71-0.74: step_time_holdout, step_time_causal)
+# layers (0.71-0.74: step_time/holdout, step_time/causal)
 FAST_KEPT = _MEMORY['values']['fast_kept']
 # LoRA's decoder layers compiled (what `qvl train` runs on a GPU with Triton) keep more than its eager fused ones: this
 # fraction (`kept_fraction`), fitted on the six no-checkpointing steps of Qwen2.5-VL-7B LoRA in benchmarks/step_time
 # (1344 and 896 px, b1-8, padding mask taken out: 0.772-0.781); held out: the same steps without the mask
-# (step_time_causal, 0.772-0.778), Qwen2.5-VL-3B and Qwen3-VL-8B (step_time_holdout, step_time_causal) and the compiled
+# (step_time/causal, 0.772-0.778), Qwen2.5-VL-3B and Qwen3-VL-8B (step_time/holdout, step_time/causal) and the compiled
 # LoRA rows of memory_heldout and memory/families_h200
 FAST_KEPT_COMPILED_LORA = _MEMORY['values']['fast_kept_compiled_lora']
 # QLoRA: peft's k-bit preparation upcasts every parameter that is not 4-bit (embeddings, norms) to fp32, so the residual

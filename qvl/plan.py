@@ -21,7 +21,7 @@ __all__ = ['STEP_TIME', 'TIME_TERMS', 'PLAN_MARGIN', 'NOMINAL_KEYS', 'step_secon
 # seconds of the fast step per micro-batch, five terms: a fixed part; the model's FLOPs and the recomputed FLOPs, each at
 # an efficiency of the GPU's dense bf16 peak; and two memory-bound parts that FLOPs do not see, per layer and token:
 # LoRA's adapters (every decoder layer), and full fine-tuning's checkpointed layers (their recomputation costs far more
-# than its FLOPs). Fitted by non-negative least squares on relative error (`fit_step_time`) on benchmarks/step_time_causal's
+# than its FLOPs). Fitted by non-negative least squares on relative error (`fit_step_time`) on benchmarks/step_time/causal's
 # 1344 px steps (`qvl train`'s step through `profile`, with `causal_attention`); 896 px and Qwen3-VL held out
 _STEP_TIME_FILE = fitted('step_time')
 STEP_TIME = dict(_STEP_TIME_FILE['values'], fitted_on=_STEP_TIME_FILE['fitted_on'])

@@ -56,7 +56,7 @@ def test_estimate_on_families_no_coefficient_was_fitted_on():
     estimator's, and within the stated errors. Only the tied-table term saw Qwen3-VL-2B (one full point at 448 px b2)."""
     from qvl.experiments import point_config
     from qvl.profile import accuracy, estimate_run
-    sweep = pd.read_csv(BENCH / 'vram_sweep_qwen3' / 'results.csv')
+    sweep = pd.read_csv(BENCH / 'vram_sweep/qwen3' / 'results.csv')
     ok = sweep[sweep.status == 'ok']
     assert len(ok) == 24 and set(ok.model) == {'Qwen3-VL-2B', 'Qwen3.5-0.8B'}
     for r in ok.itertuples():
@@ -152,10 +152,10 @@ def test_profile_measures_what_the_estimate_predicts(fast):
 
 
 def test_fast_step_estimate_within_5_percent_of_measured():
-    """The fast step's coefficients (fitted on batch 1 and 4 of benchmarks/fast_step_nocompile, eager decoder layers)
+    """The fast step's coefficients (fitted on batch 1 and 4 of benchmarks/fast_step/nocompile, eager decoder layers)
     against every measured fast step on H200s; those rows' layers were eager, the harness's compiled."""
-    m = pd.concat([pd.read_csv(BENCH / d / 'memory.csv').assign(compiled=d != 'fast_step_nocompile')
-                   for d in ('fast_step_nocompile', 'fast_step_harness')], ignore_index=True)
+    m = pd.concat([pd.read_csv(BENCH / d / 'memory.csv').assign(compiled=d != 'fast_step/nocompile')
+                   for d in ('fast_step/nocompile', 'fast_step/harness')], ignore_index=True)
     ok = m[m.status == 'ok']
     assert len(ok) >= 36 and (ok.batch_size == 2).sum() >= 12
     for r in ok.itertuples():
