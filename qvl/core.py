@@ -135,7 +135,14 @@ def on_sigterm():
     import signal, threading
     if threading.current_thread() is not threading.main_thread(): return
     def stop(signum, frame):
-        _SIGNALLED.append(signum); raise KeyboardInterrupt(f'signal {signum}')
+        _SIGNALLED.append(signum)
+        # inside an import the interrupt would land in a module's C initialisation, which can lose it or leave the
+        # interpreter marked as killed: it is raised at the next writer's or the CLI's `check_interrupt` instead
+        f = frame
+        while f is not None:
+            if f.f_code.co_filename.startswith('<frozen importlib'): return
+            f = f.f_back
+        raise KeyboardInterrupt(f'signal {signum}')
     signal.signal(signal.SIGTERM, stop)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})   # a launcher may hand it on blocked
 
