@@ -6,7 +6,7 @@ ARCH := $(shell uname -m)
 # torch with torchvision (the Qwen2.5-VL processor needs it); these builds install from local wheels where present
 TORCH := $(if $(filter aarch64,$(ARCH)),torch==2.9.1 torchvision==0.24.1,torch==2.14.1 torchvision==0.29.1)
 
-.PHONY: setup demo test check-sync lint notebooks pytest browser lab
+.PHONY: setup demo test check-sync lint notebooks outputs pytest browser lab
 
 setup: $(VENV)/.qvl-setup
 
@@ -34,6 +34,10 @@ lint: setup
 
 notebooks: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/nbdev_test --n_workers 0
+
+# run the notebooks' CPU cells and store their outputs (tables, figures) in them, then clean; commit the result
+outputs: setup
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python tests/store_outputs.py $(NBS) && PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/nbdev_clean
 
 # Debian's chromium and chromium-driver for the JupyterLab browser tests (tests/test_lab.py), installed where missing;
 # where they cannot be installed this says why, and those tests fail saying so

@@ -16,7 +16,7 @@ from PIL import Image
 
 from qvl.families import default_tiny_model, load_tiny
 from qvl.formats import SPECS, parse_sample, write_records
-from qvl.tokens import _template_parts, doctor
+from qvl.doctor import _template_parts, doctor
 
 
 def make_dataset(d: Path, n: int, seed: int = 0) -> list[dict]:

@@ -13,7 +13,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from qvl.resize import Budget, load_resized, resize_folder
+from qvl.resize import Budget, load_resized
+
+from qvl.folders import resize_folder
 
 
 def photo_like(rng, side=2000):

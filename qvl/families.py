@@ -32,7 +32,7 @@ class Family:
     vision: Callable             # `Arch` -> its vision-config values
     tiny_text: dict = field(default_factory=dict)    # the tiny recipe: text-config values over `TINY_TEXT` (None drops one)
     tiny_vision: dict = field(default_factory=dict)  # and its vision tower
-    boxes: tuple = ('json', 'grid1000')   # a grounding box in text: syntax and coordinate scale (`qvl.resize.BoxStyle`)
+    boxes: tuple = ('json', 'grid1000')   # a grounding box in text: syntax and coordinate scale (`qvl.boxes.BoxStyle`)
     qvl_chat_template: bool = False       # `CHAT_TEMPLATE` is the family's: `qvl fix-model` adds it where missing
     merge: int = 2               # patches merged per side into one LLM token
     temporal_patch: int = 2      # frames per temporal group

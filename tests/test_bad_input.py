@@ -614,7 +614,7 @@ def test_eval_of_a_two_turn_sample_with_a_second_image_answers_the_last_turn(tmp
 
 # -- boxes: one convention -----------------------------------------------------------------------------------------------
 def test_resize_of_a_two_image_sample_with_boxes_moves_them_or_says_why_not(tmp_path):
-    from qvl.resize import box_frame
+    from qvl.boxes import box_frame
     d = tmp_path / 'd'; image(d / 'a.jpg', (2000, 1000), 1); image(d / 'b.jpg', (2000, 1000), 2); image(d / 'c.jpg', (800, 800), 3)
     box = '{"bbox_2d": [100, 100, 500, 300]}'
     same = dict(messages=[dict(role='user', content='<image><image>where?'), dict(role='assistant', content=box)], images=['a.jpg', 'b.jpg'])
@@ -631,7 +631,7 @@ def test_resize_of_a_two_image_sample_with_boxes_moves_them_or_says_why_not(tmp_
 
 def test_resize_and_convert_read_boxes_in_one_frame(tmp_path):
     "A 4000 px image: its boxes (in the processor's frame) land on the same spot of the resized file either way."
-    from qvl.resize import box_frame
+    from qvl.boxes import box_frame
     d = tmp_path / 'd'; image(d / 'a.jpg', (4000, 3000), 1)
     rec = dict(messages=[dict(role='user', content='<image>where?'), dict(role='assistant', content='{"bbox_2d": [1000, 800, 2000, 1600]}')],
                images=['a.jpg'])
@@ -642,7 +642,7 @@ def test_resize_and_convert_read_boxes_in_one_frame(tmp_path):
     via_resize = [v / s for v, s in zip(json.loads(resized['messages'][1]['content'])['bbox_2d'], box_frame(*size) * 2)]
     run_qvl('convert', d / 'train.json', tmp_path / 'g' / 'train.json', '--boxes', 'qwen3_vl')
     from qvl.formats import read_records, text_slots
-    from qvl.resize import find_boxes
+    from qvl.boxes import find_boxes
     (grid,) = [b[2] for r in read_records(tmp_path / 'g' / 'train.json') for c, k in text_slots(r) for b in find_boxes(c[k])]
     assert np.allclose(via_resize, [v / 1000 for v in grid], atol=0.004), (via_resize, grid)
 

@@ -32,9 +32,9 @@ def made_up():
 def test_a_made_up_family_is_one_entry(made_up, tmp_path, capsys):
     from qvl.cli import main
     from qvl.estimate import Setup, estimate_setup
-    from qvl.resize import box_style
+    from qvl.boxes import box_style
     from qvl.sample import write_sample_data
-    from qvl.tokens import doctor, inspect_model
+    from qvl.doctor import doctor, inspect_model
     from qvl.train import Trainer, tiny_run_config
     ckpt = tmp_path / 'tiny'
     assert main(['tiny-model', str(ckpt), '--family', made_up]) == 0                  # the CLI offers the new family

@@ -43,8 +43,9 @@ def write_dataset(root: Path, fmt: str) -> Path:
 @pytest.mark.parametrize('fmt', ['sharegpt', 'sharegpt-conversations', 'alpaca', 'messages', 'messages-url'])
 def test_resize_doctor_and_training_see_the_same_images(fmt, tiny_model, tmp_path):
     from qvl.data import build_examples
-    from qvl.resize import Budget, resize_dataset
-    from qvl.tokens import analyse, inspect_model, model_budget
+    from qvl.resize import Budget
+    from qvl.folders import resize_dataset
+    from qvl.doctor import analyse, inspect_model, model_budget
     path = write_dataset(tmp_path / 'data', fmt)
     ds = load_dataset(path)
     want = [['img/a.png', 'img/b.png'], ['img/c.png']]

@@ -10,7 +10,7 @@ from PIL import Image
 
 from conftest import run_qvl
 from qvl.formats import read_records, text_slots, write_records
-from qvl.resize import find_boxes
+from qvl.boxes import find_boxes
 
 RED = (300, 200, 660, 440)      # x1, y1, x2, y2 of the red rectangle in the 1200x800 original
 # ... as a Qwen2.5-VL answer writes it: in the image as the processor resizes it (1204x812), the one convention
@@ -85,7 +85,7 @@ def test_fix_shrink_carries_boxes_with_their_image(tiny_model, tmp_path):
 
 @pytest.mark.parametrize('family', ['qwen2_vl', 'qwen2_5_vl', 'qwen3_vl'])
 def test_each_family_has_its_convention(family):
-    from qvl.resize import box_style
+    from qvl.boxes import box_style
     s = box_style(family)
     assert (s.syntax, s.scale) == {'qwen2_vl': ('tokens', 'grid1000'), 'qwen2_5_vl': ('json', 'pixels'),
                                    'qwen3_vl': ('json', 'grid1000')}[family]

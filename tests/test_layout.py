@@ -1,5 +1,6 @@
 """The package's shape: each module imports only modules of notebooks before its own (no import circle, even through
-imports inside functions), and every exported cell of a notebook is followed by a cell that shows and checks it."""
+imports inside functions), every exported cell of a notebook is followed by a cell that shows and checks it, and no
+module or function outgrows a reading."""
 import ast, json
 from pathlib import Path
 
@@ -47,3 +48,26 @@ def test_every_exported_cell_is_followed_by_a_check():
             while j < len(cells) and cells[j]['cell_type'] == 'markdown': j += 1
             if j == len(cells) or export[j]: missing.append(f"{nb.name}: {s.splitlines()[1][:60]}")
     assert not missing, missing
+
+
+def test_no_module_over_about_500_lines_and_no_function_over_80():
+    "A module a reader takes in at one sitting, a function that fits on a screen (the generated index aside)."
+    long_modules, long_defs = [], []
+    for p in sorted((ROOT / 'qvl').glob('*.py')):
+        if p.stem.startswith('_'): continue
+        text = p.read_text()
+        if len(text.splitlines()) > 510: long_modules.append((p.name, len(text.splitlines())))
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.end_lineno - node.lineno >= 80:
+                long_defs.append((p.name, node.name, node.end_lineno - node.lineno + 1))
+    assert not long_modules and not long_defs, (long_modules, long_defs)
+
+
+def test_every_notebook_shows_its_outputs():
+    "Notebooks are stored with their CPU cells' outputs (`make outputs`): each shows some, none an error or a bare widget."
+    bare, errors = [], []
+    for nb in sorted((ROOT / 'nbs').glob('*.ipynb')):
+        outs = [o for c in json.loads(nb.read_text())['cells'] for o in c.get('outputs', [])]
+        if not outs: bare.append(nb.name)
+        errors += [nb.name for o in outs if o['output_type'] == 'error' or 'application/vnd.jupyter.widget-view+json' in o.get('data', {})]
+    assert not bare and not errors, (bare, errors)

@@ -7,7 +7,7 @@ from PIL import Image
 
 from conftest import run_qvl
 from qvl.formats import SPECS, convert, format_sample, parse_sample, read_records, write_records
-from qvl.tokens import doctor
+from qvl.doctor import doctor
 
 CUTOFF = 1024
 
@@ -23,7 +23,7 @@ def turns(q, a='3'):
 
 def trainer_batch(processor, record, root, cutoff):
     "What a trainer does with a sharegpt record: template, processor (images expanded), then cut at cutoff."
-    from qvl.tokens import _template_parts
+    from qvl.doctor import _template_parts
     s = parse_sample(record, SPECS['sharegpt'])
     text = processor.apply_chat_template(_template_parts(s), tokenize=False)
     images = [Image.open(root / p).convert('RGB') for p in s.images]
@@ -69,22 +69,13 @@ def test_real_error_then_fix_trains(tiny_model, tmp_path):
 
 
 def planted_dataset(d):
-    "Clean samples plus one of each sample problem the doctor knows."
-    for i in range(4): jpeg(d / f'img/ok{i}.jpg', 300 + 60 * i, 280 + 20 * i, i)
-    jpeg(d / 'img/big.jpg', 2000, 2000); jpeg(d / 'img/thin.jpg', 2020, 10)
-    (d / 'img/broken.jpg').write_bytes(b'\xff\xd8\xff\xe0 truncated jpeg')
-    recs = [dict(id='c0', messages=turns('<image>How many red marks?'), images=['img/ok0.jpg']),
-            dict(id='c1', messages=turns('Compare <image> with <image>.'), images=['img/ok1.jpg', 'img/ok2.jpg']),
-            dict(id='c2', messages=turns('Text only, no image.')),
-            dict(id='c3', messages=[dict(role='system', content='Be brief.')] + turns('<|vision_start|><|image_pad|><|vision_end|>Colour?', 'red'),
-                 images=['img/ok3.jpg'], extra_field=[1, 2]),
-            dict(id='p', messages=turns('<image><image>Which?'), images=['img/ok3.jpg']),
-            dict(id='m', messages=turns('<image>What?'), images=['img/gone.jpg']),
-            dict(id='u', messages=turns('<image>What?'), images=['img/broken.jpg']),
-            dict(id='a', messages=turns('<image>What?'), images=['img/thin.jpg']),
-            dict(id='t', messages=turns('<image>How many?'), images=['img/big.jpg']),
-            dict(id='s', messages=turns('many words ' * 700)),
-            dict(id='c4', messages=turns('<image>Again?'), images=['img/ok0.jpg'])]
+    """Clean samples plus one of each sample problem the doctor knows (`qvl.sample.write_problem_data`, its ids shortened),
+    and a clean sample that writes the model's own tokens, has a system turn and a field no format knows."""
+    from qvl.sample import write_problem_data
+    short = dict(clean0='c0', clean1='c1', clean2='c2', count='p', missing='m', broken='u', thin='a', big='t', long='s', clean3='c4')
+    recs = [dict(r, id=short[r['id']]) for r in write_problem_data(d)]
+    recs.insert(3, dict(id='c3', messages=[dict(role='system', content='Be brief.')] + turns('<|vision_start|><|image_pad|><|vision_end|>Colour?', 'red'),
+                        images=['img/ok3.jpg'], extra_field=[1, 2]))
     write_records(recs, d / 'train.json')
     return recs
 
@@ -111,7 +102,7 @@ def test_doctor_flags_exactly_the_planted_problems(tiny_model, tmp_path):
 def test_doctor_counts_what_the_processor_produces(tmp_path):
     "Every clean sample's token count equals the real processor's input_ids length, for both model families."
     from qvl.families import build_tiny_model, load_tiny
-    from qvl.tokens import analyse, inspect_model, load_dataset, model_budget
+    from qvl.doctor import analyse, inspect_model, load_dataset, model_budget
     recs = planted_dataset(tmp_path / 'data')
     for family in ('qwen2_5_vl', 'qwen2_vl'):
         m = build_tiny_model(tmp_path / family, family)
@@ -195,7 +186,7 @@ def test_messages_format_and_dataset_info(tiny_model, tmp_path):
         columns=dict(messages='conv', images='pics'),
         tags=dict(role_tag='speaker', content_tag='text', user_tag='person', assistant_tag='bot')))))
     assert doctor(lf, tiny_model, CUTOFF, progress=False).ok
-    s = parse_sample(recs[0], __import__('qvl.tokens').tokens.load_dataset(lf).spec)
+    s = parse_sample(recs[0], __import__('qvl.doctor').doctor.load_dataset(lf).spec)
     assert format_sample(s, SPECS['sharegpt-conversations'])['conversations'][0] == {'from': 'human', 'value': '<image>How many?'}
 
 
