@@ -25,6 +25,7 @@ def scale_boxes(boxes, orig_size: tuple[int, int], new_size: tuple[int, int], nd
         return [int(v) for v in out] if ndigits == 0 else out
     return [one(b) for b in boxes]
 
+# %% ../nbs/04_boxes.ipynb #ea76fbf9
 _GROUNDING = re.compile(r'("(?:bbox_2d|point_2d)"\s*:\s*\[)([^\]]*)(\])')
 
 def rescale_grounding_text(text: str, orig_size: tuple[int, int], new_size: tuple[int, int], style: BoxStyle | None = None) -> str:
@@ -43,6 +44,7 @@ class BoxStyle:
     syntax: str          # 'json': "bbox_2d": [x1, y1, x2, y2] / "point_2d": [x, y]; 'tokens': <|box_start|>(x1,y1),(x2,y2)<|box_end|>
     scale: str           # 'pixels': absolute, in the image as the model sees it; 'grid1000': relative, 0-1000 on each axis
 
+# %% ../nbs/04_boxes.ipynb #74970df6
 def box_style(family_or_model) -> BoxStyle:
     """The `BoxStyle` of a family name (`qwen2_5_vl`, ...) or of a model (known name, hub id or checkpoint directory),
     as its `FAMILIES` entry says (read at each call, so a family registered later is known too)."""
@@ -55,6 +57,7 @@ def box_style(family_or_model) -> BoxStyle:
     if key not in FAMILIES: raise QvlError(f"no box convention known for {family_or_model!r}: choose one of {', '.join(FAMILIES)}")
     return BoxStyle(*FAMILIES[key].boxes)
 
+# %% ../nbs/04_boxes.ipynb #1d158754
 _BOX_TOKENS = re.compile(r'<\|box_start\|>\s*\(\s*(-?[\d.]+)\s*,\s*(-?[\d.]+)\s*\)\s*,\s*\(\s*(-?[\d.]+)\s*,\s*(-?[\d.]+)\s*\)\s*<\|box_end\|>')
 _BOX_JSON = re.compile(r'"(bbox_2d|point_2d)"\s*:\s*\[([^\]]*)\]')
 
@@ -67,6 +70,7 @@ def find_boxes(text: str) -> list[tuple]:
         if len(nums) == (4 if m.group(1) == 'bbox_2d' else 2): out.append(('json', m.group(1)[:-3], nums, m.span()))
     return sorted(out, key=lambda b: b[3])
 
+# %% ../nbs/04_boxes.ipynb #5446e6ee
 def _num(v: float) -> str: return str(int(round(v)))
 
 def convert_grounding_text(text: str, size, src: BoxStyle, dst: BoxStyle) -> str:
@@ -86,6 +90,7 @@ def convert_grounding_text(text: str, size, src: BoxStyle, dst: BoxStyle) -> str
         out += [text[pos:a], new]; pos = b
     return ''.join(out) + text[pos:]
 
+# %% ../nbs/04_boxes.ipynb #a0a895cf
 def convert_record_boxes(record: dict, root, src: BoxStyle, dst: BoxStyle, spec=None) -> dict:
     """`record` with the boxes in its texts rewritten from `src`'s convention to `dst`'s. Absolute boxes are in the image
     as the processor resizes it (Qwen2.5-VL's rule), so its file's size decides; a record with boxes and several images
@@ -98,6 +103,7 @@ def convert_record_boxes(record: dict, root, src: BoxStyle, dst: BoxStyle, spec=
     for c, k in texts: c[k] = convert_grounding_text(c[k], seen, src, dst)
     return record
 
+# %% ../nbs/04_boxes.ipynb #819e0c29
 def box_frame(width: int, height: int) -> tuple[int, int]:
     """The (width, height) that absolute (Qwen2.5-VL) boxes are in, for an image file of `width` x `height`: the image as
     the model's processor resizes it. The one convention: `qvl resize`, `qvl fix`, `qvl convert` and the doctor all read
@@ -105,6 +111,7 @@ def box_frame(width: int, height: int) -> tuple[int, int]:
     h, w = Budget().fit(height, width)
     return w, h
 
+# %% ../nbs/04_boxes.ipynb #45647ee2
 def rescale_record_boxes(record: dict, sizes: list, style: BoxStyle) -> str | None:
     """Move `record`'s absolute boxes with its images, resized as `sizes` says ((width, height) before, after: one pair
     per image), from the frame of `box_frame` before to the one after; the reason where that is a guess (images resized

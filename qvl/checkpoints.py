@@ -61,6 +61,7 @@ def latest_checkpoint(out_dir, report=print) -> Path | None:
         if report: report(f"checkpoint {ck} is damaged ({', '.join(bad)} changed or missing): using an earlier one")
     return None
 
+# %% ../nbs/18_checkpoints.ipynb #51631132
 # may differ between a run and its --resume: they change what is written or how long it goes, not what it computes
 RESUMABLE_KEYS = keys_of(resumable=True)
 
@@ -70,6 +71,7 @@ def resume_conflicts(saved: dict, cfg: TrainConfig) -> list[str]:
     return [f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in now
             if k not in RESUMABLE_KEYS and k in saved and json.loads(json.dumps(saved[k], default=str)) != json.loads(json.dumps(now[k], default=str))]
 
+# %% ../nbs/18_checkpoints.ipynb #8a47d358
 RUN_FILES = ('checkpoints', 'log.jsonl', 'log.csv', 'adapter', 'model', 'summary.json', 'detail_check.csv', 'skipped.json',
              'config.json', 'tensorboard', 'tracker.json')     # what a run writes into its out_dir, and --overwrite removes
 
@@ -80,6 +82,7 @@ def previous_run(out_dir) -> str | None:
     if cks: return f"checkpoints/{cks[-1].name}"
     return next((f for f in ('log.jsonl', 'adapter', 'model') if (d / f).exists()), None)
 
+# %% ../nbs/18_checkpoints.ipynb #8551756f
 def clear_run(out_dir):
     "Remove a run's files from `out_dir` (`RUN_FILES`), and nothing else."
     for f in RUN_FILES:
@@ -87,6 +90,7 @@ def clear_run(out_dir):
         if p.is_dir() and not p.is_symlink(): shutil.rmtree(p)
         elif p.exists() or p.is_symlink(): p.unlink()
 
+# %% ../nbs/18_checkpoints.ipynb #da411be3
 def lock_run_dir(out_dir):
     "Hold `out_dir` for this process (an open file with a lock, released when it ends); a second run into it is refused."
     import fcntl
@@ -99,6 +103,7 @@ def lock_run_dir(out_dir):
     f.seek(0); f.truncate(); f.write(str(os.getpid())); f.flush()
     return f
 
+# %% ../nbs/18_checkpoints.ipynb #b12825ae
 def non_finite_loss(loss: float, step: int, out_dir) -> str:
     "The one-line error of a step whose loss is not finite: nothing of it was applied, and the last checkpoint is kept."
     ck = latest_checkpoint(out_dir, None)
@@ -190,6 +195,7 @@ class Checkpoints:
         self.history = [r for r in rows if isinstance(r, dict) and r.get('step', 0) <= self.step]
         if rank() == 0: write_text(p, ''.join(json.dumps(r) + '\n' for r in self.history))
 
+# %% ../nbs/18_checkpoints.ipynb #040f589f
 class RunOutputs:
     "What a finished run leaves besides its checkpoints: the skipped samples, the final adapter or model, its card."
     def _write_skipped(self):

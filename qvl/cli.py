@@ -216,7 +216,7 @@ def cmd_calibrate(a) -> int:
     if t: print(f"step time: {t['micro_batch_s']:.3f} s per micro-batch + FLOPs at {t['model_efficiency']:.1%} of the peak "
                 f"(recomputed at {t['recompute_efficiency']:.1%}); error median {df.time_error_before.abs().median():.1%} -> "
                 f"{df.time_error_after.abs().median():.1%}, worst {df.time_error_before.abs().max():.1%} -> {df.time_error_after.abs().max():.1%}")
-    else: print("step time: not refitted (the steps measured have one size: give two --sides or --batches)")
+    else: print(f"step time: not refitted ({corr['step_time_not_refitted']})")
     if not a.no_save: print(f"written to {Path(cfg.out_dir) / CALIBRATION_FILE}: `qvl estimate {a.config}` and `qvl plan {a.config}` use them")
     return 0
 
@@ -478,6 +478,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if as_json: json_stdout(False)
 
+# %% ../nbs/24_cli.ipynb #37999942
 def error_line(e: BaseException) -> str:
     "One line for an error from the system or a library: what failed, on which file, and what to do (no traceback)."
     import errno
@@ -496,6 +497,7 @@ def error_line(e: BaseException) -> str:
     if 'embedded null' in msg: return "a path contains a NUL byte: fix the path"
     return f"{type(e).__name__}: {msg} (set QVL_DEBUG=1 for the traceback)"
 
+# %% ../nbs/24_cli.ipynb #12f5993a
 def console() -> None:
     sys.exit(main())
 

@@ -84,6 +84,7 @@ class Command:
         self.add_to(p.add_subparsers())
         return self.run(p.parse_args([self.name, *map(str, argv)]))
 
+# %% ../nbs/23_commands.ipynb #e18a49c0
 COMMANDS: dict[str, Command] = {}     # every `qvl` subcommand, in the order `qvl --help` lists them
 
 def command(name: str, help: str, *args):
@@ -94,6 +95,7 @@ def command(name: str, help: str, *args):
         return run
     return register
 
+# %% ../nbs/23_commands.ipynb #f03791ef
 def arg(*flags, of: str | None = None, **kw) -> tuple:
     """One flag of a command, as `add_argument` takes it. `of`: the library function (`'qvl.folders.resize_folder'`) whose
     parameter of the flag's name gives its default: a default is written once, in the library."""

@@ -17,6 +17,8 @@ __all__ = ['METHODS', 'PRECISIONS', 'SCHEDULES', 'SHARDINGS', 'ATTENTIONS', 'REP
 
 # %% ../nbs/09_config.ipynb #ce1efae8
 def world_size() -> int: return int(os.environ.get('WORLD_SIZE', 1))
+
+# %% ../nbs/09_config.ipynb #77de54c2
 def rank() -> int: return int(os.environ.get('RANK', 0))
 
 # %% ../nbs/09_config.ipynb #b4a75070
@@ -38,6 +40,7 @@ def key(default=dataclasses.MISSING, role: str = 'step', choices: tuple | None =
                 metavar=metavar, also=also)
     return dataclasses.field(default=default, metadata=meta)
 
+# %% ../nbs/09_config.ipynb #ccf2c400
 def _wxh(text: str) -> list[int]:
     "A `WxH` flag (one number: a square) as `[width, height]`."
     from qvl.core import ImageSize
@@ -112,12 +115,14 @@ class TrainConfig:
     @property
     def global_batch(self) -> int: return self.batch_size * self.grad_accum * world_size()
 
+# %% ../nbs/09_config.ipynb #4aa4da94
 @functools.lru_cache(maxsize=None)      # parsed once: `Setup` reads it for each of its shared keys
 def key_help() -> dict[str, str]:
     "Each run key's help: the comment after it in `TrainConfig`."
     from fastcore.docments import docments
     return {k: v or '' for k, v in docments(TrainConfig).items() if k != 'return'}
 
+# %% ../nbs/09_config.ipynb #bfe6a3e5
 def keys_of(role: str | None = None, resumable: bool | None = None) -> tuple[str, ...]:
     "The run keys of a role (`ROLES`), or those a `--resume` may (or may not) change."
     return tuple(f.name for f in dataclasses.fields(TrainConfig) if (role is None or f.metadata['role'] == role)
@@ -170,6 +175,7 @@ def config_from_dict(d: dict, **overrides) -> TrainConfig:
                            "gradient_checkpointing: true, or drop checkpoint_layers")
     return c
 
+# %% ../nbs/09_config.ipynb #da79661d
 def load_config(path, **overrides) -> TrainConfig:
     "Read a `TrainConfig` from YAML or JSON; `overrides` replace file values."
     p = Path(path)
@@ -191,6 +197,7 @@ def example_configs() -> dict:
         out[p.stem] = (p, p.read_text().splitlines()[0].lstrip('# '))
     return out
 
+# %% ../nbs/09_config.ipynb #30915260
 def example_config(name: str) -> Path:
     "The path of the example run config `name` (`example_configs`), or a `QvlError` that lists them."
     ex = example_configs()
@@ -202,6 +209,7 @@ def device_type(device) -> str:
     "The type of `device` (a torch device, or its type as text: 'cuda', 'cpu')."
     return device if isinstance(device, str) else device.type
 
+# %% ../nbs/09_config.ipynb #16ee3b8c
 def resolve_precision(precision: str, device) -> str:
     "The run's precision on `device` (a torch device or its type, 'cuda' / 'cpu'): auto is pure bf16 on a GPU, fp32 on a CPU."
     kind = device_type(device)
@@ -209,6 +217,7 @@ def resolve_precision(precision: str, device) -> str:
     if precision == 'fp16-mixed' and kind != 'cuda': raise QvlError("fp16-mixed needs a CUDA GPU")
     return precision
 
+# %% ../nbs/09_config.ipynb #4de910cf
 def sharding_mode(cfg: TrainConfig, world: int) -> str | None:
     "How the model is spread over `world` processes: None (one process), 'ddp' (replicated), or 'fsdp' (full fine-tuning sharded)."
     if world <= 1: return None

@@ -48,6 +48,7 @@ def qvl_home() -> Path:
 
 GB = 1e9        # qvl's one unit of memory (estimates, plans, training logs): 10^9 bytes
 
+# %% ../nbs/00_core.ipynb #404d4e5e
 def seed_everything(seed: int) -> None:
     "Seed Python, NumPy and (if imported) torch."
     import sys, numpy as np
@@ -56,6 +57,7 @@ def seed_everything(seed: int) -> None:
         import torch
         torch.manual_seed(seed)
 
+# %% ../nbs/00_core.ipynb #c29ba5fa
 def _umask() -> int:
     m = os.umask(0o022); os.umask(m)
     return m
@@ -69,6 +71,7 @@ def inside(path, root) -> Path:
         if q != root and q.is_symlink(): raise QvlError(f"{q} is a symbolic link: qvl does not write through links")
     return p
 
+# %% ../nbs/00_core.ipynb #fa8cca10
 def atomic_file(dst, write, root=None) -> Path:
     """Write a file with `write(tmp_path)` to a temporary sibling, then rename it to `dst`: never through a link (`dst`
     or a folder between it and `root` that is one is refused), never outside `root` (default: `dst`'s folder), with the
@@ -86,10 +89,12 @@ def atomic_file(dst, write, root=None) -> Path:
         if os.path.exists(tmp): os.remove(tmp)
     return dst
 
+# %% ../nbs/00_core.ipynb #bf9a06f7
 def write_text(dst, text: str, root=None) -> Path:
     "`atomic_file` of a text (UTF-8): how qvl writes every small file."
     return atomic_file(dst, lambda tmp: Path(tmp).write_text(text, encoding='utf-8'), root)
 
+# %% ../nbs/00_core.ipynb #fc9f3f4e
 def append_line(dst, line: str, root=None) -> Path:
     "Append one line to a log file that is no link, inside `root` (default: its folder)."
     dst = inside(dst, root or Path(dst).parent)
@@ -97,6 +102,7 @@ def append_line(dst, line: str, root=None) -> Path:
     with os.fdopen(fd, 'a', encoding='utf-8') as f: f.write(line.rstrip('\n') + '\n')
     return dst
 
+# %% ../nbs/00_core.ipynb #6d7c7176
 def _alive(pid: int) -> bool:
     try: os.kill(pid, 0)
     except ProcessLookupError: return False
@@ -128,7 +134,7 @@ def atomic_dir(dst: Path, build, root=None) -> Path:
         if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
     return dst
 
-
+# %% ../nbs/00_core.ipynb #da20325d
 def on_sigterm():
     """Turn SIGTERM (`kill`, `docker stop`, Slurm) into `KeyboardInterrupt`, so every writer's cleanup runs and the
     command exits as it does on Ctrl-C (the CLI calls this once)."""
@@ -146,6 +152,7 @@ def on_sigterm():
     signal.signal(signal.SIGTERM, stop)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})   # a launcher may hand it on blocked
 
+# %% ../nbs/00_core.ipynb #9dd7471c
 _SIGNALLED = []      # the signals `on_sigterm` caught in this process
 
 def check_interrupt():
@@ -154,6 +161,7 @@ def check_interrupt():
     and the CLI before it reports success."""
     if _SIGNALLED: raise KeyboardInterrupt(f'signal {_SIGNALLED[0]}')
 
+# %% ../nbs/00_core.ipynb #509e31b9
 _FLOAT12 = re.compile(r'^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$')
 
 def load_yaml(text: str, what: str):
@@ -172,6 +180,7 @@ def load_yaml(text: str, what: str):
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ''
         raise QvlError(f"{what} is not valid YAML: {getattr(e, 'problem', None) or e}{where}".replace('\n', ' ')) from None
 
+# %% ../nbs/00_core.ipynb #76afb812
 def refuse_overlap(out, inputs: dict, what: str = 'output'):
     """One refusal of an output that overlaps an input: `out` (a file or folder qvl will write) may not be, hold or lie
     inside any of `inputs` ({what it is: path}); a `QvlError` that names both otherwise."""
@@ -184,6 +193,7 @@ def refuse_overlap(out, inputs: dict, what: str = 'output'):
             raise QvlError(f"the {what} {out} {rel} the {name} {p}: choose a path outside it")
     return Path(out)
 
+# %% ../nbs/00_core.ipynb #ff3e8582
 def file_fingerprint(path) -> list | None:
     """What identifies a file's content without reading it: size, modification time, status-change time and inode.
     A copy that restores the old modification time (`cp -p`, `rsync -a`, `tar x`) still changes the last two."""
@@ -191,6 +201,7 @@ def file_fingerprint(path) -> list | None:
     except (OSError, ValueError): return None
     return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
 
+# %% ../nbs/00_core.ipynb #f7796dec
 def file_digest(path) -> str:
     "SHA-256 of a file's bytes, read in 1 MiB blocks."
     h = hashlib.sha256()
@@ -198,6 +209,7 @@ def file_digest(path) -> str:
         for block in iter(lambda: f.read(1 << 20), b''): h.update(block)
     return h.hexdigest()
 
+# %% ../nbs/00_core.ipynb #4206bc0e
 CHECKSUMS = 'checksums.json'
 
 def write_checksums(folder) -> Path:
@@ -207,6 +219,7 @@ def write_checksums(folder) -> Path:
     (folder / CHECKSUMS).write_text(json.dumps(sums, indent=1))
     return folder / CHECKSUMS
 
+# %% ../nbs/00_core.ipynb #497fe925
 def verify_checksums(folder) -> list[str]:
     "Files of `folder` that are missing, changed or truncated since `write_checksums` (all of them when it has none)."
     folder = Path(folder)

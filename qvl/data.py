@@ -40,6 +40,7 @@ def assistant_mask(ids: list[int], im_start: int, header: list[int], im_end: int
         i += 1
     return mask
 
+# %% ../nbs/11_data.ipynb #88d82a71
 def expand_example(ids: list[int], mask: list[bool], pad_id: int, counts: list[int]) -> tuple[list[int], list[int]]:
     "input_ids with each image pad expanded to its token count, and labels (-100 off the assistant turns)."
     out, labels, it = [], [], iter(counts)
@@ -170,6 +171,7 @@ def cache_key(ds: Dataset, model, budget: Budget | None, cutoff_len: int | None,
                  placeholder=placeholder, allow_outside=allow_outside, images=images)
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
+# %% ../nbs/11_data.ipynb #f81a95f7
 def save_examples(ex: Examples, path: Path, key: str) -> Path:
     "Write examples as safetensors (ids, labels, offsets) and JSON (images, indices, skips), atomically."
     import torch
@@ -182,6 +184,7 @@ def save_examples(ex: Examples, path: Path, key: str) -> Path:
         write_checksums(tmp)
     return atomic_dir(path, build)
 
+# %% ../nbs/11_data.ipynb #aeafcfa9
 def load_examples(path: Path, key: str) -> Examples | None:
     "Examples cached at `path` under exactly `key`, or None (then they are built again): also when a file of the cache was truncated or changed."
     from safetensors.torch import load_file
@@ -193,6 +196,7 @@ def load_examples(path: Path, key: str) -> Examples | None:
     return Examples(t['input_ids'], t['labels'], t['offsets'].tolist(), [[tuple(i) for i in im] for im in meta['images']],
                     meta['index'], meta['ids'], meta['skipped'])
 
+# %% ../nbs/11_data.ipynb #3f5dbd6c
 def cached_examples(ds: Dataset, model, budget: Budget | None = None, cutoff_len: int | None = None,
                     placeholder: str | None = DEFAULT_PLACEHOLDER, allow_outside: bool = False, strict: bool = False,
                     workers: int | None = None, cache_dir=None, progress: bool = True) -> tuple[Examples, bool]:
@@ -233,14 +237,17 @@ class VisionTextDataset:
             item.update(pixel_values=px['pixel_values'], image_grid_thw=px['image_grid_thw'])
         return item
 
+# %% ../nbs/11_data.ipynb #1be8d7ed
 def padded_length(longest: int, multiple: int = 8) -> int:
     "The length `collate` pads a batch whose longest item has `longest` tokens to."
     return (longest + multiple - 1) // multiple * multiple
 
+# %% ../nbs/11_data.ipynb #74e93927
 def loss_tokens(labels) -> int:
     "Label tokens the loss counts: the model shifts labels by one, so the first never counts."
     return int((labels[1:] != IGNORE).sum())
 
+# %% ../nbs/11_data.ipynb #0623bf1b
 def collate(items: list[dict], pad_id: int, multiple: int = 8, image_token_id: int | None = None, left: bool = False) -> dict:
     "Right-pad (with `left`, left-pad, as generation needs) items into a batch (length rounded up to `multiple`), joining their images; with `image_token_id`, the `mm_token_type_ids` newer models need for their 3D positions."
     import torch
@@ -260,7 +267,7 @@ def collate(items: list[dict], pad_id: int, multiple: int = 8, image_token_id: i
         batch['image_grid_thw'] = torch.cat([it['image_grid_thw'] for it in with_images])
     return batch
 
-
+# %% ../nbs/11_data.ipynb #0ab1161c
 def collate_packed(items: list[dict], model, image_token_id: int | None = None) -> dict:
     "Pack items into one row with no padding: 3D rope positions per item plus the text positions the model uses to keep attention inside each item (call the model with `use_cache=False`)."
     import inspect, torch
@@ -284,7 +291,7 @@ def collate_packed(items: list[dict], model, image_token_id: int | None = None) 
         batch['image_grid_thw'] = torch.cat([it['image_grid_thw'] for it in with_images])
     return batch
 
-
+# %% ../nbs/11_data.ipynb #2b62b4d1
 class lazy_examples:
     """Examples analysed and encoded on first access, for datasets too large to tokenize up front. A sample that cannot
     be trained on is skipped as it comes (listed in `skipped`; the next one that can takes its place) or, with
@@ -330,6 +337,7 @@ def stream_indices(n: int, start: int, count: int, seed: int) -> list[int]:
     "Examples `start .. start+count` of the endless stream of seeded per-epoch permutations of `n`."
     return [_epoch_order(n, seed, p // n)[p % n] for p in range(start, start + count)]
 
+# %% ../nbs/11_data.ipynb #bcf6a1df
 def micro_batches(cfg: TrainConfig, n: int, position: int, world: int = 1, rank: int = 0) -> tuple[list, list]:
     """One optimizer step from stream `position` over `n` examples: the global batch's indices, and the micro-batches
     process `rank` of `world` trains on (what `Trainer.train_step` takes, and what the estimate of a run's data walks)."""
@@ -344,6 +352,7 @@ def skipped_summary(skipped: list, total: int) -> str:
     codes = Counter(c for s in skipped for c in (s.get('codes') or ['unknown']))
     return f"{len(skipped)} of {total} samples skipped (" + ', '.join(f"{code}: {n}" for code, n in codes.most_common()) + ')'
 
+# %% ../nbs/11_data.ipynb #275d478a
 def run_examples(cfg: TrainConfig, path=None, progress: bool = True, lazy: bool | None = None) -> tuple:
     """The examples `qvl train` trains `cfg` on (or evaluates on: `path`, its `eval_data`) and whether they came from
     the tokenization cache: the dataset tokenized at the run's image budget and `cutoff_len` (as read with `lazy`,

@@ -54,6 +54,7 @@ def finding(code: str, message: str, **where) -> dict:
     "One problem: its code, what is wrong, how to fix it, and where (index, id, image)."
     return dict(code=code, message=message, fix=FIXES[code], **{k: v for k, v in where.items() if v is not None})
 
+# %% ../nbs/07_doctor.ipynb #cf805500
 @dataclass
 class ModelInfo:
     "What the doctor needs of a model: its token ids, pixel limits, tokenizer, and the problems found."
@@ -323,6 +324,7 @@ def model_budget(info: ModelInfo, budget: Budget | None = None) -> Budget:
     return dataclasses.replace(budget or Budget(), factor=info.factor, processor_min_pixels=info.min_pixels,
                                processor_max_pixels=info.max_pixels)
 
+# %% ../nbs/07_doctor.ipynb #c24dce5b
 @dataclass
 class Report:
     "The doctor's findings on a model and a dataset."
@@ -360,6 +362,7 @@ class Report:
 
     def _repr_markdown_(self): return '```\n' + str(self) + '\n```'
 
+# %% ../nbs/07_doctor.ipynb #aa929198
 def doctor(data, model, cutoff_len: int | None = None, budget: Budget | None = None, name: str | None = None,
            placeholder: str | None = DEFAULT_PLACEHOLDER, allow_outside: bool = False, progress: bool = True) -> Report:
     "Find every token, image and model problem of dataset `data` for `model` before training."

@@ -16,7 +16,7 @@ from .trace import traced_activations
 __all__ = ['OPTIMIZERS', 'STATE_BYTES', 'SHARDINGS', 'RUN_KEYS', 'COEFFICIENTS', 'CE_BYTES', 'LAYER_INPUT_BYTES',
            'TIED_TABLE_GRADS', 'FAST_KEPT', 'FAST_KEPT_COMPILED_LORA', 'QLORA_KEPT', 'GPU_SIZES', 'CUDA_CONTEXT',
            'ACT_SCALE', 'CALIBRATION_FILE', 'Setup', 'Batch', 'nominal_batch', 'features', 'Estimate',
-           'padding_mask_bytes', 'estimate', 'estimate_setup', 'largest', 'what_fits', 'advise', 'load_corrections',
+           'padding_mask_bytes', 'estimate_setup', 'estimate', 'largest', 'what_fits', 'advise', 'load_corrections',
            'article_table']
 
 # %% ../nbs/15_estimate.ipynb #5e2f005b
@@ -115,6 +115,7 @@ class Batch:
     labeled: int               # tokens the loss counts
     images: int = 0
 
+# %% ../nbs/15_estimate.ipynb #d4f2d445
 def nominal_batch(s: Setup, shape: ModelShape) -> Batch:
     "The micro-batch of `s`: `batch_size` samples of `images_per_sample` images of `image_size`, the prompt and the answer."
     from qvl.resize import Budget
@@ -124,6 +125,7 @@ def nominal_batch(s: Setup, shape: ModelShape) -> Batch:
     n_img = s.batch_size * s.images_per_sample
     return Batch(s.batch_size, T, n_img * img_tokens, s.batch_size * s.answer_tokens, n_img)
 
+# %% ../nbs/15_estimate.ipynb #5bc8a628
 def features(s: Setup, shape: ModelShape, batch: Batch | None = None) -> dict:
     "Per-GPU shape features of a step (of `batch`, default `s`'s nominal one): tokens, patches and their products with the model's widths."
     b = batch or nominal_batch(s, shape)
@@ -329,12 +331,7 @@ def _eager_scores(s: Setup, shape: ModelShape, f: dict) -> float:
     k = checkpointed_layers(s, shape.layers, shape.name)
     return shape.heads * f['seq_len'] * f['tokens'] * 2 * ((1 if k else 0) + shape.layers - k)
 
-# %% ../nbs/15_estimate.ipynb #368d9b6c
-def estimate(model: str = 'Qwen2.5-VL-7B', method: str = 'lora', image_size=448, batch_size: int = 1,
-             coefficients: dict | None = None, **kw) -> Estimate:
-    "Predict the GPU memory of a steady-state training step (see `Setup` for every setting; `image_size` as `ImageSize.of` reads it)."
-    return estimate_setup(Setup(model=model, method=method, image_size=image_size, batch_size=batch_size, **kw), coefficients)
-
+# %% ../nbs/15_estimate.ipynb #a509777f
 def estimate_setup(s: Setup, coefficients: dict | None = None, batch: Batch | None = None,
                    corrections: dict | None = None) -> Estimate:
     """The estimate of a `Setup` (of a real micro-batch's shape when `batch` is given), with a GPU's measured
@@ -392,6 +389,12 @@ def estimate_setup(s: Setup, coefficients: dict | None = None, batch: Batch | No
     return Estimate(s, comps, int(peak), int(reserved), phase, f, batch, corrections,
                     {'backward start': at_backward, 'optimizer step': at_step})
 
+# %% ../nbs/15_estimate.ipynb #368d9b6c
+def estimate(model: str = 'Qwen2.5-VL-7B', method: str = 'lora', image_size=448, batch_size: int = 1,
+             coefficients: dict | None = None, **kw) -> Estimate:
+    "Predict the GPU memory of a steady-state training step (see `Setup` for every setting; `image_size` as `ImageSize.of` reads it)."
+    return estimate_setup(Setup(model=model, method=method, image_size=image_size, batch_size=batch_size, **kw), coefficients)
+
 # %% ../nbs/15_estimate.ipynb #3b4b9c84
 def largest(gpu_bytes: float, what: str = 'batch_size', limit: int = 4096, **kw) -> int:
     "The largest `batch_size` (or square image side, `what='image_size'`, in steps of the model's image factor) that fits `gpu_bytes`."
@@ -411,6 +414,7 @@ def largest(gpu_bytes: float, what: str = 'batch_size', limit: int = 4096, **kw)
         hi, top = (mid, top) if ok(mid) else (hi, mid)
     return hi
 
+# %% ../nbs/15_estimate.ipynb #9d202d27
 def what_fits(model: str = 'Qwen2.5-VL-7B', method: str = 'lora', capacities=GPU_SIZES, **kw):
     "For each GPU size: does the setting fit, the largest batch at its image size, the largest side at its batch."
     import pandas as pd
@@ -424,6 +428,7 @@ def what_fits(model: str = 'Qwen2.5-VL-7B', method: str = 'lora', capacities=GPU
                                           **{k: v for k, v in kw.items() if k != 'image_size'})))
     return pd.DataFrame(rows)
 
+# %% ../nbs/15_estimate.ipynb #d26c3dc7
 def advise(e: Estimate, gpu_bytes: float = 141e9) -> str:
     "When a setting fits no GPU of `gpu_bytes`, what would: fewer pixels, a smaller batch, checkpointing, LoRA, more GPUs."
     if e.fits(gpu_bytes): return f"fits in {gpu_bytes / GB:.0f} GB"

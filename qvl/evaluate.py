@@ -29,6 +29,7 @@ class Quantization:
     preset: str = ''             # compressed-tensors: the scheme preset, and the format it is saved in
     packing: str = ''
 
+# %% ../nbs/22_evaluate.ipynb #824b23af
 QUANTIZATIONS = {q.name: q for q in (
     Quantization('nf4', 'bitsandbytes', 'bitsandbytes', '4-bit NormalFloat weights with bf16 compute (bitsandbytes; CPU or GPU)'),
     Quantization('int8', 'bitsandbytes', 'bitsandbytes', '8-bit weights, outlier columns in fp16 (bitsandbytes LLM.int8; CPU or GPU)'),
@@ -72,6 +73,7 @@ def export_source(src, tmp: Path) -> Path:
     if done == adapter_stamp(src): return merged       # a rerun's: the same adapter merged already
     return export_merged(src, merged)
 
+# %% ../nbs/22_evaluate.ipynb #f0429985
 def _kept_modules(model_dir, quantize_vision: bool) -> list[str]:
     "Full names of the modules that stay in bf16: the LM head, and the vision tower with its merger unless `quantize_vision`."
     import torch
@@ -97,6 +99,7 @@ class Calibration:
     placeholder: str | None = '<image>'
     samples: int = 64
 
+# %% ../nbs/22_evaluate.ipynb #ec6fdf83
 def calibration_for(src, data=None, samples: int = 64) -> Calibration | None:
     """The calibration set of `src`: `data` if given, else a training run's own training data; at the run's image budget
     (a model directory: its processor's limits). None when `src` is a model directory and no `data` was given."""
@@ -108,6 +111,7 @@ def calibration_for(src, data=None, samples: int = 64) -> Calibration | None:
                            cfg.placeholder, samples)
     return Calibration(str(data), Budget(), samples=samples) if data else None
 
+# %% ../nbs/22_evaluate.ipynb #cb1afd26
 def _on_model(batch: dict, model) -> dict:
     "A collated batch on `model`'s device, its pixels in the model's dtype."
     if 'pixel_values' in batch: batch = dict(batch, pixel_values=batch['pixel_values'].to(model.dtype))
@@ -168,6 +172,7 @@ def gptq(W, H, group: int, scale_of, quantize, damp: float = 0.01):
         W[:, b:] -= E @ Hinv[a:b, b:]
     return Q, torch.stack(scales, 1)
 
+# %% ../nbs/22_evaluate.ipynb #13ff7a22
 def _group_size(widths, largest: int = 128) -> int:
     "4-bit group size: `largest`, halved until it divides every quantized layer's input width (at least 8)."
     g = largest
@@ -237,6 +242,7 @@ def gptq_model(model, targets: dict, batches: list[dict], group: int, args, prog
             lin.weight_zero_point.data.zero_()
     model.apply(enable_quantization)
 
+# %% ../nbs/22_evaluate.ipynb #4e85a61e
 def _export_compressed(model_dir, q: Quantization, keep: list[str], calib: Calibration | None, progress: bool):
     """`model_dir` loaded and quantized in the compressed-tensors format `q.name` (all linear layers outside `keep`):
     (model, compressor, ignore patterns, details)."""
@@ -352,6 +358,7 @@ def load_for_eval(model_dir):
     return model, AutoProcessor.from_pretrained(d), dict(format=fmt, runs_as=runs_as, load_s=round(load_s, 3),
                                                          weight_gb=weights / 1e9, disk_gb=disk / 1e9)
 
+# %% ../nbs/22_evaluate.ipynb #685fbfae
 def _prompt(example: dict) -> tuple:
     """An example's prompt and its reference answer: the answer is its last assistant turn (the last run of labelled
     ids), the prompt everything before it, earlier turns and their images included."""
@@ -461,6 +468,7 @@ def evaluate(model, data, budgets: list[int] | None = None, batch_size: int = 8,
     if torch.cuda.is_available(): torch.cuda.empty_cache()
     return df
 
+# %% ../nbs/22_evaluate.ipynb #54bbdd91
 def plot_eval(df, path=None):
     "Accuracy (exact) against the resize budget, one line per model: did quantizing lose image detail?"
     import matplotlib.pyplot as plt

@@ -23,6 +23,7 @@ def templates_dir() -> Path:
         if d.is_dir(): return d
     raise QvlError("no experiments/ folder found: run from the qvl source tree or pass a template path")
 
+# %% ../nbs/21_experiments.ipynb #a91541ef
 def template_path(template) -> Path:
     "A template given by name (`vram_sweep`) or path."
     p = Path(template)
@@ -32,6 +33,7 @@ def template_path(template) -> Path:
     names = sorted(t.stem for t in templates_dir().glob('*.ipynb'))
     raise QvlError(f"unknown experiment template {template!r}: choose one of {', '.join(names)} or give a .ipynb path")
 
+# %% ../nbs/21_experiments.ipynb #26af0584
 def template_parameters(path) -> dict:
     "The defaults of a template's `parameters` cell, by name."
     import nbformat, ast
@@ -44,6 +46,7 @@ def template_parameters(path) -> dict:
         elif isinstance(node, ast.Assign): out[node.targets[0].id] = ast.literal_eval(node.value)
     return out
 
+# %% ../nbs/21_experiments.ipynb #e445e93c
 def environment(seed: int | None = None) -> dict:
     "What a result depends on besides its parameters: hardware, driver, library versions, commit, seed."
     import qvl
@@ -76,12 +79,14 @@ def environment(seed: int | None = None) -> dict:
     env['source_hash'] = h.hexdigest()[:16]
     return env
 
+# %% ../nbs/21_experiments.ipynb #76e00922
 def run_id(template: Path, params: dict) -> str:
     "A short hash of the template's content and the parameters."
     h = hashlib.sha256(Path(template).read_bytes())
     h.update(json.dumps(params, sort_keys=True, default=str).encode())
     return h.hexdigest()[:12]
 
+# %% ../nbs/21_experiments.ipynb #29d855e9
 def _as_type(name: str, value, default):
     "A parameter value in the type of its default (`-p sides 448` is the text '448' when the default is text; `-p x ''` is '')."
     from qvl.core import load_yaml
@@ -121,6 +126,7 @@ def run(template, params: dict | None = None, runs_dir='runs', force: bool = Fal
     write_text(d / 'done.json', json.dumps(dict(seconds=round(time.time() - t0, 2), finished=time.strftime('%Y-%m-%dT%H:%M:%S'))))
     return d
 
+# %% ../nbs/21_experiments.ipynb #9ab685b1
 def collect(runs_dir='runs', experiment: str | None = None, results: str = 'results.csv'):
     "Every finished run's results as one DataFrame, with its experiment, run id, parameters and environment."
     import pandas as pd, yaml
@@ -155,11 +161,13 @@ def grid(models, methods, sides, batches, gradient_checkpointing=(True,), fast: 
     return [dict(model=m, method=t, side=int(s), batch_size=int(b), gradient_checkpointing=bool(g), fast=bool(fast))
             for m in models for t in methods for g in gradient_checkpointing for s in sides for b in batches]
 
+# %% ../nbs/21_experiments.ipynb #7b56dcc9
 def point_config(p: dict):
     "The `TrainConfig` a sweep point measures and predicts: `qvl train`'s defaults with the point's settings."
     from qvl.profile import profile_config
     return profile_config(p['model'], p['method'], p['gradient_checkpointing'], p['fast'], batch_size=p['batch_size'])
 
+# %% ../nbs/21_experiments.ipynb #557c5e1b
 def predict(points) -> 'pd.DataFrame':
     "The estimate of every point."
     import pandas as pd
@@ -200,6 +208,7 @@ class LiveTensors:
     def __enter__(self): self.mode.__enter__(); return self
     def __exit__(self, *a): self.mode.__exit__(*a)
 
+# %% ../nbs/21_experiments.ipynb #feb9f49c
 def _tensor_bytes(tensors) -> int:
     return sum({t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}.values())
 
@@ -277,6 +286,7 @@ def measure_gpu_worker(points_json: str, out_csv: str) -> None:
         del tr
         import gc; gc.collect(); torch.cuda.empty_cache()
 
+# %% ../nbs/21_experiments.ipynb #889f4a7f
 def measure_gpus(points, out_dir: Path, gpus: int | None = None) -> None:
     "Spread the points' (model, method) groups over the GPUs, one worker process each; wait for all."
     import torch
@@ -297,6 +307,7 @@ def measure_gpus(points, out_dir: Path, gpus: int | None = None) -> None:
                                       env=env, stdout=log, stderr=subprocess.STDOUT))
     for p in procs: p.wait()
 
+# %% ../nbs/21_experiments.ipynb #9a285a13
 def vram_sweep(out_dir, models=('Qwen2.5-VL-3B', 'Qwen2.5-VL-7B'), methods=('lora', 'full'), sides=(448, 896, 1344, 2016),
                batches=(1, 2, 4, 8), gradient_checkpointing=(True,), measure: str = 'auto', cpu_sides=(224, 336, 448),
                cpu_batches=(1, 2, 4), fast: bool = True, progress: bool = True) -> 'pd.DataFrame':

@@ -162,6 +162,7 @@ def known_models() -> list[str]:
     "Names `model_config` accepts with no download (hub ids such as `Qwen/Qwen2.5-VL-7B-Instruct` work too)."
     return list(ARCHITECTURES)
 
+# %% ../nbs/01_families.ipynb #7cfcecb6
 def _normalise(name: str) -> str:
     n = name.strip().lower().removeprefix('qwen/')
     return re.sub(r'-(instruct|thinking|base)$', '', n)
@@ -194,6 +195,7 @@ def family_config(f: Family, text: dict, vision: dict, token_ids: dict, tie: boo
     return _config_class(f.model_type)(text_config=text, vision_config=vision, tie_word_embeddings=tie,
                                        architectures=[f.model_class], **token_ids)
 
+# %% ../nbs/01_families.ipynb #1e670e53
 def arch_config(a: Arch):
     "A transformers config for `a`, with the real token ids."
     f = FAMILIES[a.family]
@@ -218,6 +220,7 @@ def looks_like_path(name: str) -> bool:
     s = str(name)
     return s.startswith(('/', '.', '~')) or s.count('/') > 1 or s.endswith('/') or '\\' in s
 
+# %% ../nbs/01_families.ipynb #48570e8b
 def check_model_dir(model) -> Path:
     "`model` as a checkpoint directory, or a `QvlError` that says what is wrong with it."
     p = Path(model).expanduser()
@@ -329,6 +332,7 @@ def build_processor(model_type: str, tokenizer, min_pixels: int = CHECKPOINT_MIN
     return getattr(transformers, f.processor_class)(image_processor=image, tokenizer=tokenizer, video_processor=video,
                                                     chat_template=CHAT_TEMPLATE)
 
+# %% ../nbs/01_families.ipynb #32b883b4
 def build_tiny_model(out_dir: str | os.PathLike, family: str = 'qwen2_5_vl', seed: int = 0) -> Path:
     "Write a tiny random-weight Qwen-VL checkpoint (model, tokenizer, processor) to `out_dir`."
     import torch
@@ -342,11 +346,13 @@ def build_tiny_model(out_dir: str | os.PathLike, family: str = 'qwen2_5_vl', see
         build_processor(family, tokenizer).save_pretrained(tmp)
     return atomic_dir(Path(out_dir), write)
 
+# %% ../nbs/01_families.ipynb #d221be50
 def load_tiny(path: str | os.PathLike):
     "Load a checkpoint directory the way a user's local checkpoint is loaded: `(processor, model)`."
     from transformers import AutoModelForImageTextToText, AutoProcessor
     return AutoProcessor.from_pretrained(path), AutoModelForImageTextToText.from_pretrained(path)
 
+# %% ../nbs/01_families.ipynb #5d67efb2
 def build_random_checkpoint(name: str, out_dir, device: str = 'cuda', seed: int = 0, weights: bool = True) -> Path:
     """A checkpoint of `name`'s real architecture with random bf16 weights (made on `device`) and the offline tokenizer;
     without `weights`, its config, tokenizer and processor alone (what the estimate and the planner read of a run)."""
@@ -369,6 +375,7 @@ def build_random_checkpoint(name: str, out_dir, device: str = 'cuda', seed: int 
         build_processor(a.family, tokenizer).save_pretrained(tmp)
     return atomic_dir(Path(out_dir), write)
 
+# %% ../nbs/01_families.ipynb #35420a7e
 def default_tiny_model(family: str = 'qwen2_5_vl') -> Path:
     "The built-in tiny model under `qvl_home()`, built on first use."
     p = qvl_home() / 'tiny' / family

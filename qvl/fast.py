@@ -78,6 +78,7 @@ def labeled_loss(hidden, labels, head, num_items_in_batch=None, chunk: int = 409
     if torch.is_tensor(num_items_in_batch): num_items_in_batch = num_items_in_batch.to(total.device)
     return total / num_items_in_batch
 
+# %% ../nbs/13_fast.ipynb #fc99936f
 _LOSS_ONLY = ('logits_to_keep', 'return_dict', 'output_attentions', 'output_hidden_states')
 
 def right_padded(mask) -> bool:
@@ -107,11 +108,13 @@ def rms_norm(x, w, eps: float):
     xf = x.float()
     return w * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
 
+# %% ../nbs/13_fast.ipynb #c0990549
 def swiglu(g, u):
     "SiLU(g) * u."
     import torch
     return torch.nn.functional.silu(g) * u
 
+# %% ../nbs/13_fast.ipynb #6c5c5e94
 _KERNELS = {}
 
 def _kernels() -> dict:
@@ -229,7 +232,7 @@ class FastPath:
         lines += [f"  {r} off: {why}" for r, why in self.off.items()]
         return '\n'.join(lines)
 
-
+# %% ../nbs/13_fast.ipynb #b28cb927
 def _vision_attentions(visual) -> list:
     return [m for m in visual.modules() if all(hasattr(m, a) for a in ('qkv', 'proj', 'num_heads'))
             and hasattr(sys.modules.get(type(m).__module__), 'apply_rotary_pos_emb_vision')]
@@ -298,6 +301,7 @@ def compilable_layers(layers) -> list:
     had not finished after 100 s on an H200 with them compiled; they stay eager."""
     return [m for m in layers if not hasattr(m, 'linear_attn')]
 
+# %% ../nbs/13_fast.ipynb #bd6e4a54
 def _install_compiled_layers(base, visual, on_device, fp):
     layers = decoder_layers(base)
     if on_device['compiled_layers']: return on_device['compiled_layers']
@@ -336,6 +340,7 @@ def enable(model, routes=ROUTES, quiet: bool = True, device_type: str | None = N
     if not quiet: print(fp)
     return fp
 
+# %% ../nbs/13_fast.ipynb #7695336c
 def disable(model):
     "Remove every route of the fast step from `model`: it computes with transformers' own code again."
     base = base_model(model)

@@ -20,6 +20,7 @@ def peak_flops(device_name: str) -> float | None:
         if k in device_name: return v
     return None
 
+# %% ../nbs/12_flops.ipynb #f568c809
 def batch_flops(shape, rows, method: str = 'lora', lora_rank: int = 8, freeze_vision: bool = True,
                 recompute_layers: int = 0, recompute_vision: bool = False) -> dict:
     """FLOPs a training step needs (see above), by part, for `rows` of (tokens, [patches of each image], labelled
@@ -50,6 +51,7 @@ def batch_flops(shape, rows, method: str = 'lora', lora_rank: int = 8, freeze_vi
                vision_forward=vis_fwd)
     return out
 
+# %% ../nbs/12_flops.ipynb #ea498679
 def sample_rows(shape, image_size=(1344, 1344), batch_size: int = 1, prompt_tokens: int = 64, answer_tokens: int = 128,
                 images_per_sample: int = 1) -> list:
     "`batch_flops`' rows of `batch_size` made-up samples: `images_per_sample` images of `image_size`, the prompt and the answer."
@@ -60,6 +62,7 @@ def sample_rows(shape, image_size=(1344, 1344), batch_size: int = 1, prompt_toke
     T = prompt_tokens + images_per_sample * (img + 2) + answer_tokens      # as `qvl.trace.synthetic_batch` builds a sample
     return [(T, [img * 4] * images_per_sample, answer_tokens)] * batch_size
 
+# %% ../nbs/12_flops.ipynb #6afa7735
 def step_flops(model: str, image_size=(1344, 1344), batch_size: int = 1, method: str = 'lora', prompt_tokens: int = 64,
                answer_tokens: int = 128, lora_rank: int = 8, freeze_vision: bool = True, images_per_sample: int = 1,
                recompute_layers: int = 0) -> dict:
@@ -88,6 +91,7 @@ class FlopCounter:
                         self.vision_trains and self.cfg.gradient_checkpointing)
         return f['total'], f['hardware']
 
+# %% ../nbs/12_flops.ipynb #a8e15aa9
 def device_peak_flops(device) -> float | None:
     if device.type != 'cuda': return None
     import torch

@@ -26,6 +26,8 @@ def image_exts() -> set:
     Image.init()
     stubs = {'BUFR', 'GRIB', 'HDF5', 'MPEG', 'EPS', 'WMF'}      # headers only, or an outside program to decode
     return IMAGE_EXTS | {e.lower() for e, f in Image.registered_extensions().items() if f in Image.OPEN and f not in stubs}
+
+# %% ../nbs/05_folders.ipynb #fb259db3
 FORMATS = ('keep', 'jpeg', 'png')
 MANIFEST_COLUMNS = ['path', 'status', 'orig_width', 'orig_height', 'width', 'height', 'tokens', 'error', 'output',
                     'job', 'source_fingerprint', 'output_fingerprint']
@@ -39,12 +41,14 @@ class ResizeJob:
     max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS
     root: str | None = None        # the output folder (the manifest's `output` is relative to it)
 
+# %% ../nbs/05_folders.ipynb #47b23ad4
 def output_name(rel: str, format: str) -> str:
     "The relative output path of `rel` in the chosen output format."
     if format not in FORMATS: raise QvlError(f"unknown format {format!r}: choose one of {', '.join(FORMATS)}")
     p = Path(rel)
     return str(p.with_suffix({'keep': p.suffix, 'jpeg': '.jpg', 'png': '.png'}[format]))
 
+# %% ../nbs/05_folders.ipynb #d6daeaa5
 def plan_outputs(sources: list[tuple[Path, Path | None]], dst: Path, format: str) -> list[str]:
     """The output path (relative to `dst`) of each (source file, its path relative to the input root, or None when it
     lies outside the root): every source gets its own output inside `dst`, and none is a source. Files outside the root
@@ -70,6 +74,7 @@ def plan_outputs(sources: list[tuple[Path, Path | None]], dst: Path, format: str
     if clash: raise QvlError(f"output {dst / clash[0]} is a source file: choose a destination that holds no source")
     return out
 
+# %% ../nbs/05_folders.ipynb #9ea44d3c
 def _job_signature(job) -> str:
     "What a finished output depends on besides its source: the budget and the writing options."
     import hashlib, dataclasses
@@ -84,6 +89,7 @@ def jpeg_subsampling(path) -> int:
             return max(0, JpegImagePlugin.get_sampling(im)) if im.format == 'JPEG' else 0
     except Exception: return 0
 
+# %% ../nbs/05_folders.ipynb #40a52c2e
 def _save_atomic(img, dst: Path, fmt: str, quality: int, subsampling: int = 0, root=None):
     pil_fmt = {'.jpg': 'JPEG', '.jpeg': 'JPEG', '.png': 'PNG', '.webp': 'WEBP', '.bmp': 'BMP', '.tif': 'TIFF',
                '.tiff': 'TIFF', '.gif': 'PNG'}.get(dst.suffix.lower(), 'PNG') if fmt == 'keep' else \

@@ -36,6 +36,7 @@ def read_records(path) -> list:
     if not isinstance(data, list): raise QvlError(f"{path}: expected a JSON list of samples")
     return data
 
+# %% ../nbs/02_formats.ipynb #bf8c5f13
 def write_records(records: list, path) -> Path:
     "Write records as a JSON list or JSONL (by suffix), atomically."
     path = Path(path)
@@ -55,15 +56,18 @@ def image_part_slot(part: dict) -> tuple[dict, str] | None:
         if isinstance(v, str): return part, k
     return None
 
+# %% ../nbs/02_formats.ipynb #55542f7b
 def local_ref(ref: str) -> str:
     "An image reference as a path: a `file://` URI's path (every reader of references reads them through this)."
     return ref.removeprefix('file://') if isinstance(ref, str) else ref
 
+# %% ../nbs/02_formats.ipynb #01b669bc
 def image_part(part: dict) -> str | None:
     "The image path of a content part (`file://` dropped), or None."
     slot = image_part_slot(part)
     return local_ref(slot[0][slot[1]]) if slot else None
 
+# %% ../nbs/02_formats.ipynb #2eb95512
 def is_image_part(part) -> bool:
     "Whether a message content part is an image: typed `image` / `image_url`, or untyped with an image path."
     return isinstance(part, dict) and (part.get('type') in ('image', 'image_url')
@@ -80,10 +84,12 @@ def placeholder_pattern(placeholder: str | None = DEFAULT_PLACEHOLDER) -> re.Pat
     inner = [f'(?:{re.escape(IMAGE_PAD)})+'] + ([re.escape(placeholder)] if placeholder else [])
     return re.compile(f"(?:{re.escape(VISION_START)})?(?:{'|'.join(inner)})(?:{re.escape(VISION_END)})?")
 
+# %% ../nbs/02_formats.ipynb #32a13029
 def normalise_placeholders(text: str, placeholder: str | None = DEFAULT_PLACEHOLDER) -> tuple[str, int]:
     "`text` with every image marker replaced by the model's image sequence, and the number of images."
     return placeholder_pattern(placeholder).subn(IMAGE_SEQUENCE, text)
 
+# %% ../nbs/02_formats.ipynb #5959e259
 def expand_image_tokens(text: str, counts: list[int]) -> str:
     "Expand the i-th `<|image_pad|>` of normalised `text` to `counts[i]` pads, as the processor does."
     pieces = text.split(IMAGE_PAD)
@@ -117,6 +123,7 @@ SPECS = {
     'messages': Spec('messages'),
 }
 
+# %% ../nbs/02_formats.ipynb #6732b8c7
 def spec_from_info(entry: dict) -> Spec:
     "The `Spec` of one LLaMA-Factory `dataset_info.json` entry (its defaults where a key is absent)."
     fmt = entry.get('formatting', 'alpaca')
@@ -132,6 +139,7 @@ def spec_from_info(entry: dict) -> Spec:
                 content_tag=tags.get('content_tag', 'value'), user_tag=tags.get('user_tag', 'human'),
                 assistant_tag=tags.get('assistant_tag', 'gpt'), system_tag=tags.get('system_tag', 'system'))
 
+# %% ../nbs/02_formats.ipynb #0da533cf
 def info_entry(spec: Spec, file_name: str) -> dict:
     "A `dataset_info.json` entry that LLaMA-Factory reads `file_name` with."
     if spec.format == 'alpaca':
@@ -143,6 +151,7 @@ def info_entry(spec: Spec, file_name: str) -> dict:
                 tags=dict(role_tag=spec.role_tag, content_tag=spec.content_tag, user_tag=spec.user_tag,
                           assistant_tag=spec.assistant_tag, system_tag=spec.system_tag))
 
+# %% ../nbs/02_formats.ipynb #4606656b
 def detect_spec(record: dict) -> Spec:
     "The layout of a record: sharegpt (either tag style), alpaca, or messages with content parts."
     if not isinstance(record, dict): raise QvlError(f"a sample is a {type(record).__name__}, not a JSON object")
@@ -170,6 +179,7 @@ class Sample:
     def image_parts(self) -> int:
         return sum(p.get('type') == 'image' for m in self.messages for p in m['content'])
 
+# %% ../nbs/02_formats.ipynb #5eb25b8a
 def split_images(text: str, placeholder: str | None = DEFAULT_PLACEHOLDER) -> list[dict]:
     "Text with image markers as a list of text and image parts."
     parts, pos = [], 0
@@ -179,6 +189,7 @@ def split_images(text: str, placeholder: str | None = DEFAULT_PLACEHOLDER) -> li
     if pos < len(text) or not parts: parts.append(dict(type='text', text=text[pos:]))
     return parts
 
+# %% ../nbs/02_formats.ipynb #f128452d
 def join_images(parts: list[dict], placeholder: str = DEFAULT_PLACEHOLDER) -> str:
     "Text and image parts as one string with `placeholder` for each image."
     return ''.join(placeholder if p.get('type') == 'image' else p.get('text', '') for p in parts)
@@ -245,6 +256,7 @@ def parse_sample(record: dict, spec: Spec, placeholder: str | None = DEFAULT_PLA
         images = _image_list(record.get(spec.images), f"{spec.images!r}"); used.add(spec.images)
     return Sample(msgs, images, {k: v for k, v in record.items() if k not in used})
 
+# %% ../nbs/02_formats.ipynb #1bc5da18
 def format_sample(sample: Sample, spec: Spec, placeholder: str = DEFAULT_PLACEHOLDER) -> dict:
     "Write a `Sample` as a record of `spec`'s format; fields it carried along come back unchanged."
     out = dict(sample.extra)
@@ -287,6 +299,7 @@ class Dataset:
     @property
     def root(self) -> Path: return self.path.parent.resolve()
 
+# %% ../nbs/02_formats.ipynb #319ca6cd
 REPORT_FILES = ('fix_report.json', 'dataset_info.json')
 
 def load_dataset(path, name: str | None = None) -> Dataset:
@@ -372,10 +385,12 @@ def image_slots(record, spec: Spec | None = None) -> list[tuple]:
             if slot: out.append(slot)
     return out
 
+# %% ../nbs/02_formats.ipynb #1a1ea5a9
 def image_refs(record, spec: Spec | None = None) -> list[str]:
     "The image paths `record` names, in order (`file://` dropped)."
     return [local_ref(c[k]) for c, k in image_slots(record, spec)]
 
+# %% ../nbs/02_formats.ipynb #17b56a8e
 def set_image_refs(record: dict, refs: list[str], spec: Spec | None = None) -> dict:
     "Point `record`'s images at `refs`, in order, where and as it names them; returns the record."
     slots = image_slots(record, spec)
@@ -383,6 +398,7 @@ def set_image_refs(record: dict, refs: list[str], spec: Spec | None = None) -> d
     for (c, k), ref in zip(slots, refs): c[k] = ref
     return record
 
+# %% ../nbs/02_formats.ipynb #8e6e0f89
 def text_slots(sample: dict):
     "Where a record keeps its texts: (container, key) pairs of every turn's text, in any format (grounding boxes live there)."
     for key in ('messages', 'conversations'):

@@ -25,11 +25,13 @@ def base_model(model):
         elif hasattr(model, 'module') and not hasattr(model, 'lm_head'): model = model.module
         else: return model
 
+# %% ../nbs/10_model.ipynb #582a492d
 def inner_model(model):
     "The Qwen-VL model inside the task head (the one with `get_rope_index`)."
     m = base_model(model)
     return m.model if hasattr(m, 'model') and hasattr(m.model, 'get_rope_index') else m
 
+# %% ../nbs/10_model.ipynb #744b86f2
 def token_type_id(model) -> int | None:
     """The image token id when `model`'s class forward takes `mm_token_type_ids` (newer transformers), else None.
     (The class: `qvl.fast` replaces the instance's forward.)"""
@@ -46,19 +48,23 @@ def param_part(name: str) -> str:
     if 'visual' in parts: return 'merger' if 'merger' in parts else 'vision'
     return 'lm_head' if 'lm_head' in parts else 'llm'
 
+# %% ../nbs/10_model.ipynb #0c80bb7b
 def is_llm_linear(name: str, module) -> bool:
     "Whether a module is one of the language model's linear layers (a default LoRA target)."
     import torch
     return isinstance(module, torch.nn.Linear) and 'language_model' in name.split('.') and not name.endswith('lm_head')
 
+# %% ../nbs/10_model.ipynb #d8d2f8f2
 def llm_linear_names(model) -> list[str]:
     "Qualified names of the language model's linear layers (the default LoRA targets)."
     return sorted(n for n, m in model.named_modules() if is_llm_linear(n, m))
 
+# %% ../nbs/10_model.ipynb #2dd50303
 def decoder_layers(model) -> list:
     "The language model's decoder layers (what the fast step compiles and FSDP shards one by one)."
     return [m for n, m in model.named_modules() if type(m).__name__.endswith('DecoderLayer') and 'language_model' in n.split('.')]
 
+# %% ../nbs/10_model.ipynb #431778a0
 def checkpointed_layers(run, n: int, name: str = 'the language model') -> int:
     """How many of a language model's `n` decoder layers recompute their activations in backward under `run` (anything
     with `gradient_checkpointing` and `checkpoint_layers`: a `TrainConfig`, a `qvl.estimate.Setup`): none without
@@ -68,6 +74,7 @@ def checkpointed_layers(run, n: int, name: str = 'the language model') -> int:
     if not 0 <= k <= n: raise QvlError(f"checkpoint_layers={k}: {name} has {n} decoder layers (0 to {n})")
     return k
 
+# %% ../nbs/10_model.ipynb #45e19b98
 def checkpoint_first(model, run) -> int:
     """Selective activation checkpointing: of the language model's N decoder layers only the first
     `checkpointed_layers(run, N)` recompute their activations in backward (after `gradient_checkpointing_enable`); the
@@ -77,6 +84,7 @@ def checkpoint_first(model, run) -> int:
     for i, layer in enumerate(layers): layer.gradient_checkpointing = i < k
     return len(layers)
 
+# %% ../nbs/10_model.ipynb #7ca3c715
 def keep_vision_out_of_autograd(model) -> int:
     """Remove the hooks `enable_input_require_grads` put on `model`'s input embeddings (transformers' checkpointing and
     peft add them):
@@ -90,6 +98,7 @@ def keep_vision_out_of_autograd(model) -> int:
             if getattr(fn, '__name__', '').startswith('make_inputs_require_grad'): del mod._forward_hooks[key]; n += 1
     return n
 
+# %% ../nbs/10_model.ipynb #1a65400c
 def tied_names(model) -> set[str]:
     """Names under which a parameter appears a second time (the LM head tied to the embeddings). A state dict gathered
     from shards holds them as copies; a checkpoint keeps only the first name."""
@@ -133,6 +142,7 @@ class ModelShape:
     def lora_params(self, rank: int) -> int:
         return sum(rank * (i + o) for i, o in self.linear_shapes)
 
+# %% ../nbs/10_model.ipynb #97e08976
 @lru_cache(maxsize=32)
 def model_shape(model: str) -> ModelShape:
     "The `ModelShape` of a known model name, hub id or checkpoint directory (no weights loaded)."

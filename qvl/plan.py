@@ -59,6 +59,7 @@ def step_seconds(s: Setup, grad_accum: int = 1, peak: float | None = None, coeff
     x, f = _time_features(s, peak or PEAK_BF16['H200'])
     return grad_accum * sum(a * b for a, b in zip(x, _time_vector(coefficients or STEP_TIME))), f
 
+# %% ../nbs/16_plan.ipynb #261b32b3
 def _nnls(A, y) -> list[float]:
     "Least squares with non-negative coefficients (active set: drop the most negative, refit)."
     import numpy as np
@@ -91,6 +92,7 @@ def fit_step_time(points, peak: float | None = None, base: dict | None = None) -
         x = np.concatenate([[a], i * b[1:]])
     return dict(zip(TIME_TERMS, [float(x[0]), 1 / float(x[1]), 1 / float(x[2]), float(x[3]), float(x[4])]))
 
+# %% ../nbs/16_plan.ipynb #1ee8ac4a
 def image_sizes(size, min_side: int | None, factor: int = 28) -> list:
     """`size` and, down to a shorter side of `min_side`, smaller sizes of its aspect (multiples of `factor`, a step of
     two factors apart): the image budgets `plan` may try, largest first."""
@@ -128,12 +130,14 @@ class RunShapes:
         T = self.batch(mb).seq_len if padded and not self.packing else None
         return tuple((T or self.length[i], self.patches[i], self.labeled[i]) for i in mb)
 
+# %% ../nbs/16_plan.ipynb #8ef745eb
 def run_micro_batches(cfg: TrainConfig, n: int, gpus: int = 1, steps: int | None = None) -> list:
     "The micro-batches of `cfg`'s first `steps` (default: all) over `n` examples on each of `gpus` GPUs, in `qvl train`'s order: [step][gpu] -> index lists."
     from qvl.data import micro_batches
     g = cfg.batch_size * cfg.grad_accum * gpus
     return [[micro_batches(cfg, n, step * g, gpus, r)[1] for r in range(gpus)] for step in range(steps or cfg.steps)]
 
+# %% ../nbs/16_plan.ipynb #fbd1ffc2
 def distinct_batches(shapes: RunShapes, walk: list) -> dict:
     """The micro-batch shapes of a walk (`run_micro_batches`) that can set a peak, each with where it first comes (step
     from 1, GPU, indices): a shape no larger than another in rows, length, visual tokens (per image and in all) and
@@ -148,6 +152,7 @@ def distinct_batches(shapes: RunShapes, walk: list) -> dict:
         if not any(all(x <= y for x, y in zip(key(b), key(o))) for o in front): front.append(b)
     return {b: first[b] for b in front}
 
+# %% ../nbs/16_plan.ipynb #a4f87802
 def largest_micro_batch(s: Setup, batches: dict, coefficients: dict | None = None, corrections: dict | None = None,
                         by: str = 'peak_allocated_bytes') -> tuple[Estimate, tuple]:
     "The estimate of the largest (`by`) of `batches` (`distinct_batches`) under `s`, and where that micro-batch is."
@@ -181,6 +186,7 @@ class NominalSample:
         f = {k: np.full((1, gpus), float(f[k] * acc)) for k in _FLOP_KEYS}
         return {None: None}, f, f
 
+# %% ../nbs/16_plan.ipynb #0800c016
 class RunData:
     """What `plan` measures its candidates on for a run config: its own data, tokenized as `qvl train` does (`run_examples`),
     walked in the run's order for each micro-batch size (a larger micro-batch groups other samples)."""
@@ -280,6 +286,7 @@ def plan(s: Setup, gpu_bytes: float, global_batch: int | None = None, peak: floa
     df.attrs.update(planned_on=used.label, skipped=getattr(used, 'skipped', None), margin=margin)
     return df
 
+# %% ../nbs/16_plan.ipynb #b1e0294d
 def _capped(cfg: TrainConfig, size: ImageSize) -> TrainConfig:
     "`cfg` with its images capped at `size`'s pixels (a smaller budget `plan` chose: its max_pixels, and its target if it has one)."
     px = size.width * size.height

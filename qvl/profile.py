@@ -18,7 +18,7 @@ from .trace import synthetic_batch
 # %% auto #0
 __all__ = ['SyntheticData', 'profile_config', 'estimate_run', 'step_attention_mask', 'profile_trainer', 'profile', 'profile_run',
            'measure_steps', 'row_attention_mask', 'kept_fraction', 'fit_coefficients', 'accuracy', 'fit_corrections',
-           'calibrate']
+           'refit_step_time', 'calibrate']
 
 # %% ../nbs/20_profile.ipynb #c52236bc
 class SyntheticData:
@@ -41,22 +41,26 @@ class SyntheticData:
         if self.images: item.update(pixel_values=self.images[i][0], image_grid_thw=self.images[i][1])
         return item
 
+# %% ../nbs/20_profile.ipynb #f55bd912
 def profile_config(model: str, method: str = 'lora', gradient_checkpointing: bool = True, fast: bool = True, **kw):
     "The `TrainConfig` of a profiled run (synthetic data, nothing written): every other key as `qvl train` defaults it."
     return config_from_dict(dict(model=str(model), data='(synthetic)', method=method, gradient_checkpointing=gradient_checkpointing,
                                  fast=fast, steps=10 ** 9, **kw))
 
+# %% ../nbs/20_profile.ipynb #4dc3fe06
 def estimate_run(cfg: TrainConfig, image_size, prompt_tokens: int = 64, answer_tokens: int = 128, gpus: int = 1,
                  corrections: dict | None = None, **kw) -> Estimate:
     "The estimate of a `TrainConfig`'s step (on a GPU) for samples of one image of `image_size` and the given text."
     return estimate_setup(Setup.of(cfg, image_size, gpus, prompt_tokens=prompt_tokens, answer_tokens=answer_tokens, **kw),
                           corrections=corrections)
 
+# %% ../nbs/20_profile.ipynb #830285fb
 def step_attention_mask(fast_path) -> str:
     """`Setup.attention_mask` of a trainer's step from its fast path (`Trainer.fast`, None for the plain step): causal
     where the `causal_attention` route is on, else padded (`qvl.data.collate` pads every batch to a multiple of 8)."""
     return 'causal' if fast_path and 'causal_attention' in fast_path.on else 'padded'
 
+# %% ../nbs/20_profile.ipynb #d14ebd3f
 def profile_trainer(cfg, image_size, batch_size: int, prompt_tokens: int = 64, answer_tokens: int = 128, device='cuda'):
     """A `qvl.train.Trainer` for `cfg` on synthetic data: the model prepared, the fast step installed and the optimizer
     made by the trainer's own code. A shipped model name gets random weights built on the device; a checkpoint
@@ -70,6 +74,7 @@ def profile_trainer(cfg, image_size, batch_size: int, prompt_tokens: int = 64, a
     data = SyntheticData(config, image_size, max(batch_size, 1), prompt_tokens, answer_tokens)
     return Trainer(dataclasses.replace(cfg, batch_size=batch_size), progress=False, plot=False, model=m, train_set=data)
 
+# %% ../nbs/20_profile.ipynb #39d8d51e
 def profile(model: str = 'Qwen2.5-VL-3B', method: str = 'lora', settings=((448, 448, 1, True),), fast: bool = True,
             prompt_tokens: int = 64, answer_tokens: int = 128, steps: int = 1, warmup: int = 1, snapshot: str | None = None,
             progress: bool = True, **kw):
@@ -101,6 +106,7 @@ def profile(model: str = 'Qwen2.5-VL-3B', method: str = 'lora', settings=((448, 
     bar.close()
     return pd.DataFrame(rows)
 
+# %% ../nbs/20_profile.ipynb #55792e53
 def _profile_keys(cfg: TrainConfig) -> dict:
     "The keys of a run config that shape its step, beyond those `profile` takes by name."
     return {k: v for k, v in dataclasses.asdict(cfg).items()
@@ -166,6 +172,7 @@ def row_attention_mask(r) -> str:
     v = r.get('attention_mask')
     return v if isinstance(v, str) else 'padded' if 'fast' in r else 'causal'
 
+# %% ../nbs/20_profile.ipynb #193955d0
 def kept_fraction(row, setup: Setup | None = None) -> float | None:
     """What a measured step's not-checkpointed decoder layers kept, as a fraction of what the estimate gives them
     (`traced_activations`, times `QLORA_KEPT` for QLoRA): its peak less every other term of its estimate, over those
@@ -178,6 +185,7 @@ def kept_fraction(row, setup: Setup | None = None) -> float | None:
     if e.peak_phase != 'backward start' or not traced: return None
     return (float(row['peak_allocated']) - e.peak_allocated_bytes + traced * _fast_kept(s)) / traced
 
+# %% ../nbs/20_profile.ipynb #668d46a8
 def fit_coefficients(measured, base: dict | None = None) -> dict:
     "Coefficients fitted to measured rows (status ok) of pure-bf16 steps."
     import numpy as np
@@ -223,6 +231,7 @@ def fit_coefficients(measured, base: dict | None = None) -> dict:
         if len(A) >= 2: c['reserved'][key] = _nnls(np.array(A), np.array(y))
     return c
 
+# %% ../nbs/20_profile.ipynb #89f8bf36
 def accuracy(measured, coefficients: dict | None = None):
     "Estimated against measured peaks for every ok row: a DataFrame with relative errors."
     import pandas as pd
@@ -262,6 +271,15 @@ def fit_corrections(points) -> dict:
     c = float(np.linalg.lstsq(A[:, 1:], y - s * A[:, 0], rcond=None)[0][0])
     return dict(activation_scale=s, constant_bytes=c)
 
+# %% ../nbs/20_profile.ipynb #32ca74bf
+def refit_step_time(timed, peak: float) -> tuple[dict | None, str | None]:
+    """`fit_step_time` of `calibrate`'s measured steps (`Setup`, grad_accum, seconds), or None and why it was not refitted."""
+    if len({round(step_seconds(s, acc, peak)[1]['total']) for s, acc, _ in timed}) < 2:
+        return None, "the steps measured have one size: give two --sides or --batches"
+    try: return fit_step_time(timed, peak), None
+    except QvlError as e: return None, f"{e} (the shipped step-time model is kept)"
+
+# %% ../nbs/20_profile.ipynb #775246ae
 def calibrate(cfg: TrainConfig, sides=(448, 896), batches=None, prompt_tokens: int = 64, answer_tokens: int = 128,
               save: bool = True, progress: bool = True):
     """`qvl calibrate`: measure the run `cfg`'s step (`profile`) on this GPU at square `sides` x `batches` (default: 1 and
@@ -289,8 +307,7 @@ def calibrate(cfg: TrainConfig, sides=(448, 896), batches=None, prompt_tokens: i
     peak = peak_flops(torch.cuda.get_device_name()) or PEAK_BF16['H200']
     timed = [(Setup.of(dataclasses.replace(cfg, batch_size=int(r.batch_size)), ImageSize(int(r.image_w), int(r.image_h)),
                        prompt_tokens=prompt_tokens, answer_tokens=answer_tokens), cfg.grad_accum, float(r.step_s)) for r in ok]
-    sizes = {round(step_seconds(s, acc, peak)[1]['total']) for s, acc, _ in timed}
-    step_time = fit_step_time(timed, peak) if len(sizes) > 1 else None
+    step_time, why = refit_step_time(timed, peak)
     rows = []
     for r, e, (s, acc, sec) in zip(ok, uncorrected, timed):
         m, before, after = float(r.peak_allocated), e.peak_allocated_bytes, run(r, corr).peak_allocated_bytes
@@ -299,6 +316,7 @@ def calibrate(cfg: TrainConfig, sides=(448, 896), batches=None, prompt_tokens: i
                          before_gb=before / GB, after_gb=after / GB, error_before=before / m - 1, error_after=after / m - 1,
                          measured_s=sec, before_s=t0, after_s=t1, time_error_before=t0 / sec - 1, time_error_after=t1 / sec - 1))
     corr.update(gpu=torch.cuda.get_device_name(), torch=torch.__version__, transformers=transformers.__version__,
-                file=CALIBRATION_FILE, points=rows, out_of_memory=oom, step_time=step_time, peak_flops=peak)
+                file=CALIBRATION_FILE, points=rows, out_of_memory=oom, step_time=step_time,
+                step_time_not_refitted=why, peak_flops=peak)
     if save: atomic_file(Path(cfg.out_dir) / CALIBRATION_FILE, lambda tmp: Path(tmp).write_text(json.dumps(corr, indent=1)))
     return corr, pd.DataFrame(rows)

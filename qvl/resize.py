@@ -22,6 +22,7 @@ PROCESSOR_MIN_PIXELS, PROCESSOR_MAX_PIXELS = 56 * 56, 28 * 28 * 1280   # transfo
 class AspectRatioError(QvlError, ValueError):
     "An image whose long side is over 200 times its short side: Qwen's processor refuses it."
 
+# %% ../nbs/03_resize.ipynb #06fce82a
 def smart_resize(height: int, width: int, factor: int = 28, min_pixels: int = PROCESSOR_MIN_PIXELS,
                  max_pixels: int = PROCESSOR_MAX_PIXELS) -> tuple[int, int]:
     "The (height, width) Qwen's image processor resizes a `height` x `width` image to."
@@ -37,12 +38,14 @@ def smart_resize(height: int, width: int, factor: int = 28, min_pixels: int = PR
         h, w = math.ceil(height * scale / factor) * factor, math.ceil(width * scale / factor) * factor
     return h, w
 
+# %% ../nbs/03_resize.ipynb #612982f5
 def image_tokens(height: int, width: int, factor: int = 28, min_pixels: int = PROCESSOR_MIN_PIXELS,
                  max_pixels: int = PROCESSOR_MAX_PIXELS) -> int:
     "LLM tokens (`<|image_pad|>` count) of one image after the processor's resize."
     h, w = smart_resize(height, width, factor, min_pixels, max_pixels)
     return (h // factor) * (w // factor)
 
+# %% ../nbs/03_resize.ipynb #93354dc9
 def vision_patches(height: int, width: int, factor: int = 28, min_pixels: int = PROCESSOR_MIN_PIXELS,
                    max_pixels: int = PROCESSOR_MAX_PIXELS, merge_size: int = 2) -> int:
     "Patches the vision tower sees for one image: `merge_size**2` per LLM token."
@@ -137,6 +140,7 @@ DEFAULT_MAX_IMAGE_PIXELS = 200_000_000
 class ImageError(QvlError):
     "An image that cannot be used: the message says why."
 
+# %% ../nbs/03_resize.ipynb #dcf5ac83
 def _check_open(path, max_image_pixels):
     from PIL import Image, UnidentifiedImageError
     path = Path(path)
@@ -193,6 +197,7 @@ def to_rgb(img):
         return Image.alpha_composite(white, img).convert('RGB')
     return img.convert('RGB')   # P, L, 1, CMYK, YCbCr, LAB, HSV
 
+# %% ../nbs/03_resize.ipynb #b9ca4fe6
 def open_image(path, max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS):
     "Decode `path` to an 8-bit RGB PIL image with EXIF orientation applied; `ImageError` says why it cannot."
     from PIL import ImageOps
@@ -216,6 +221,7 @@ def resize_image(img, size: tuple[int, int], filter: str = 'bicubic', reducing_g
     if img.size == tuple(size): return img
     return img.resize(tuple(size), _filter(filter), reducing_gap=reducing_gap)
 
+# %% ../nbs/03_resize.ipynb #0f206b0b
 _TRANSPOSE = {2: 'FLIP_LEFT_RIGHT', 3: 'ROTATE_180', 4: 'FLIP_TOP_BOTTOM', 5: 'TRANSPOSE', 6: 'ROTATE_270',
               7: 'TRANSVERSE', 8: 'ROTATE_90'}
 
@@ -264,6 +270,7 @@ def apply_budget(processor, budget: Budget):
         if hasattr(ip, k): setattr(ip, k, v)
     return processor
 
+# %% ../nbs/03_resize.ipynb #e8f00deb
 def save_processor(processor_or_dir, out_dir, budget: Budget) -> Path:
     "Write `processor_or_dir` with `budget`'s pixel limits to the new directory `out_dir`."
     from transformers import AutoProcessor

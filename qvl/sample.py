@@ -33,6 +33,7 @@ class SampleImage:
     answer: str
     marks: list   # (x, y, colour) of each mark's top-left corner
 
+# %% ../nbs/06_sample.ipynb #1f7f98fd
 def make_image(rng: random.Random, width: int, height: int, task: str = 'count', mark: int = 6) -> SampleImage:
     "A textured canvas with small marks; the answer needs the marks to stay visible."
     from PIL import Image
@@ -174,11 +175,13 @@ def load_samples(data_dir) -> list[dict]:
     if not out: raise QvlError(f"{d} holds no train/test .json or .jsonl files")
     return out
 
+# %% ../nbs/06_sample.ipynb #77e5e77d
 def sample_image_path(record: dict) -> str:
     "The one image path of a generated sample, in either format."
     if 'images' in record: return record['images'][0]
     return next(p['image'] for p in record['messages'][0]['content'] if p.get('type') == 'image')
 
+# %% ../nbs/06_sample.ipynb #7ade0667
 def answer_survival(data_dir, budgets: dict, limit: int | None = None):
     "Fraction of answers still readable from the pixels after resizing to each budget, as a DataFrame."
     import pandas as pd

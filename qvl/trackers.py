@@ -28,6 +28,7 @@ def step_rates(steps: list[dict], peak_flops: float | None = None) -> dict:
     if warm: out['warmup_s'] = round(sum(r['seconds'] for r in warm), 3)
     return out
 
+# %% ../nbs/17_trackers.ipynb #2ec91b30
 def run_summary(history: list[dict], steady: list[dict], peak_flops: float | None, first: int) -> dict:
     "Warm-up apart from the steady state of this process's steps, and the memory peaks of the whole run."
     if not steady and not history: return {}
@@ -42,6 +43,7 @@ def run_summary(history: list[dict], steady: list[dict], peak_flops: float | Non
         if v: r[k] = round(max(v), 3)
     return r
 
+# %% ../nbs/17_trackers.ipynb #22e0d817
 def summary_line(s: dict) -> str:
     "One line for the end of a run: warm-up, then the steady state."
     parts = [f"warm-up {s['warmup_s']:.1f} s (step {s['first_step']})"] if 'warmup_s' in s else []
@@ -58,6 +60,7 @@ def in_notebook() -> bool:
         return get_ipython() is not None and 'IPKernelApp' in get_ipython().config
     except Exception: return False
 
+# %% ../nbs/17_trackers.ipynb #0f5a784a
 def live_plot(history: list[dict], handle=None):
     "Draw the loss curve in a notebook: a new output the first time, then redrawn in place through the returned `handle`."
     import matplotlib.pyplot as plt
@@ -154,6 +157,7 @@ def check_tracker(cfg: TrainConfig):
         if importlib.util.find_spec(module) is None:
             raise QvlError(f"report_to: {cfg.report_to} needs the {module} package: pip install '{pip}' (or report_to: none)")
 
+# %% ../nbs/17_trackers.ipynb #9df4b9dc
 def open_tracker(cfg: TrainConfig, out: Path, resume: bool = False):
     """The tracker `cfg.report_to` names, or None; with `resume`, the run whose id out_dir/tracker.json keeps
     continues. The id of a new run is written there."""

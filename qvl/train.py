@@ -42,12 +42,14 @@ def setup_device():
         return torch.device('cpu')
     return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
 
+# %% ../nbs/19_train.ipynb #235c41c1
 def end_process_group():
     """Tear down the process group `setup_device` opened (at exit): a process that leaves with the group alive
     aborts in the communication threads' destructors ("terminate called without an active exception")."""
     import torch.distributed as dist
     if dist.is_available() and dist.is_initialized(): dist.destroy_process_group()
 
+# %% ../nbs/19_train.ipynb #ed1a0fe2
 def _barrier():
     import torch.distributed as dist
     dist.barrier()
@@ -71,6 +73,7 @@ def optimizer_options(cfg: TrainConfig, device, sharding: str | None) -> dict:
     "Keyword arguments of the run's AdamW: the fast step takes the fused (one-kernel) AdamW on a GPU, except over FSDP's sharded parameters."
     return dict(fused=True) if cfg.fast and device_type(device) == 'cuda' and sharding != 'fsdp' else {}
 
+# %% ../nbs/19_train.ipynb #f5cf814b
 def make_optimizer(params, cfg: TrainConfig, device, sharding: str | None = None):
     "The run's AdamW over `params`."
     import torch
@@ -460,6 +463,7 @@ def export_merged(run_dir, out) -> Path:
         (tmp / MERGED_FROM).write_text(json.dumps(adapter_stamp(run)))
     return atomic_dir(out, build)
 
+# %% ../nbs/19_train.ipynb #fd7ba457
 MERGED_FROM = 'merged_from.json'     # in a merged export: the adapter it merged (`adapter_stamp`)
 
 def adapter_stamp(run_dir) -> dict:
