@@ -490,3 +490,35 @@ def test_the_readme_states_the_plain_steps_held_out_error_as_the_committed_table
     a = pd.read_csv(BENCH / 'memory' / 'accuracy.csv')
     err = a[a.split == 'holdout'].error_allocated.abs() * 100
     assert (worst, median) == (round(err.max() + 0.05, 1), round(err.median(), 1)), (err.max(), err.median())
+
+
+def test_the_readme_states_the_held_out_sets_figures_as_its_committed_report_has_them():
+    "README's figures for the held-out set of `qvl train`'s own preparation are those of `benchmarks/memory_heldout/report.txt`."
+    import re
+    from pathlib import Path
+    readme = (Path(__file__).parents[1] / 'README.md').read_text().replace('\n', ' ')
+    said = re.search(r'A held-out H200 set of (\d+) points .*? has a median error of ([\d.]+)%, worst ([\d.]+)%; (\d+) of its (\d+) '
+                     r'out-of-memory points were predicted not to fit', readme).groups()
+    report = (BENCH / 'memory_heldout' / 'report.txt').read_text()
+    points, median, worst, oom = re.search(r'all (\d+) points: median ([\d.]+)%, worst ([\d.]+)%; (\d+) out of memory', report).groups()
+    predicted = re.search(r'out of memory: \d+ points; the estimate \(reserved\) is above the cap for (\d+)', report).group(1)
+    assert said == (points, median, worst, predicted, oom), (said, (points, median, worst, predicted, oom))
+
+
+def test_the_readme_states_the_estimate_against_qvl_train_as_the_committed_gpu_records_have_it():
+    "README's figures for `qvl estimate RUN.yaml` against the peaks `qvl train` logged are those of the committed GPU records."
+    import math, re
+    from pathlib import Path
+    readme = (Path(__file__).parents[1] / 'README.md').read_text().replace('\n', ' ')
+    one, qlora, folder, two, multi = re.search(
+        r'is within ([\d.]+)% of the logged peak for LoRA \(fast, plain and packed steps\) and full fine-tuning on one GPU and '
+        r'([\d.]+)% under it for QLoRA \(Qwen2.5-VL-3B, H200, `(benchmarks/train_gpu/[^`]+)/`\), and within ([\d.]+)% for DDP and '
+        r'FSDP on 2 GPUs \(`(benchmarks/train_gpu/[^`]+)`', readme).groups()
+    root = Path(__file__).parents[1]
+    rec = lambda files: [json.loads(l) for f in files for l in f.read_text().splitlines() if l.strip()]
+    err = {r['run']: r['memory']['estimate_error'] for r in rec(sorted((root / folder).glob('*.jsonl')))}
+    ups = lambda v: math.ceil(abs(v) * 1000 - 1e-9) / 10            # a percentage, rounded up to 0.1
+    assert float(one) == ups(max(abs(err[k]) for k in ('lora', 'plain', 'packed', 'full'))), err
+    assert float(qlora) == round(abs(err['qlora']) * 100, 1) and err['qlora'] < 0, err
+    two_gpu = {r['run']: r['memory']['estimate_error'] for r in rec([root / multi]) if r['gpus'] == 2}
+    assert set(two_gpu) == {'ddp', 'fsdp'} and float(two) == ups(max(map(abs, two_gpu.values()))), two_gpu
