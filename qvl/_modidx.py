@@ -595,4 +595,8 @@ d = { 'settings': { 'branch': 'main',
                            'qvl.train.make_optimizer': ('train.html#make_optimizer', 'qvl/train.py'),
                            'qvl.train.optimizer_options': ('train.html#optimizer_options', 'qvl/train.py'),
                            'qvl.train.setup_device': ('train.html#setup_device', 'qvl/train.py'),
-                           'qvl.train.tiny_run_config': ('train.html#tiny_run_config', 'qvl/train.py')}}}
+                           'qvl.train.tiny_run_config': ('train.html#tiny_run_config', 'qvl/train.py')},
+            'qvl.video': { 'qvl.video.frame_size': ('video.html#frame_size', 'qvl/video.py'),
+                           'qvl.video.sample_frames': ('video.html#sample_frames', 'qvl/video.py'),
+                           'qvl.video.video_grid': ('video.html#video_grid', 'qvl/video.py'),
+                           'qvl.video.video_tokens': ('video.html#video_tokens', 'qvl/video.py')}}}

@@ -36,6 +36,10 @@ class Family:
     qvl_chat_template: bool = False       # `CHAT_TEMPLATE` is the family's: `qvl fix-model` adds it where missing
     merge: int = 2               # patches merged per side into one LLM token
     temporal_patch: int = 2      # frames per temporal group
+    video_rules: str = 'qwen2'   # how its video processor samples and sizes frames (`qvl.video`): 'qwen2' (an even count
+                                 # from the first frame, pixel limits per frame) or 'qwen3' (first to last frame, limits on the clip)
+    video_pixels: tuple = (3136, 12845056)   # the checkpoints' video pixel limits (shortest_edge, longest_edge)
+    video_max_tokens: int = 128000           # the video processor's `max_video_tokens` (its per-frame cap, when on)
 
     @property
     def factor(self) -> int: return self.patch * self.merge
@@ -142,13 +146,14 @@ FAMILIES = {f.model_type: f for f in [
            boxes=('tokens', 'grid1000'), qvl_chat_template=True),
     Family('qwen3_vl', 'Qwen3-VL', 'Qwen3VLForConditionalGeneration', 'Qwen3VLProcessor',
            'qwen3_vl.video_processing_qwen3_vl.Qwen3VLVideoProcessor', 16, QWEN_TOKEN_IDS, _qwen3_text, _qwen3_vision,
-           tiny_text=_TINY_Q3_TEXT, tiny_vision=dict(_TINY_Q3_VISION, deepstack_visual_indexes=[0])),
+           tiny_text=_TINY_Q3_TEXT, tiny_vision=dict(_TINY_Q3_VISION, deepstack_visual_indexes=[0]),
+           video_rules='qwen3', video_pixels=(4096, 25165824), video_max_tokens=768),
     Family('qwen3_5', 'Qwen3.5', 'Qwen3_5ForConditionalGeneration', 'Qwen3VLProcessor',
            'qwen3_vl.video_processing_qwen3_vl.Qwen3VLVideoProcessor', 16, QWEN35_TOKEN_IDS, _qwen35_text, _qwen3_vision,
            # three linear-attention (Gated DeltaNet) layers to one full-attention layer
            tiny_text=dict(_TINY_Q3_TEXT, num_hidden_layers=4, linear_conv_kernel_dim=4, linear_key_head_dim=16,
                           linear_value_head_dim=16, linear_num_key_heads=2, linear_num_value_heads=4),
-           tiny_vision=_TINY_Q3_VISION),
+           tiny_vision=_TINY_Q3_VISION, video_rules='qwen3', video_pixels=(4096, 25165824), video_max_tokens=768),
 ]}
 
 def family(model_type: str) -> Family:
