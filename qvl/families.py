@@ -40,6 +40,8 @@ class Family:
                                  # from the first frame, pixel limits per frame) or 'qwen3' (first to last frame, limits on the clip)
     video_pixels: tuple = (3136, 12845056)   # the checkpoints' video pixel limits (shortest_edge, longest_edge)
     video_max_tokens: int = 128000           # the video processor's `max_video_tokens` (its per-frame cap, when on)
+    video_timing: str = 'none'   # how a video's time reaches the model: 'none' (Qwen2-VL), 'seconds_per_group' (Qwen2.5-VL's
+                                 # second_per_grid_ts), 'timestamps' (Qwen3-VL, Qwen3.5: `<t seconds>` text before each group)
 
     @property
     def factor(self) -> int: return self.patch * self.merge
@@ -138,7 +140,7 @@ FAMILIES = {f.model_type: f for f in [
     Family('qwen2_5_vl', 'Qwen2.5-VL', 'Qwen2_5_VLForConditionalGeneration', 'Qwen2_5_VLProcessor',
            'qwen2_vl.video_processing_qwen2_vl.Qwen2VLVideoProcessor', 14, QWEN_TOKEN_IDS,
            lambda a: _qwen2_text(a, 128000), _qwen25_vision, tiny_vision=_TINY_Q25_VISION, boxes=('json', 'pixels'),
-           qvl_chat_template=True),
+           qvl_chat_template=True, video_timing='seconds_per_group'),
     Family('qwen2_vl', 'Qwen2-VL', 'Qwen2VLForConditionalGeneration', 'Qwen2VLProcessor',
            'qwen2_vl.video_processing_qwen2_vl.Qwen2VLVideoProcessor', 14, QWEN_TOKEN_IDS, _qwen2_text, _qwen2_vision,
            tiny_vision=dict(depth=2, embed_dim=32, mlp_ratio=2, num_heads=2, hidden_size=64, patch_size=14,
@@ -147,13 +149,14 @@ FAMILIES = {f.model_type: f for f in [
     Family('qwen3_vl', 'Qwen3-VL', 'Qwen3VLForConditionalGeneration', 'Qwen3VLProcessor',
            'qwen3_vl.video_processing_qwen3_vl.Qwen3VLVideoProcessor', 16, QWEN_TOKEN_IDS, _qwen3_text, _qwen3_vision,
            tiny_text=_TINY_Q3_TEXT, tiny_vision=dict(_TINY_Q3_VISION, deepstack_visual_indexes=[0]),
-           video_rules='qwen3', video_pixels=(4096, 25165824), video_max_tokens=768),
+           video_rules='qwen3', video_pixels=(4096, 25165824), video_max_tokens=768, video_timing='timestamps'),
     Family('qwen3_5', 'Qwen3.5', 'Qwen3_5ForConditionalGeneration', 'Qwen3VLProcessor',
            'qwen3_vl.video_processing_qwen3_vl.Qwen3VLVideoProcessor', 16, QWEN35_TOKEN_IDS, _qwen35_text, _qwen3_vision,
            # three linear-attention (Gated DeltaNet) layers to one full-attention layer
            tiny_text=dict(_TINY_Q3_TEXT, num_hidden_layers=4, linear_conv_kernel_dim=4, linear_key_head_dim=16,
                           linear_value_head_dim=16, linear_num_key_heads=2, linear_num_value_heads=4),
-           tiny_vision=_TINY_Q3_VISION, video_rules='qwen3', video_pixels=(4096, 25165824), video_max_tokens=768),
+           tiny_vision=_TINY_Q3_VISION, video_rules='qwen3', video_pixels=(4096, 25165824), video_max_tokens=768,
+           video_timing='timestamps'),
 ]}
 
 def family(model_type: str) -> Family:

@@ -75,3 +75,31 @@ def test_checkpoint_limits_on_a_real_size_clip():
         thw = p(videos=[video], do_sample_frames=False, cap_pixels_per_frame=False, return_tensors='pt', **kw)['video_grid_thw'][0]
         assert tuple(thw.tolist()) == video_grid(20, 720, 1280, m) and video_tokens(20, 720, 1280, m) == want
     assert frame_size(20, 720, 1280, 'qwen3_vl', cap_pixels_per_frame=True) == (640, 1152)
+
+
+@pytest.mark.parametrize('model_type', ['qwen2_vl', 'qwen2_5_vl', 'qwen3_vl', 'qwen3_5'])
+def test_the_text_and_the_timing_are_the_processors(model_type, tmp_path):
+    """A real family processor (tiny, built offline) on sampled frames: its grid is `video_grid`, its input ids those of
+    `video_text` (Qwen3-VL's timestamps included) and Qwen2.5-VL's `second_per_grid_ts` is `second_per_grid_ts`."""
+    from transformers import AutoProcessor
+    from transformers.video_utils import VideoMetadata
+    from qvl.families import build_tiny_model
+    from qvl.video import second_per_grid_ts, video_text, VIDEO_PAD, VISION_END, VISION_START
+    proc = AutoProcessor.from_pretrained(build_tiny_model(tmp_path / model_type, model_type))
+    vp = proc.video_processor
+    rng = random.Random(2)
+    for i in range(25):
+        total, vfps = rng.randint(4, 900), rng.choice([10.0, 24.0, 29.97, 30.0])
+        idx = sample_frames(total, vfps, model_type, fps=rng.choice([0.5, 1.0, 2.0]), min_frames=2, max_frames=12)
+        n, h, w = len(idx), rng.randint(20, 200), rng.randint(20, 200)
+        o = proc(text=[f'{VISION_START}{VIDEO_PAD}{VISION_END}x'], videos=[np.zeros((n, h, w, 3), np.uint8)],
+                 video_metadata=[VideoMetadata(total_num_frames=total, fps=vfps, frames_indices=idx)], do_sample_frames=False,
+                 return_tensors='pt')
+        grid = tuple(o['video_grid_thw'][0].tolist())
+        limits = dict(min_pixels=vp.size['shortest_edge'], max_pixels=vp.size['longest_edge'], max_video_tokens=vp.max_video_tokens)
+        assert grid == video_grid(n, h, w, model_type, **limits), (total, vfps, n, h, w)
+        want = proc.tokenizer(VISION_START + video_text(grid, model_type, idx, vfps) + VISION_END + 'x').input_ids
+        assert o['input_ids'][0].tolist() == want, (total, vfps, idx)
+        s = second_per_grid_ts(n, total, vfps, model_type)
+        if s is None: assert 'second_per_grid_ts' not in o
+        else: assert abs(float(o['second_per_grid_ts'][0]) - s) < 1e-6
