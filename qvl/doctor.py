@@ -38,6 +38,7 @@ FIXES = dict(
     unlearnable_sample="give it an assistant answer, name its turns system/user/assistant, and keep chat control tokens "
                        "out of its text (`qvl fix` drops it)",
     box_image_ambiguous="give a sample with boxes one image, or images of one size (`qvl fix` drops it)",
+    video_not_read="qvl trains on images: give the video's frames as images, or drop the sample (`qvl fix` drops it)",
     **{f'{k}_mismatch': f"set config.json {k} to the tokenizer's id (`qvl fix-model`)" for k in TOKEN_ID_KEYS},
     special_token_missing="add the token to the tokenizer as a special token (`qvl fix-model`)",
     processor_image_token_mismatch="make the processor's image token <|image_pad|> with the config's id (`qvl fix-model`)",
@@ -297,6 +298,14 @@ def _check_learnable(c: SampleCheck):
         if typed: why = f"its text holds the control token {typed}, which the template would read as a marker, not text"
     if why: c.findings.append(finding('unlearnable_sample', why, index=c.index, id=c.id))
 
+def _check_videos(c: SampleCheck):
+    "A sample that names a video (a `videos` column, a video part): its frames would never reach the model, its placeholder would."
+    s = c.sample
+    parts = [p for m in s.messages for p in m['content'] if p.get('type') == 'video' or 'video' in p]
+    if s.extra.get('videos') or parts:
+        c.findings.append(finding('video_not_read', "the sample names a video, which qvl does not read yet: it would train "
+                                  "on the video's placeholder without its frames", index=c.index, id=c.id))
+
 # %% ../nbs/07_doctor.ipynb #21d1e999
 def analyse(ds: Dataset, info: ModelInfo, budget: Budget, cutoff_len: int | None = None,
             placeholder: str | None = DEFAULT_PLACEHOLDER, allow_outside: bool = False,
@@ -310,7 +319,7 @@ def analyse(ds: Dataset, info: ModelInfo, budget: Budget, cutoff_len: int | None
         except QvlError as e:
             c.findings.append(finding('unparseable_sample', str(e), index=i, id=c.id))
         else:
-            _check_learnable(c)
+            _check_learnable(c); _check_videos(c)
             _check_images(c, ds.root, budget, allow_outside, sizes)
             if info.family in FAMILIES: _check_boxes(c, budget, box_style(info.family))
         checks.append(c)

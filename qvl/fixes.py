@@ -23,7 +23,8 @@ __all__ = ['STRATEGIES', 'LENGTH_CODES', 'DROP_CODES', 'WEIGHT_SUFFIXES', 'FixRe
 STRATEGIES = ('shrink', 'drop')      # what fix_dataset does with a sample over cutoff_len
 LENGTH_CODES = {'image_tokens_truncated', 'text_truncated'}    # what a smaller image fixes
 DROP_CODES = {'missing_image', 'unreadable_image', 'image_outside_root', 'aspect_ratio_too_large',
-              'sequence_too_long', 'unparseable_sample', 'placeholder_count_mismatch', 'unlearnable_sample'}
+              'sequence_too_long', 'unparseable_sample', 'placeholder_count_mismatch', 'unlearnable_sample',
+              'video_not_read'}
 
 @dataclass
 class FixReport:

@@ -582,6 +582,19 @@ def test_unlearnable_records_are_one_finding_the_doctor_reports_and_training_ski
     assert r.returncode == 2 and 'no sample can be trained on' in r.stderr, r.stderr
 
 
+def test_a_video_sample_is_one_finding_and_fix_drops_it(tmp_path, tiny_model):
+    "A LLaMA-Factory `videos` column or a messages video part, which qvl does not read yet, is never half-trained: the doctor names it, `qvl fix` drops it."
+    from qvl.formats import read_records
+    d = tmp_path / 'd'; image(d / 'a.jpg', (300, 300))
+    recs = [dict(messages=[dict(role='user', content='<video>Which way does it move?'), dict(role='assistant', content='left')],
+                 videos=['clip.mp4'])] + [_chat('a.jpg', answer=f'colour {i}') for i in range(2)]
+    (d / 'train.json').write_text(json.dumps(recs))
+    r = run_qvl('doctor', d / 'train.json', '--model', tiny_model, '--cutoff-len', '2048', '--json', check=False)
+    assert r.returncode == 1 and [(f['index'], f['code']) for f in json.loads(r.stdout)['samples']] == [(0, 'video_not_read')]
+    r = run_qvl('fix', d / 'train.json', tmp_path / 'fixed', '--model', tiny_model, '--cutoff-len', '2048')
+    assert 'video_not_read' in r.stdout and len(read_records(tmp_path / 'fixed' / 'train.json')) == 2
+
+
 def test_a_malformed_alpaca_history_is_one_unparseable_sample(tmp_path, tiny_model):
     from qvl.formats import read_records
     d = tmp_path / 'd'; image(d / 'a.jpg', (300, 300))
