@@ -5,7 +5,7 @@ file qvl ships (`qvl/fitted/step_time.json`, read as `qvl.plan.STEP_TIME`):
     python benchmarks/step_time_fit.py --check    # refit and compare with the shipped file (what the tests do)
 
 Fitted on the 1344 px steps of Qwen2.5-VL-3B and 7B (LoRA and full) in `benchmarks/step_time/causal/rows_*.csv`; the
-896 px steps and Qwen3-VL-8B are held out (`nbs/16_plan.ipynb` prints the errors on both).
+896 px steps and Qwen3-VL-8B are held out (`nbs/17_plan.ipynb` prints the errors on both).
 """
 import json, sys, time
 from pathlib import Path
