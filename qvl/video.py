@@ -7,11 +7,11 @@ from __future__ import annotations
 import math
 from .core import QvlError
 from .families import family
+from .formats import VIDEO_PAD, VISION_END, VISION_START
 from .resize import smart_resize
 
 # %% auto #0
-__all__ = ['VIDEO_PAD', 'VISION_START', 'VISION_END', 'sample_frames', 'frame_size', 'video_grid', 'video_tokens',
-           'second_per_grid_ts', 'group_times', 'video_text']
+__all__ = ['sample_frames', 'frame_size', 'video_grid', 'video_tokens', 'second_per_grid_ts', 'group_times', 'video_text']
 
 # %% ../nbs/04_video.ipynb #73b3f91d
 def sample_frames(total: int, video_fps: float | None, model_type: str = 'qwen2_5_vl', fps: float | None = 2.0,
@@ -95,8 +95,6 @@ def group_times(indices, video_fps: float, model_type: str = 'qwen3_vl') -> list
     return [(idx[i] / video_fps + idx[i + tps - 1] / video_fps) / 2 for i in range(0, len(idx), tps)]
 
 # %% ../nbs/04_video.ipynb #f5f6d8b4
-VIDEO_PAD, VISION_START, VISION_END = '<|video_pad|>', '<|vision_start|>', '<|vision_end|>'
-
 def video_text(grid, model_type: str = 'qwen2_5_vl', indices=None, video_fps: float | None = None) -> str:
     """What `model_type`'s processor writes in place of a video's one `<|video_pad|>` (the chat template's vision start and
     end stay around it): the grid's pads, and for Qwen3-VL and Qwen3.5 each group's `<t seconds>` and its own vision
